@@ -1,0 +1,96 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "gangway",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "gangway", targets: ["gangway"]),
+        .library(name: "GangwayWorker", targets: ["GangwayWorker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // The only C in the project: rabbitmq-c's headers plus a non-variadic login and an eventfd.
+        .target(
+            name: "CRabbitMQ",
+            linkerSettings: [.linkedLibrary("rabbitmq")]
+        ),
+        // Pure Swift AMQP model and protocol state machines. No IO, no C.
+        .target(
+            name: "GangwayAMQPCore",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // The only importer of CRabbitMQ: one owner thread per connection.
+        .target(
+            name: "GangwayAMQP",
+            dependencies: [
+                "CRabbitMQ",
+                "GangwayAMQPCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // routes.yaml + definitions.json → validated, immutable RouteTable / Topology.
+        .target(
+            name: "GangwayConfig",
+            dependencies: [
+                "GangwayAMQPCore",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // Correlator and the message-bus seam; knows nothing of rabbitmq-c or HTTP servers.
+        .target(
+            name: "GangwayCore",
+            dependencies: [
+                "GangwayConfig",
+                "GangwayAMQPCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The HTTP edge on Hummingbird.
+        .target(
+            name: "GangwayEdge",
+            dependencies: [
+                "GangwayCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The Swift worker SDK.
+        .target(
+            name: "GangwayWorker",
+            dependencies: [
+                "GangwayAMQP",
+                "GangwayAMQPCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "gangway",
+            dependencies: [
+                "GangwayAMQP",
+                "GangwayConfig",
+                "GangwayCore",
+                "GangwayEdge",
+                "GangwayWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(name: "GangwayAMQPCoreTests", dependencies: ["GangwayAMQPCore"]),
+        .testTarget(name: "GangwayConfigTests", dependencies: ["GangwayConfig"]),
+        .testTarget(name: "GangwayCoreTests", dependencies: ["GangwayCore"]),
+    ]
+)

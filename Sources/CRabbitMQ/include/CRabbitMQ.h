@@ -1,0 +1,58 @@
+#ifndef GANGWAY_CRABBITMQ_H
+#define GANGWAY_CRABBITMQ_H
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+#include <amqp_ssl_socket.h>
+
+/// Logs in with SASL PLAIN. `amqp_login` is variadic, which Swift cannot call.
+amqp_rpc_reply_t gw_login_plain(amqp_connection_state_t state, const char *vhost,
+                                int channel_max, int frame_max, int heartbeat,
+                                const char *user, const char *password);
+
+/// A non-blocking, close-on-exec eventfd used to wake a connection's owner thread.
+int gw_eventfd_create(void);
+/// Adds one to the eventfd counter; safe from any thread.
+void gw_eventfd_signal(int fd);
+/// Resets the eventfd counter to zero.
+void gw_eventfd_drain(int fd);
+
+/// Waits until `sockfd` is readable or `wakefd` is signalled, at most `timeout_ms`.
+/// Returns a bit set: 1 socket readable (or in error), 2 woken, 0 timed out, -1 on poll error.
+int gw_poll2(int sockfd, int wakefd, int timeout_ms);
+
+/// Field-value accessors: Swift imports the anonymous union poorly on some toolchains.
+static inline amqp_bytes_t gw_field_bytes(const amqp_field_value_t *v) { return v->value.bytes; }
+static inline amqp_table_t gw_field_table(const amqp_field_value_t *v) { return v->value.table; }
+static inline amqp_array_t gw_field_array(const amqp_field_value_t *v) { return v->value.array; }
+
+/// Method ids and property flags re-exported as typed constants: the originals are macros
+/// with casts, which Swift does not import.
+static const amqp_method_number_t GW_BASIC_DELIVER = AMQP_BASIC_DELIVER_METHOD;
+static const amqp_method_number_t GW_BASIC_RETURN = AMQP_BASIC_RETURN_METHOD;
+static const amqp_method_number_t GW_BASIC_ACK = AMQP_BASIC_ACK_METHOD;
+static const amqp_method_number_t GW_BASIC_NACK = AMQP_BASIC_NACK_METHOD;
+static const amqp_method_number_t GW_BASIC_CANCEL = AMQP_BASIC_CANCEL_METHOD;
+static const amqp_method_number_t GW_CHANNEL_CLOSE = AMQP_CHANNEL_CLOSE_METHOD;
+static const amqp_method_number_t GW_CHANNEL_CLOSE_OK = AMQP_CHANNEL_CLOSE_OK_METHOD;
+static const amqp_method_number_t GW_CONNECTION_CLOSE = AMQP_CONNECTION_CLOSE_METHOD;
+static const amqp_method_number_t GW_CONNECTION_CLOSE_OK = AMQP_CONNECTION_CLOSE_OK_METHOD;
+static const amqp_method_number_t GW_CONNECTION_BLOCKED = AMQP_CONNECTION_BLOCKED_METHOD;
+static const amqp_method_number_t GW_CONNECTION_UNBLOCKED = AMQP_CONNECTION_UNBLOCKED_METHOD;
+
+static const amqp_flags_t GW_FLAG_CONTENT_TYPE = AMQP_BASIC_CONTENT_TYPE_FLAG;
+static const amqp_flags_t GW_FLAG_CONTENT_ENCODING = AMQP_BASIC_CONTENT_ENCODING_FLAG;
+static const amqp_flags_t GW_FLAG_HEADERS = AMQP_BASIC_HEADERS_FLAG;
+static const amqp_flags_t GW_FLAG_DELIVERY_MODE = AMQP_BASIC_DELIVERY_MODE_FLAG;
+static const amqp_flags_t GW_FLAG_PRIORITY = AMQP_BASIC_PRIORITY_FLAG;
+static const amqp_flags_t GW_FLAG_CORRELATION_ID = AMQP_BASIC_CORRELATION_ID_FLAG;
+static const amqp_flags_t GW_FLAG_REPLY_TO = AMQP_BASIC_REPLY_TO_FLAG;
+static const amqp_flags_t GW_FLAG_EXPIRATION = AMQP_BASIC_EXPIRATION_FLAG;
+static const amqp_flags_t GW_FLAG_MESSAGE_ID = AMQP_BASIC_MESSAGE_ID_FLAG;
+static const amqp_flags_t GW_FLAG_TIMESTAMP = AMQP_BASIC_TIMESTAMP_FLAG;
+static const amqp_flags_t GW_FLAG_TYPE = AMQP_BASIC_TYPE_FLAG;
+static const amqp_flags_t GW_FLAG_USER_ID = AMQP_BASIC_USER_ID_FLAG;
+static const amqp_flags_t GW_FLAG_APP_ID = AMQP_BASIC_APP_ID_FLAG;
+
+#endif

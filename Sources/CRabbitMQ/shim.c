@@ -1,0 +1,49 @@
+#include "CRabbitMQ.h"
+
+#include <poll.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+amqp_rpc_reply_t gw_login_plain(amqp_connection_state_t state, const char *vhost,
+                                int channel_max, int frame_max, int heartbeat,
+                                const char *user, const char *password) {
+  return amqp_login(state, vhost, channel_max, frame_max, heartbeat,
+                    AMQP_SASL_METHOD_PLAIN, user, password);
+}
+
+int gw_eventfd_create(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+void gw_eventfd_signal(int fd) {
+  uint64_t one = 1;
+  ssize_t ignored = write(fd, &one, sizeof(one));
+  (void)ignored;
+}
+
+void gw_eventfd_drain(int fd) {
+  uint64_t value;
+  ssize_t ignored = read(fd, &value, sizeof(value));
+  (void)ignored;
+}
+
+int gw_poll2(int sockfd, int wakefd, int timeout_ms) {
+  struct pollfd fds[2];
+  int n = 0;
+  if (sockfd >= 0) {
+    fds[n].fd = sockfd;
+    fds[n].events = POLLIN;
+    fds[n].revents = 0;
+    n++;
+  }
+  fds[n].fd = wakefd;
+  fds[n].events = POLLIN;
+  fds[n].revents = 0;
+  int wake_index = n;
+  n++;
+  int rc = poll(fds, n, timeout_ms);
+  if (rc < 0) return -1;
+  int result = 0;
+  if (sockfd >= 0 && fds[0].revents != 0) result |= 1;
+  if (fds[wake_index].revents != 0) result |= 2;
+  return result;
+}

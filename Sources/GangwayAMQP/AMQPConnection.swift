@@ -1,0 +1,257 @@
+import CRabbitMQ
+import Foundation
+import GangwayAMQPCore
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// One AMQP 0-9-1 connection over rabbitmq-c, owned by one dedicated thread.
+///
+/// rabbitmq-c is blocking and a connection is not thread-safe, so only the owner thread ever
+/// calls into it. Other code talks to that thread through a command queue plus an eventfd
+/// wake-up, and gets answers through continuations. The thread keeps the connection alive
+/// (heartbeats), reconnects with backoff and jitter after any failure, declares the configured
+/// topology again and re-subscribes every registered consumer. Work in flight when the
+/// connection drops fails with a transient ``AMQPError``; nothing waits forever.
+///
+/// Channel 1 carries publishes (in confirm mode) and consumers; channel 2 carries passive queue
+/// inspections, whose 404 closes the channel and must not disturb channel 1.
+///
+/// Run it as a `Service`, or call ``start()`` and ``shutdown()``.
+public final class AMQPConnection: Sendable {
+    public let configuration: AMQPConnectionConfiguration
+    let logger: Logger
+    let shared: Mutex<SharedState>
+    let wakeFD: Int32
+
+    public typealias DeliveryHandler = @Sendable (Delivery) -> Void
+
+    struct Consumer: Sendable {
+        var options: ConsumerOptions
+        var handler: DeliveryHandler
+    }
+
+    enum Command: Sendable {
+        case publish(OutboundMessage, CheckedContinuation<PublishOutcome, any Error>?)
+        case ack(deliveryTag: UInt64, multiple: Bool, generation: UInt64)
+        case reject(deliveryTag: UInt64, requeue: Bool, generation: UInt64)
+        case declare(Topology, CheckedContinuation<Void, any Error>)
+        case unbind(BindingSpec, CheckedContinuation<Void, any Error>)
+        case inspectQueue(String, CheckedContinuation<QueueInfo?, any Error>)
+        case startConsumer(tag: String)
+        case cancelConsumer(tag: String)
+    }
+
+    struct SharedState: Sendable {
+        var commands: [Command] = []
+        /// The owner thread is (about to be) asleep in poll and must be woken by the eventfd.
+        var sleeping = false
+        var started = false
+        var shutdownRequested = false
+        var finished = false
+        var connected = false
+        var blocked = false
+        var generation: UInt64 = 0
+        var consumers: [String: Consumer] = [:]
+        var nextConsumerTag = 0
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+        var lastError: String?
+    }
+
+    /// - Parameters:
+    ///   - configuration: where to connect and what to declare.
+    ///   - logger: receives connection life-cycle events at info and below.
+    public init(configuration: AMQPConnectionConfiguration, logger: Logger) {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "amqp.connection"] = "\(configuration.name)"
+        self.logger = logger
+        self.shared = Mutex(SharedState())
+        self.wakeFD = gw_eventfd_create()
+        precondition(wakeFD >= 0, "eventfd() failed")
+    }
+
+    deinit {
+        close(wakeFD)
+    }
+
+    /// Whether the connection is open and its topology and consumers are in place.
+    public var isConnected: Bool { shared.withLock { $0.connected } }
+
+    /// The last connection error, for health reports.
+    public var lastError: String? { shared.withLock { $0.lastError } }
+
+    /// Starts the owner thread, which connects and keeps reconnecting until ``shutdown()``.
+    public func start() {
+        let first = shared.withLock { state -> Bool in
+            defer { state.started = true }
+            return !state.started
+        }
+        guard first else { return }
+        let owner = ConnectionOwner(connection: self)
+        let thread = Thread { owner.run() }
+        thread.name = "amqp-\(configuration.name)"
+        thread.start()
+    }
+
+    /// Asks the owner thread to close the connection and waits until it has.
+    public func shutdown() async {
+        let started: Bool = shared.withLock { state in
+            state.shutdownRequested = true
+            return state.started && !state.finished
+        }
+        wake()
+        guard started else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = shared.withLock { state -> Bool in
+                if state.finished { return true }
+                state.finishWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Waits until the connection is up, or the timeout passes.
+    /// - Returns: whether it is connected.
+    public func waitUntilConnected(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while !isConnected {
+            if ContinuousClock.now >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
+    // MARK: Publishing
+
+    /// Publishes a message and waits for the broker's confirm.
+    ///
+    /// A mandatory message without a `message_id` gets one: returns are matched by it.
+    /// - Returns: confirmed, returned (unroutable) or nacked.
+    /// - Throws: ``AMQPError`` when not connected, blocked, or the connection drops first.
+    public func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
+        try await withCheckedThrowingContinuation { continuation in
+            if let error = enqueue(.publish(message, continuation), needsConnection: true, rejectWhenBlocked: true) {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// Publishes without waiting for the confirm: for replies, whose loss the requester sees as
+    /// a timeout anyway.
+    /// - Throws: ``AMQPError`` when not connected.
+    public func publishWithoutConfirm(_ message: OutboundMessage) throws {
+        if let error = enqueue(.publish(message, nil), needsConnection: true, rejectWhenBlocked: false) {
+            throw error
+        }
+    }
+
+    // MARK: Consuming
+
+    /// Registers a consumer; it is (re)subscribed on every connect until cancelled.
+    ///
+    /// The handler runs on the connection's owner thread: it must only hand the delivery on
+    /// (resume a continuation, yield to a bounded stream), never block.
+    /// - Returns: the consumer tag.
+    @discardableResult
+    public func consume(_ options: ConsumerOptions, handler: @escaping DeliveryHandler) -> String {
+        let tag = shared.withLock { state -> String in
+            state.nextConsumerTag += 1
+            let tag = "\(configuration.name).\(state.nextConsumerTag)"
+            state.consumers[tag] = Consumer(options: options, handler: handler)
+            return tag
+        }
+        _ = enqueue(.startConsumer(tag: tag), needsConnection: true, rejectWhenBlocked: false)
+        return tag
+    }
+
+    /// Stops a consumer; unacknowledged deliveries go back to the queue.
+    public func cancelConsumer(tag: String) {
+        shared.withLock { _ = $0.consumers.removeValue(forKey: tag) }
+        _ = enqueue(.cancelConsumer(tag: tag), needsConnection: true, rejectWhenBlocked: false)
+    }
+
+    /// Acknowledges a delivery. Dropped if the delivery came on an earlier connection: the broker
+    /// has requeued it already.
+    public func ack(_ delivery: Delivery, multiple: Bool = false) {
+        _ = enqueue(.ack(deliveryTag: delivery.deliveryTag, multiple: multiple, generation: delivery.generation), needsConnection: true, rejectWhenBlocked: false)
+    }
+
+    /// Rejects a delivery; with `requeue: false` it is dead-lettered or dropped.
+    public func reject(_ delivery: Delivery, requeue: Bool) {
+        _ = enqueue(.reject(deliveryTag: delivery.deliveryTag, requeue: requeue, generation: delivery.generation), needsConnection: true, rejectWhenBlocked: false)
+    }
+
+    // MARK: Topology
+
+    /// Declares exchanges, queues and bindings now (idempotent). The configured topology is
+    /// declared on every connect anyway; this is for one-off declarations.
+    public func declare(_ topology: Topology) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            if let error = enqueue(.declare(topology, continuation), needsConnection: true, rejectWhenBlocked: false) {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// Removes a binding.
+    public func unbind(_ binding: BindingSpec) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            if let error = enqueue(.unbind(binding, continuation), needsConnection: true, rejectWhenBlocked: false) {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// Inspects a queue with a passive declaration.
+    /// - Returns: message and consumer counts, or `nil` when the queue does not exist.
+    public func inspectQueue(_ name: String) async throws -> QueueInfo? {
+        try await withCheckedThrowingContinuation { continuation in
+            if let error = enqueue(.inspectQueue(name, continuation), needsConnection: true, rejectWhenBlocked: false) {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    // MARK: Queue to the owner thread
+
+    /// Queues a command for the owner thread, waking it if it sleeps. Returns an error instead
+    /// of queueing when the command cannot succeed now, so callers fail fast.
+    private func enqueue(_ command: Command, needsConnection: Bool, rejectWhenBlocked: Bool) -> AMQPError? {
+        let (error, wake): (AMQPError?, Bool) = shared.withLock { state in
+            if state.shutdownRequested { return (.shutdown, false) }
+            if needsConnection && !state.connected {
+                // Consumers and acks need no answer: consumers start on the next connect and
+                // unacked deliveries are requeued by the broker.
+                switch command {
+                case .startConsumer, .cancelConsumer, .ack, .reject: return (nil, false)
+                default: return (.notConnected(configuration.name), false)
+                }
+            }
+            if rejectWhenBlocked && state.blocked { return (.blocked, false) }
+            state.commands.append(command)
+            if state.sleeping {
+                state.sleeping = false
+                return (nil, true)
+            }
+            return (nil, false)
+        }
+        if wake { self.wake() }
+        return error
+    }
+
+    func wake() {
+        gw_eventfd_signal(wakeFD)
+    }
+}
+
+extension AMQPConnection: Service {
+    /// Runs the connection until graceful shutdown, then closes it.
+    public func run() async throws {
+        start()
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+}

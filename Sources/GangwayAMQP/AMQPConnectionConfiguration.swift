@@ -1,0 +1,56 @@
+import GangwayAMQPCore
+
+/// How one AMQP connection connects, recovers and what it declares on every (re)connect.
+public struct AMQPConnectionConfiguration: Sendable {
+    public var url: AMQPURL
+    /// A name for logs and thread names, e.g. `edge.publish`.
+    public var name: String
+    public var backoff: ConnectionStateMachine.Backoff
+    public var frameMax: Int32
+    /// Longest wait for a synchronous broker reply (declare, qos, consume).
+    public var rpcTimeoutMilliseconds: Int
+    /// Declared on every (re)connect before consumers start.
+    public var topology: Topology
+
+    public init(
+        url: AMQPURL,
+        name: String,
+        backoff: ConnectionStateMachine.Backoff = .init(),
+        frameMax: Int32 = 131_072,
+        rpcTimeoutMilliseconds: Int = 5_000,
+        topology: Topology = Topology()
+    ) {
+        self.url = url
+        self.name = name
+        self.backoff = backoff
+        self.frameMax = frameMax
+        self.rpcTimeoutMilliseconds = rpcTimeoutMilliseconds
+        self.topology = topology
+    }
+}
+
+/// A consumer that the connection keeps subscribed across reconnects.
+public struct ConsumerOptions: Sendable {
+    public var queue: String
+    /// Declared before consuming on every (re)connect, e.g. the edge's exclusive reply queue.
+    public var declare: QueueSpec?
+    /// Unacknowledged deliveries the broker may have in flight to this consumer.
+    public var prefetch: UInt16
+    /// Automatic acknowledgement (`no-ack`): the broker forgets a message once sent.
+    public var autoAck: Bool
+    public var exclusive: Bool
+
+    public init(queue: String, declare: QueueSpec? = nil, prefetch: UInt16 = 32, autoAck: Bool = false, exclusive: Bool = false) {
+        self.queue = queue
+        self.declare = declare
+        self.prefetch = prefetch
+        self.autoAck = autoAck
+        self.exclusive = exclusive
+    }
+}
+
+/// What a passive queue declaration tells.
+public struct QueueInfo: Sendable, Equatable {
+    public var messageCount: UInt32
+    public var consumerCount: UInt32
+}

@@ -1,0 +1,557 @@
+import CRabbitMQ
+import Foundation
+import GangwayAMQPCore
+import Logging
+import NIOCore
+
+/// The owner thread's side of an ``AMQPConnection``: the only code that calls rabbitmq-c.
+///
+/// It runs the ``ConnectionStateMachine``'s actions, reads frames, and executes commands from
+/// the shared queue. Everything here is confined to that one thread, which is what makes the
+/// `@unchecked Sendable` sound: the instance is handed to the thread once and never touched
+/// from anywhere else.
+final class ConnectionOwner: @unchecked Sendable {
+    typealias PublishToken = CheckedContinuation<PublishOutcome, any Error>?
+
+    private let connection: AMQPConnection
+    private var logger: Logger { connection.logger }
+    private var configuration: AMQPConnectionConfiguration { connection.configuration }
+
+    private var state: amqp_connection_state_t?
+    private var machine: ConnectionStateMachine
+    private var confirms = ConfirmTracker<PublishToken>()
+    private var assembler = ContentAssembler(generation: 0)
+    private var generation: UInt64 = 0
+    /// Consumers subscribed on the current connection, by tag.
+    private var active: [String: AMQPConnection.DeliveryHandler] = [:]
+    private var inspectChannelOpen = false
+    private var lastActivity = NIODeadline.now()
+    private var nextMessageID: UInt64 = 0
+    private let arena = CArena()
+
+    private static let publishChannel: amqp_channel_t = 1
+    private static let inspectChannel: amqp_channel_t = 2
+
+    struct Lost: Error {
+        var reason: String
+    }
+
+    init(connection: AMQPConnection) {
+        self.connection = connection
+        self.machine = ConnectionStateMachine(backoff: connection.configuration.backoff)
+    }
+
+    // MARK: Life cycle
+
+    func run() {
+        var action = machine.start()
+        while true {
+            switch action {
+            case .connect:
+                if shutdownRequested() {
+                    action = machine.shutdown()
+                    continue
+                }
+                do {
+                    try openConnection()
+                    action = machine.connectSucceeded()
+                } catch {
+                    record(error: "\(error)")
+                    logger.info("amqp.connect.failed", metadata: ["amqp.url": "\(configuration.url)", "error": "\(error)"])
+                    destroyConnection()
+                    action = machine.connectFailed(random: Double.random(in: 0...1))
+                }
+            case .openSession(let generation):
+                do {
+                    try openSession(generation: generation)
+                    logger.info("amqp.connected", metadata: ["amqp.url": "\(configuration.url)", "amqp.generation": "\(generation)"])
+                    try serve()
+                    action = machine.shutdown()
+                } catch {
+                    record(error: "\(error)")
+                    logger.warning("amqp.connection.lost", metadata: ["error": "\(error)"])
+                    action = machine.connectionLost(random: Double.random(in: 0...1))
+                }
+            case .failInFlightAndReconnect(let ms):
+                markDisconnected(reason: "connection lost")
+                destroyConnection()
+                action = sleep(milliseconds: ms) ? machine.backoffElapsed() : machine.shutdown()
+            case .reconnect(let ms):
+                action = sleep(milliseconds: ms) ? machine.backoffElapsed() : machine.shutdown()
+            case .close:
+                closeGracefully()
+                markDisconnected(reason: "shutting down")
+                finish()
+                return
+            case .none:
+                finish()
+                return
+            }
+        }
+    }
+
+    private func shutdownRequested() -> Bool {
+        connection.shared.withLock { $0.shutdownRequested }
+    }
+
+    private func record(error: String) {
+        connection.shared.withLock { $0.lastError = error }
+    }
+
+    /// Sleeps for the backoff, waking early only to shut down. Commands that arrive meanwhile
+    /// were refused at enqueue time (not connected), so there is nothing to serve.
+    private func sleep(milliseconds: Int) -> Bool {
+        let deadline = NIODeadline.now() + .milliseconds(Int64(milliseconds))
+        while NIODeadline.now() < deadline {
+            if shutdownRequested() { return false }
+            let left = max(1, Int((deadline - NIODeadline.now()).nanoseconds / 1_000_000))
+            _ = gw_poll2(-1, connection.wakeFD, Int32(min(left, 1000)))
+            gw_eventfd_drain(connection.wakeFD)
+        }
+        return !shutdownRequested()
+    }
+
+    private func finish() {
+        let waiters = connection.shared.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.finished = true
+            defer { state.finishWaiters = [] }
+            return state.finishWaiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Fails everything that was waiting on the connection that is gone.
+    private func markDisconnected(reason: String) {
+        let commands = connection.shared.withLock { state -> [AMQPConnection.Command] in
+            state.connected = false
+            state.blocked = false
+            defer { state.commands = [] }
+            return state.commands
+        }
+        let error: AMQPError = shutdownRequested() ? .shutdown : .connectionLost(reason)
+        for token in confirms.reset() { token?.resume(throwing: error) }
+        for command in commands { fail(command, with: error) }
+        active = [:]
+    }
+
+    private func fail(_ command: AMQPConnection.Command, with error: AMQPError) {
+        switch command {
+        case .publish(_, let c): c?.resume(throwing: error)
+        case .declare(_, let c): c.resume(throwing: error)
+        case .unbind(_, let c): c.resume(throwing: error)
+        case .inspectQueue(_, let c): c.resume(throwing: error)
+        case .ack, .reject, .startConsumer, .cancelConsumer: break
+        }
+    }
+
+    // MARK: Connecting
+
+    private func openConnection() throws {
+        let url = configuration.url
+        guard let state = amqp_new_connection() else { throw AMQPError.connectFailed("out of memory") }
+        self.state = state
+        let socket: OpaquePointer?
+        if url.tls {
+            socket = amqp_ssl_socket_new(state)
+            guard let socket else { throw AMQPError.connectFailed("cannot create a TLS socket") }
+            if let ca = url.caCertFile {
+                let rc = amqp_ssl_socket_set_cacert(socket, ca)
+                guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectFailed("cannot load CA certificate \(ca): \(Self.statusText(rc))") }
+            }
+            if let cert = url.certFile, let key = url.keyFile {
+                let rc = amqp_ssl_socket_set_key(socket, cert, key)
+                guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectFailed("cannot load client certificate \(cert): \(Self.statusText(rc))") }
+            }
+            amqp_ssl_socket_set_verify_peer(socket, url.verifyPeer ? 1 : 0)
+            amqp_ssl_socket_set_verify_hostname(socket, url.verifyHostname ? 1 : 0)
+        } else {
+            socket = amqp_tcp_socket_new(state)
+            guard socket != nil else { throw AMQPError.connectFailed("cannot create a socket") }
+        }
+        var timeout = Self.makeTimeval(milliseconds: url.connectionTimeoutMilliseconds)
+        let rc = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &timeout)
+        guard rc == AMQP_STATUS_OK.rawValue else {
+            throw AMQPError.connectFailed("\(url.host):\(url.port): \(Self.statusText(rc))")
+        }
+        var handshake = Self.makeTimeval(milliseconds: url.connectionTimeoutMilliseconds)
+        amqp_set_handshake_timeout(state, &handshake)
+        var rpc = Self.makeTimeval(milliseconds: configuration.rpcTimeoutMilliseconds)
+        amqp_set_rpc_timeout(state, &rpc)
+        let login = gw_login_plain(state, url.vhost, 0, configuration.frameMax, Int32(url.heartbeatSeconds), url.user, url.password)
+        try check(login, "login")
+        amqp_channel_open(state, Self.publishChannel)
+        try check(amqp_get_rpc_reply(state), "channel.open")
+        amqp_confirm_select(state, Self.publishChannel)
+        try check(amqp_get_rpc_reply(state), "confirm.select")
+        inspectChannelOpen = false
+        lastActivity = .now()
+    }
+
+    private func openSession(generation: UInt64) throws {
+        guard let state else { throw Lost(reason: "no connection") }
+        self.generation = generation
+        assembler = ContentAssembler(generation: generation)
+        try declare(configuration.topology, on: state)
+        let consumers = connection.shared.withLock { $0.consumers }
+        for (tag, consumer) in consumers {
+            try startConsumer(tag: tag, consumer, on: state)
+        }
+        connection.shared.withLock { shared in
+            shared.connected = true
+            shared.generation = generation
+            shared.lastError = nil
+        }
+    }
+
+    private func destroyConnection() {
+        guard let state else { return }
+        amqp_destroy_connection(state)
+        self.state = nil
+    }
+
+    private func closeGracefully() {
+        guard let state else { return }
+        _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+        destroyConnection()
+    }
+
+    // MARK: Serving
+
+    /// Reads frames and executes commands until shutdown; throws when the connection is lost.
+    private func serve() throws {
+        guard let state else { throw Lost(reason: "no connection") }
+        let heartbeat = Int(amqp_get_heartbeat(state))
+        let pollMilliseconds = heartbeat > 0 ? min(1000, heartbeat * 250) : 1000
+        let deadAfter = TimeAmount.milliseconds(Int64(heartbeat > 0 ? heartbeat * 2000 + 1000 : Int.max / 2_000_000))
+        let socket = amqp_get_sockfd(state)
+        while true {
+            let (commands, shutdown) = connection.shared.withLock { shared -> ([AMQPConnection.Command], Bool) in
+                defer { shared.commands.removeAll(keepingCapacity: true) }
+                return (shared.commands, shared.shutdownRequested)
+            }
+            if shutdown { return }
+            for command in commands {
+                try execute(command, on: state)
+            }
+            try drainFrames(state)
+            amqp_maybe_release_buffers(state)
+
+            let sleep = connection.shared.withLock { shared -> Bool in
+                if shared.commands.isEmpty && !shared.shutdownRequested {
+                    shared.sleeping = true
+                    return true
+                }
+                return false
+            }
+            if sleep {
+                let ready = gw_poll2(socket, connection.wakeFD, Int32(pollMilliseconds))
+                connection.shared.withLock { $0.sleeping = false }
+                if ready & 2 != 0 { gw_eventfd_drain(connection.wakeFD) }
+                if ready & 1 != 0 { lastActivity = .now() }
+                if NIODeadline.now() - lastActivity > deadAfter {
+                    throw Lost(reason: "no heartbeat from the broker for \(heartbeat * 2) s")
+                }
+            }
+        }
+    }
+
+    private func drainFrames(_ state: amqp_connection_state_t) throws {
+        var zero = timeval(tv_sec: 0, tv_usec: 0)
+        var frame = amqp_frame_t()
+        while true {
+            let rc = amqp_simple_wait_frame_noblock(state, &frame, &zero)
+            if rc == AMQP_STATUS_TIMEOUT.rawValue { return }
+            guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: Self.statusText(rc)) }
+            lastActivity = .now()
+            try handle(frame, state)
+        }
+    }
+
+    private func handle(_ frame: amqp_frame_t, _ state: amqp_connection_state_t) throws {
+        switch Int32(frame.frame_type) {
+        case AMQP_FRAME_METHOD:
+            try handleMethod(frame.payload.method, channel: frame.channel, state)
+        case AMQP_FRAME_HEADER:
+            guard frame.channel == Self.publishChannel else { return }
+            let properties = frame.payload.properties.decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee
+            do {
+                if let output = try assembler.header(bodySize: frame.payload.properties.body_size, properties: CDecode.properties(properties)) {
+                    deliver(output)
+                }
+            } catch {
+                throw Lost(reason: "protocol error: \(error)")
+            }
+        case AMQP_FRAME_BODY:
+            guard frame.channel == Self.publishChannel else { return }
+            let fragment = frame.payload.body_fragment
+            do {
+                if let output = try assembler.body(UnsafeRawBufferPointer(start: fragment.bytes, count: fragment.len)) {
+                    deliver(output)
+                }
+            } catch {
+                throw Lost(reason: "protocol error: \(error)")
+            }
+        default:
+            return
+        }
+    }
+
+    private func handleMethod(_ method: amqp_method_t, channel: amqp_channel_t, _ state: amqp_connection_state_t) throws {
+        switch method.id {
+        case GW_BASIC_DELIVER:
+            let m = method.decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+            do {
+                try assembler.deliver(
+                    .init(
+                        consumerTag: CDecode.string(m.consumer_tag),
+                        deliveryTag: m.delivery_tag,
+                        redelivered: m.redelivered != 0,
+                        exchange: CDecode.string(m.exchange),
+                        routingKey: CDecode.string(m.routing_key)
+                    )
+                )
+            } catch {
+                throw Lost(reason: "protocol error: \(error)")
+            }
+        case GW_BASIC_RETURN:
+            let m = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            do {
+                try assembler.returned(
+                    .init(replyCode: m.reply_code, replyText: CDecode.string(m.reply_text), exchange: CDecode.string(m.exchange), routingKey: CDecode.string(m.routing_key))
+                )
+            } catch {
+                throw Lost(reason: "protocol error: \(error)")
+            }
+        case GW_BASIC_ACK:
+            let m = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+            for (token, outcome) in confirms.acked(deliveryTag: m.delivery_tag, multiple: m.multiple != 0) {
+                token?.resume(returning: outcome)
+            }
+        case GW_BASIC_NACK:
+            let m = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+            for (token, outcome) in confirms.nacked(deliveryTag: m.delivery_tag, multiple: m.multiple != 0) {
+                token?.resume(returning: outcome)
+            }
+        case GW_BASIC_CANCEL:
+            // The broker cancelled a consumer (its queue was deleted). Reconnecting declares the
+            // queue again and re-subscribes.
+            let m = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
+            throw Lost(reason: "broker cancelled consumer \(CDecode.string(m.consumer_tag))")
+        case GW_CHANNEL_CLOSE:
+            let m = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            var ok = amqp_channel_close_ok_t()
+            amqp_send_method(state, channel, GW_CHANNEL_CLOSE_OK, &ok)
+            if channel == Self.inspectChannel {
+                inspectChannelOpen = false
+                return
+            }
+            throw Lost(reason: "broker closed channel \(channel): \(m.reply_code) \(CDecode.string(m.reply_text))")
+        case GW_CONNECTION_CLOSE:
+            let m = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            var ok = amqp_connection_close_ok_t()
+            amqp_send_method(state, 0, GW_CONNECTION_CLOSE_OK, &ok)
+            throw Lost(reason: "broker closed the connection: \(m.reply_code) \(CDecode.string(m.reply_text))")
+        case GW_CONNECTION_BLOCKED:
+            logger.warning("amqp.blocked", metadata: ["reason": "resource alarm"])
+            connection.shared.withLock { $0.blocked = true }
+        case GW_CONNECTION_UNBLOCKED:
+            logger.info("amqp.unblocked")
+            connection.shared.withLock { $0.blocked = false }
+        default:
+            return
+        }
+    }
+
+    private func deliver(_ output: ContentAssembler.Output) {
+        switch output {
+        case .delivery(let delivery):
+            if let handler = active[delivery.consumerTag] {
+                handler(delivery)
+            }
+        case .returned(let returned, _):
+            confirms.returned(messageID: returned.properties.messageID, replyCode: returned.replyCode, replyText: returned.replyText)
+        }
+    }
+
+    // MARK: Commands
+
+    private func execute(_ command: AMQPConnection.Command, on state: amqp_connection_state_t) throws {
+        switch command {
+        case .publish(var message, let continuation):
+            if message.mandatory && message.properties.messageID == nil {
+                nextMessageID += 1
+                message.properties.messageID = "\(configuration.name)-\(nextMessageID)"
+            }
+            _ = confirms.published(continuation, messageID: message.mandatory ? message.properties.messageID : nil)
+            var properties = arena.properties(message.properties)
+            let exchange = arena.bytes(message.exchange)
+            let routingKey = arena.bytes(message.routingKey)
+            let rc = message.body.withUnsafeReadableBytes { body in
+                amqp_basic_publish(
+                    state, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
+                    amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
+                )
+            }
+            arena.reset()
+            guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "publish failed: \(Self.statusText(rc))") }
+        case .ack(let tag, let multiple, let generation):
+            guard generation == self.generation else { return }
+            let rc = amqp_basic_ack(state, Self.publishChannel, tag, multiple ? 1 : 0)
+            guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "ack failed: \(Self.statusText(rc))") }
+        case .reject(let tag, let requeue, let generation):
+            guard generation == self.generation else { return }
+            let rc = amqp_basic_reject(state, Self.publishChannel, tag, requeue ? 1 : 0)
+            guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "reject failed: \(Self.statusText(rc))") }
+        case .declare(let topology, let continuation):
+            do {
+                try declare(topology, on: state)
+                continuation.resume()
+            } catch let error as AMQPError {
+                continuation.resume(throwing: error)
+                throw Lost(reason: error.message)
+            }
+        case .unbind(let binding, let continuation):
+            do {
+                try unbind(binding, on: state)
+                continuation.resume()
+            } catch let error as AMQPError {
+                continuation.resume(throwing: error)
+                throw Lost(reason: error.message)
+            }
+        case .inspectQueue(let name, let continuation):
+            do {
+                continuation.resume(returning: try inspect(queue: name, on: state))
+            } catch let error as AMQPError {
+                continuation.resume(throwing: error)
+                if error.serverReplyCode == nil { throw Lost(reason: error.message) }
+            }
+        case .startConsumer(let tag):
+            guard active[tag] == nil, let consumer = connection.shared.withLock({ $0.consumers[tag] }) else { return }
+            try startConsumer(tag: tag, consumer, on: state)
+        case .cancelConsumer(let tag):
+            guard active.removeValue(forKey: tag) != nil else { return }
+            amqp_basic_cancel(state, Self.publishChannel, amqp_cstring_bytes(tag))
+            try check(amqp_get_rpc_reply(state), "basic.cancel")
+        }
+    }
+
+    private func startConsumer(tag: String, _ consumer: AMQPConnection.Consumer, on state: amqp_connection_state_t) throws {
+        let options = consumer.options
+        if let spec = options.declare {
+            try declareQueue(spec, on: state)
+        }
+        amqp_basic_qos(state, Self.publishChannel, 0, options.prefetch, 0)
+        try check(amqp_get_rpc_reply(state), "basic.qos")
+        amqp_basic_consume(
+            state, Self.publishChannel, arena.bytes(options.queue), arena.bytes(tag), 0,
+            options.autoAck ? 1 : 0, options.exclusive ? 1 : 0, amqp_empty_table
+        )
+        arena.reset()
+        try check(amqp_get_rpc_reply(state), "basic.consume \(options.queue)")
+        active[tag] = consumer.handler
+    }
+
+    private func declare(_ topology: Topology, on state: amqp_connection_state_t) throws {
+        defer { arena.reset() }
+        for e in topology.exchanges where !e.name.isEmpty && !e.name.hasPrefix("amq.") {
+            amqp_exchange_declare(
+                state, Self.publishChannel, arena.bytes(e.name), arena.bytes(e.type), 0,
+                e.durable ? 1 : 0, e.autoDelete ? 1 : 0, e.internal ? 1 : 0, arena.table(e.arguments)
+            )
+            try check(amqp_get_rpc_reply(state), "exchange.declare \(e.name)")
+        }
+        for q in topology.queues {
+            try declareQueue(q, on: state)
+        }
+        for b in topology.bindings {
+            switch b.destinationType {
+            case .queue:
+                amqp_queue_bind(state, Self.publishChannel, arena.bytes(b.destination), arena.bytes(b.source), arena.bytes(b.routingKey), arena.table(b.arguments))
+            case .exchange:
+                amqp_exchange_bind(state, Self.publishChannel, arena.bytes(b.destination), arena.bytes(b.source), arena.bytes(b.routingKey), arena.table(b.arguments))
+            }
+            try check(amqp_get_rpc_reply(state), "bind \(b.source) → \(b.destination)")
+        }
+    }
+
+    private func unbind(_ b: BindingSpec, on state: amqp_connection_state_t) throws {
+        defer { arena.reset() }
+        switch b.destinationType {
+        case .queue:
+            amqp_queue_unbind(state, Self.publishChannel, arena.bytes(b.destination), arena.bytes(b.source), arena.bytes(b.routingKey), arena.table(b.arguments))
+        case .exchange:
+            amqp_exchange_unbind(state, Self.publishChannel, arena.bytes(b.destination), arena.bytes(b.source), arena.bytes(b.routingKey), arena.table(b.arguments))
+        }
+        try check(amqp_get_rpc_reply(state), "unbind \(b.source) → \(b.destination)")
+    }
+
+    private func declareQueue(_ q: QueueSpec, on state: amqp_connection_state_t) throws {
+        defer { arena.reset() }
+        amqp_queue_declare(
+            state, Self.publishChannel, arena.bytes(q.name), 0, q.durable ? 1 : 0, q.exclusive ? 1 : 0,
+            q.autoDelete ? 1 : 0, arena.table(q.arguments)
+        )
+        try check(amqp_get_rpc_reply(state), "queue.declare \(q.name)")
+    }
+
+    private func inspect(queue: String, on state: amqp_connection_state_t) throws -> QueueInfo? {
+        if !inspectChannelOpen {
+            amqp_channel_open(state, Self.inspectChannel)
+            try check(amqp_get_rpc_reply(state), "channel.open")
+            inspectChannelOpen = true
+        }
+        let ok = amqp_queue_declare(state, Self.inspectChannel, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table)
+        do {
+            try check(amqp_get_rpc_reply(state), "queue.declare passive \(queue)")
+        } catch let error as AMQPError where error.serverReplyCode == 404 {
+            inspectChannelOpen = false
+            return nil
+        } catch let error as AMQPError where error.serverReplyCode != nil {
+            inspectChannelOpen = false
+            throw error
+        }
+        guard let ok else { return nil }
+        return QueueInfo(messageCount: ok.pointee.message_count, consumerCount: ok.pointee.consumer_count)
+    }
+
+    // MARK: Helpers
+
+    /// Turns an RPC reply into an error; answers the broker's close with close-ok.
+    private func check(_ reply: amqp_rpc_reply_t, _ what: String) throws {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            throw AMQPError.connectionLost("\(what): \(Self.statusText(reply.library_error))")
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            guard let state else { throw AMQPError.connectionLost(what) }
+            switch reply.reply.id {
+            case GW_CONNECTION_CLOSE:
+                let m = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                var ok = amqp_connection_close_ok_t()
+                amqp_send_method(state, 0, GW_CONNECTION_CLOSE_OK, &ok)
+                throw AMQPError.connectionLost("\(what): broker closed the connection: \(m.reply_code) \(CDecode.string(m.reply_text))")
+            case GW_CHANNEL_CLOSE:
+                let m = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                // The channel that failed is the one the RPC ran on; answer on both candidates
+                // is wrong, so the callers pass which one through `inspectChannelOpen`.
+                var ok = amqp_channel_close_ok_t()
+                let channel = inspectChannelOpen && what.hasPrefix("queue.declare passive") ? Self.inspectChannel : Self.publishChannel
+                amqp_send_method(state, channel, GW_CHANNEL_CLOSE_OK, &ok)
+                throw AMQPError.serverClosed(code: m.reply_code, text: "\(what): \(CDecode.string(m.reply_text))")
+            default:
+                throw AMQPError.connectionLost("\(what): unexpected server reply \(reply.reply.id)")
+            }
+        default:
+            throw AMQPError.connectionLost("\(what): no reply")
+        }
+    }
+
+    static func statusText(_ rc: Int32) -> String {
+        String(cString: amqp_error_string2(rc))
+    }
+
+    static func makeTimeval(milliseconds: Int) -> timeval {
+        timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+    }
+}

@@ -1,0 +1,87 @@
+/// Broker topology: what the edge and workers declare at start and after every reconnect.
+///
+/// Mirrors the `exchanges`, `queues` and `bindings` sections of RabbitMQ's definitions format.
+public struct Topology: Sendable, Hashable {
+    public var exchanges: [ExchangeSpec]
+    public var queues: [QueueSpec]
+    public var bindings: [BindingSpec]
+
+    public init(exchanges: [ExchangeSpec] = [], queues: [QueueSpec] = [], bindings: [BindingSpec] = []) {
+        self.exchanges = exchanges
+        self.queues = queues
+        self.bindings = bindings
+    }
+
+    /// The queues a direct-style publish to `exchange` with `routingKey` lands in, as far as
+    /// the declared topology tells; the default exchange routes to the queue of that name.
+    public func queues(forExchange exchange: String, routingKey: String) -> [String] {
+        if exchange.isEmpty { return [routingKey] }
+        guard let spec = exchanges.first(where: { $0.name == exchange }) else { return [] }
+        switch spec.type {
+        case "direct":
+            return bindings.filter {
+                $0.source == exchange && $0.destinationType == .queue && $0.routingKey == routingKey
+            }.map(\.destination)
+        case "fanout":
+            return bindings.filter { $0.source == exchange && $0.destinationType == .queue }.map(\.destination)
+        default:
+            return []
+        }
+    }
+}
+
+public struct ExchangeSpec: Sendable, Hashable {
+    public var name: String
+    /// `direct`, `topic`, `fanout` or `headers`.
+    public var type: String
+    public var durable: Bool
+    public var autoDelete: Bool
+    public var `internal`: Bool
+    public var arguments: AMQPTable
+
+    public init(name: String, type: String, durable: Bool = true, autoDelete: Bool = false, internal: Bool = false, arguments: AMQPTable = [:]) {
+        self.name = name
+        self.type = type
+        self.durable = durable
+        self.autoDelete = autoDelete
+        self.internal = `internal`
+        self.arguments = arguments
+    }
+}
+
+public struct QueueSpec: Sendable, Hashable {
+    public var name: String
+    public var durable: Bool
+    public var exclusive: Bool
+    public var autoDelete: Bool
+    public var arguments: AMQPTable
+
+    public init(name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false, arguments: AMQPTable = [:]) {
+        self.name = name
+        self.durable = durable
+        self.exclusive = exclusive
+        self.autoDelete = autoDelete
+        self.arguments = arguments
+    }
+}
+
+public struct BindingSpec: Sendable, Hashable {
+    public enum DestinationType: String, Sendable, Hashable {
+        case queue
+        case exchange
+    }
+
+    public var source: String
+    public var destination: String
+    public var destinationType: DestinationType
+    public var routingKey: String
+    public var arguments: AMQPTable
+
+    public init(source: String, destination: String, destinationType: DestinationType = .queue, routingKey: String, arguments: AMQPTable = [:]) {
+        self.source = source
+        self.destination = destination
+        self.destinationType = destinationType
+        self.routingKey = routingKey
+        self.arguments = arguments
+    }
+}

@@ -1,0 +1,24 @@
+/// Names of wire contract version 1 between the edge and workers. The README documents them.
+public enum WireContract {
+    public static let version = 1
+    public static let appID = "gangway"
+    public static let defaultRPCExchange = "gangway.rpc"
+    public static let eventsExchange = "gangway.events"
+
+    public enum Header {
+        public static let method = "x-method"
+        public static let path = "x-path"
+        public static let query = "x-query"
+        public static let route = "x-route"
+        public static let requestID = "x-request-id"
+        public static let traceparent = "traceparent"
+        public static let deadline = "x-deadline"
+        public static let principal = "x-principal"
+        /// Prefix of forwarded request headers and of reply headers that become response headers.
+        public static let headerPrefix = "x-header-"
+        public static let status = "x-status"
+        public static let part = "x-part"
+        public static let final = "x-final"
+        public static let contractVersion = "x-gangway-version"
+    }
+}
