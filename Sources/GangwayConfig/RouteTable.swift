@@ -1,0 +1,117 @@
+/// The immutable set of routes, matched by method and path.
+///
+/// A trie of path segments: literal children are tried before a parameter child, so
+/// `/v1/users/me` wins over `/v1/users/{id}`. Matching allocates only the parameter map.
+public struct RouteTable: Sendable {
+    public enum Match: Sendable {
+        case matched(Route, parameters: [String: String])
+        /// The path exists but not for this method; the methods that would work.
+        case methodNotAllowed(allowed: [String])
+        case notFound
+        /// A parameter value that cannot go into a routing key.
+        case badParameter(name: String, reason: String)
+    }
+
+    final class Node: @unchecked Sendable {
+        // Built once in `init` and never mutated after; shared read-only across threads.
+        var literals: [String: Node] = [:]
+        var parameter: (name: String, node: Node)?
+        var routes: [String: Route] = [:]
+    }
+
+    private let root = Node()
+    public let routes: [Route]
+
+    /// - Precondition: no two routes share method and path (validation ensures it).
+    public init(routes: [Route]) {
+        self.routes = routes
+        for route in routes {
+            var node = root
+            for segment in route.path.segments {
+                switch segment {
+                case .literal(let s):
+                    if let next = node.literals[s] {
+                        node = next
+                    } else {
+                        let next = Node()
+                        node.literals[s] = next
+                        node = next
+                    }
+                case .parameter(let name):
+                    if let p = node.parameter {
+                        node = p.node
+                    } else {
+                        let next = Node()
+                        node.parameter = (name, next)
+                        node = next
+                    }
+                }
+            }
+            node.routes[route.method] = route
+        }
+    }
+
+    /// Matches a request path (without query). Parameter values are percent-decoded.
+    public func match(method: String, path: String) -> Match {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        var values: [(String, Substring)] = []
+        guard let node = find(root, segments[...], &values) else { return .notFound }
+        if let route = node.routes[method] ?? (method == "HEAD" ? node.routes["GET"] : nil) {
+            var parameters: [String: String] = [:]
+            for (name, raw) in values {
+                guard let decoded = Self.percentDecode(raw) else {
+                    return .badParameter(name: name, reason: "bad percent-encoding")
+                }
+                if route.routingKey.parameterNames.contains(name) || (route.queue?.parameterNames.contains(name) ?? false) {
+                    if decoded.isEmpty || decoded.contains(where: { $0 == "." || $0 == "*" || $0 == "#" }) || decoded.utf8.count > 200 {
+                        return .badParameter(name: name, reason: "must be 1 to 200 bytes without '.', '*' or '#'")
+                    }
+                }
+                parameters[name] = decoded
+            }
+            return .matched(route, parameters: parameters)
+        }
+        if node.routes.isEmpty { return .notFound }
+        var allowed = Array(node.routes.keys)
+        if node.routes["GET"] != nil && node.routes["HEAD"] == nil { allowed.append("HEAD") }
+        return .methodNotAllowed(allowed: allowed.sorted())
+    }
+
+    private func find(_ node: Node, _ segments: ArraySlice<Substring>, _ values: inout [(String, Substring)]) -> Node? {
+        guard let segment = segments.first else { return node.routes.isEmpty ? nil : node }
+        let rest = segments.dropFirst()
+        if let literal = node.literals[String(segment)], let found = find(literal, rest, &values) {
+            return found
+        }
+        if let parameter = node.parameter, !segment.isEmpty {
+            values.append((parameter.name, segment))
+            if let found = find(parameter.node, rest, &values) { return found }
+            values.removeLast()
+        }
+        return nil
+    }
+
+    static func percentDecode(_ s: Substring) -> String? {
+        guard s.contains("%") else { return String(s) }
+        var bytes: [UInt8] = []
+        var it = s.utf8.makeIterator()
+        while let c = it.next() {
+            if c == UInt8(ascii: "%") {
+                guard let h = it.next(), let l = it.next(), let hv = hex(h), let lv = hex(l) else { return nil }
+                bytes.append(hv << 4 | lv)
+            } else {
+                bytes.append(c)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hex(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 65...70: return c - 55
+        case 97...102: return c - 87
+        default: return nil
+        }
+    }
+}

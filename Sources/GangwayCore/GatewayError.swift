@@ -1,0 +1,94 @@
+/// A failure the edge reports to its client, with the HTTP status it maps to.
+///
+/// Messages are safe to show a user: they name routes and limits, never internals.
+public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible {
+    enum Code: String, Sendable, Equatable {
+        case notFound = "not-found"
+        case methodNotAllowed = "method-not-allowed"
+        case payloadTooLarge = "payload-too-large"
+        case badRequest = "bad-request"
+        case noConsumer = "no-consumer"
+        case brokerUnavailable = "broker-unavailable"
+        case timeout = "timeout"
+        case badReply = "bad-reply"
+        case shuttingDown = "shutting-down"
+        case headersTooLarge = "headers-too-large"
+    }
+
+    let code: Code
+    /// A one-line explanation for the client.
+    public let detail: String
+    /// Methods for the `Allow` header of a 405.
+    public var allow: [String] = []
+
+    public var description: String { "\(status) \(title): \(detail)" }
+
+    public var status: Int {
+        switch code {
+        case .notFound: return 404
+        case .methodNotAllowed: return 405
+        case .payloadTooLarge: return 413
+        case .headersTooLarge: return 431
+        case .badRequest: return 400
+        case .noConsumer, .brokerUnavailable, .shuttingDown: return 503
+        case .timeout: return 504
+        case .badReply: return 502
+        }
+    }
+
+    public var title: String {
+        switch code {
+        case .notFound: return "Not Found"
+        case .methodNotAllowed: return "Method Not Allowed"
+        case .payloadTooLarge: return "Payload Too Large"
+        case .headersTooLarge: return "Request Header Fields Too Large"
+        case .badRequest: return "Bad Request"
+        case .noConsumer: return "No Consumer"
+        case .brokerUnavailable: return "Broker Unavailable"
+        case .shuttingDown: return "Shutting Down"
+        case .timeout: return "Gateway Timeout"
+        case .badReply: return "Bad Gateway"
+        }
+    }
+
+    /// The problem `type` URI (RFC 9457), stable for clients to switch on.
+    public var type: String { "https://gangway.dev/problems/\(code.rawValue)" }
+
+    public static func notFound(path: String) -> GatewayError {
+        GatewayError(code: .notFound, detail: "no route matches \(path)")
+    }
+
+    public static func methodNotAllowed(method: String, path: String, allow: [String]) -> GatewayError {
+        GatewayError(code: .methodNotAllowed, detail: "\(method) is not allowed on \(path); allowed: \(allow.joined(separator: ", "))", allow: allow)
+    }
+
+    public static func payloadTooLarge(limit: Int) -> GatewayError {
+        GatewayError(code: .payloadTooLarge, detail: "the request body exceeds this route's limit of \(limit) bytes")
+    }
+
+    public static func headersTooLarge(_ detail: String) -> GatewayError {
+        GatewayError(code: .headersTooLarge, detail: detail)
+    }
+
+    public static func badRequest(_ detail: String) -> GatewayError {
+        GatewayError(code: .badRequest, detail: detail)
+    }
+
+    public static func noConsumer(route: String, reason: String) -> GatewayError {
+        GatewayError(code: .noConsumer, detail: "no worker is serving route '\(route)': \(reason)")
+    }
+
+    public static func brokerUnavailable(_ reason: String) -> GatewayError {
+        GatewayError(code: .brokerUnavailable, detail: "the message broker is unavailable: \(reason)")
+    }
+
+    public static func timeout(route: String, milliseconds: Int) -> GatewayError {
+        GatewayError(code: .timeout, detail: "no reply from route '\(route)' within \(milliseconds) ms")
+    }
+
+    public static func badReply(route: String, reason: String) -> GatewayError {
+        GatewayError(code: .badReply, detail: "the worker for route '\(route)' sent a malformed reply: \(reason)")
+    }
+
+    public static let shuttingDown = GatewayError(code: .shuttingDown, detail: "this edge is shutting down; retry on another")
+}

@@ -1,0 +1,14 @@
+import GangwayAMQPCore
+
+/// What the gateway core needs from the broker. The executable wires it to `GangwayAMQP`;
+/// tests can wire it to anything.
+public protocol MessageBus: Sendable {
+    /// The queue replies come back on (`reply_to`).
+    var replyQueue: String { get }
+    /// Publishing and reply consumption are both up.
+    var isReady: Bool { get }
+    /// Publishes and waits for the broker's confirm.
+    func publish(_ message: OutboundMessage) async throws -> PublishOutcome
+    /// Consumers on a queue, or `nil` when the queue does not exist.
+    func consumerCount(queue: String) async throws -> UInt32?
+}

@@ -1,0 +1,158 @@
+import GangwayAMQPCore
+import GangwayConfig
+import Logging
+import NIOCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sends a routed request as an AMQP message and waits for the worker's reply: the
+/// request/reply shape of wire contract v1.
+public final class RequestReplyClient: Sendable {
+    private let bus: any MessageBus
+    private let correlator: Correlator
+    private let presence: ConsumerPresence
+    private let instanceID: String
+    private let counter = Atomic<UInt64>(0)
+
+    /// Headers that describe one hop and must not be copied from a reply to the response.
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length",
+    ]
+
+    public init(bus: any MessageBus, correlator: Correlator, presence: ConsumerPresence, instanceID: String) {
+        self.bus = bus
+        self.correlator = correlator
+        self.presence = presence
+        self.instanceID = instanceID
+    }
+
+    /// - Throws: ``GatewayError``: 503 when nobody serves the route or the broker is down,
+    ///   504 at the deadline, 502 for a malformed reply.
+    public func send(_ request: GatewayRequest) async throws(GatewayError) -> GatewayReply {
+        let route = request.route
+        if let queue = route.queue?.render(request.parameters) {
+            switch await presence.check(queue: queue) {
+            case .present: break
+            case .none: throw .noConsumer(route: route.name, reason: "queue '\(queue)' has no consumers")
+            case .missingQueue: throw .noConsumer(route: route.name, reason: "queue '\(queue)' does not exist")
+            }
+        }
+        let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+        let correlationID = "\(instanceID).\(n)"
+        let message = makeMessage(request, correlationID: correlationID)
+        guard correlator.register(id: correlationID, timeoutMilliseconds: route.timeoutMilliseconds) else {
+            throw .brokerUnavailable("correlation id collision")
+        }
+        do {
+            switch try await bus.publish(message) {
+            case .confirmed: break
+            case .returned(let code, let text):
+                correlator.cancel(id: correlationID)
+                throw GatewayError.noConsumer(route: route.name, reason: "the broker could not route it (\(code) \(text))")
+            case .nacked:
+                correlator.cancel(id: correlationID)
+                throw GatewayError.brokerUnavailable("the broker refused the message")
+            }
+        } catch let error as GatewayError {
+            throw error
+        } catch {
+            correlator.cancel(id: correlationID)
+            throw .brokerUnavailable("\(error)")
+        }
+        let delivery: Delivery
+        do {
+            delivery = try await correlator.wait(id: correlationID)
+        } catch Correlator.Failure.timeout {
+            throw .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
+        } catch Correlator.Failure.unavailable(let reason) {
+            throw .brokerUnavailable(reason)
+        } catch {
+            throw .shuttingDown
+        }
+        return try Self.decodeReply(delivery, route: route.name)
+    }
+
+    func makeMessage(_ request: GatewayRequest, correlationID: String) -> OutboundMessage {
+        let route = request.route
+        let epochMs = Self.epochMilliseconds()
+        var headers: AMQPTable = [
+            WireContract.Header.method: .string(request.method),
+            WireContract.Header.path: .string(request.path),
+            WireContract.Header.route: .string(route.name),
+            WireContract.Header.requestID: .string(request.requestID),
+            WireContract.Header.traceparent: .string(request.traceparent),
+            WireContract.Header.deadline: .int(Int64(epochMs) + Int64(route.timeoutMilliseconds)),
+        ]
+        if !request.query.isEmpty { headers[WireContract.Header.query] = .string(request.query) }
+        for (name, value) in request.headers where route.forwardHeaders.contains(name) {
+            let key = WireContract.Header.headerPrefix + name
+            if case .string(let existing)? = headers[key] {
+                headers[key] = .string(existing + ", " + value)
+            } else {
+                headers[key] = .string(value)
+            }
+        }
+        for (name, value) in request.parameters {
+            headers["x-param-" + name] = .string(value)
+        }
+        let properties = AMQPProperties(
+            contentType: request.header("content-type"),
+            contentEncoding: request.header("content-encoding"),
+            headers: headers,
+            deliveryMode: 1,
+            correlationID: correlationID,
+            replyTo: bus.replyQueue,
+            expiration: String(route.timeoutMilliseconds),
+            messageID: correlationID,
+            timestamp: epochMs / 1000,
+            type: route.name,
+            appID: WireContract.appID
+        )
+        return OutboundMessage(
+            exchange: route.exchange,
+            routingKey: route.routingKey.render(request.parameters),
+            mandatory: true,
+            properties: properties,
+            body: request.body
+        )
+    }
+
+    /// Checks a reply against the contract: `x-status` an integer 100...599 when present,
+    /// `x-header-*` values text.
+    public static func decodeReply(_ delivery: Delivery, route: String) throws(GatewayError) -> GatewayReply {
+        let props = delivery.properties
+        var status = 200
+        if let raw = props.headers[WireContract.Header.status] {
+            guard let s = raw.intValue, (100...599).contains(s) else {
+                throw .badReply(route: route, reason: "x-status must be an HTTP status 100...599, got \(raw.stringValue.map { "'\($0)'" } ?? "a non-scalar value")")
+            }
+            status = Int(s)
+        }
+        var headers: [(String, String)] = []
+        for (key, value) in props.headers where key.hasPrefix(WireContract.Header.headerPrefix) {
+            let name = String(key.dropFirst(WireContract.Header.headerPrefix.count)).lowercased()
+            guard !name.isEmpty, name.unicodeScalars.allSatisfy(RoutesFile.isTokenCharacter) else {
+                throw .badReply(route: route, reason: "'\(key)' is not a valid header name")
+            }
+            guard let text = value.stringValue, !text.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) else {
+                throw .badReply(route: route, reason: "header '\(key)' must be a single line of text")
+            }
+            if hopByHop.contains(name) || name == "content-type" { continue }
+            headers.append((name, text))
+        }
+        if let ct = props.contentType, ct.contains(where: { $0 == "\r" || $0 == "\n" }) {
+            throw .badReply(route: route, reason: "content_type must be a single line")
+        }
+        return GatewayReply(status: status, headers: headers, contentType: props.contentType, contentEncoding: props.contentEncoding, body: delivery.body)
+    }
+
+    static func epochMilliseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+}
