@@ -11,6 +11,9 @@ public struct AMQPConnectionConfiguration: Sendable {
     public var rpcTimeoutMilliseconds: Int
     /// Declared on every (re)connect before consumers start.
     public var topology: Topology
+    /// Called on the owner thread when the connection comes up (`true`) or goes down
+    /// (`false`). Must not block.
+    public var onStateChange: (@Sendable (Bool) -> Void)?
 
     public init(
         url: AMQPURL,
@@ -18,7 +21,8 @@ public struct AMQPConnectionConfiguration: Sendable {
         backoff: ConnectionStateMachine.Backoff = .init(),
         frameMax: Int32 = 131_072,
         rpcTimeoutMilliseconds: Int = 5_000,
-        topology: Topology = Topology()
+        topology: Topology = Topology(),
+        onStateChange: (@Sendable (Bool) -> Void)? = nil
     ) {
         self.url = url
         self.name = name
@@ -26,6 +30,7 @@ public struct AMQPConnectionConfiguration: Sendable {
         self.frameMax = frameMax
         self.rpcTimeoutMilliseconds = rpcTimeoutMilliseconds
         self.topology = topology
+        self.onStateChange = onStateChange
     }
 }
 

@@ -122,12 +122,14 @@ final class ConnectionOwner: @unchecked Sendable {
 
     /// Fails everything that was waiting on the connection that is gone.
     private func markDisconnected(reason: String) {
-        let commands = connection.shared.withLock { state -> [AMQPConnection.Command] in
+        let (commands, wasConnected) = connection.shared.withLock { state -> ([AMQPConnection.Command], Bool) in
+            let wasConnected = state.connected
             state.connected = false
             state.blocked = false
             defer { state.commands = [] }
-            return state.commands
+            return (state.commands, wasConnected)
         }
+        if wasConnected { configuration.onStateChange?(false) }
         let error: AMQPError = shutdownRequested() ? .shutdown : .connectionLost(reason)
         for token in confirms.reset() { token?.resume(throwing: error) }
         for command in commands { fail(command, with: error) }
@@ -201,6 +203,7 @@ final class ConnectionOwner: @unchecked Sendable {
             shared.generation = generation
             shared.lastError = nil
         }
+        configuration.onStateChange?(true)
     }
 
     private func destroyConnection() {

@@ -1,0 +1,67 @@
+import GangwayConfig
+import GangwayCore
+import Hummingbird
+import Logging
+
+/// The HTTP edge: Hummingbird wired with Gangway's middleware, in this order:
+///
+/// 1. ``ProblemMiddleware`` — request id, trace context, errors as problem+json
+/// 2. ``RouteDispatchMiddleware`` — route finder, then the handler of the route's shape
+///
+/// and the edge's own endpoints: `GET /healthz` (the process is up) and `GET /readyz` (the
+/// broker is reachable and replies can be received).
+public struct Edge: Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var serverName: String
+
+        public init(host: String = "0.0.0.0", port: Int = 8080, serverName: String = "gangway") {
+            self.host = host
+            self.port = port
+            self.serverName = serverName
+        }
+    }
+
+    public static let healthPath = "/healthz"
+    public static let readyPath = "/readyz"
+
+    /// Builds the Hummingbird application; run it as a `Service`.
+    /// - Parameters:
+    ///   - onServerRunning: called with the bound port once the server listens.
+    public static func makeApplication(
+        configuration: Configuration,
+        routes: RouteTable,
+        bus: any MessageBus,
+        client: RequestReplyClient,
+        logger: Logger,
+        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        let router = Router(context: GatewayRequestContext.self)
+        router.add(middleware: ProblemMiddleware())
+        router.add(
+            middleware: RouteDispatchMiddleware(
+                routes: routes,
+                requestReply: RequestReplyHandler(client: client),
+                reservedPaths: [healthPath, readyPath]
+            )
+        )
+        router.get(RouterPath(healthPath)) { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+        }
+        router.get(RouterPath(readyPath)) { _, _ in
+            let ready = bus.isReady
+            return Response(
+                status: ready ? .ok : .serviceUnavailable,
+                headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(string: ready ? #"{"status":"ready"}"# : #"{"status":"not ready","reason":"broker unavailable"}"#))
+            )
+        }
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
+            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
+            logger: logger
+        )
+    }
+}

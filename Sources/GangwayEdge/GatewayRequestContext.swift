@@ -1,0 +1,15 @@
+import Hummingbird
+
+/// Per-request state that the edge's middleware fills in, in order.
+public struct GatewayRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    /// The client's `X-Request-ID` when it sent a usable one, otherwise a new one; echoed on
+    /// every response and passed to workers as `x-request-id`.
+    public var requestID: String = ""
+    /// W3C `traceparent` for the hop to the worker.
+    public var traceparent: String = ""
+
+    public init(source: Source) {
+        self.coreContext = .init(source: source)
+    }
+}

@@ -1,0 +1,67 @@
+import GangwayCore
+import Hummingbird
+import NIOCore
+
+/// Renders errors as RFC 9457 problem JSON: the one place where failures become HTTP.
+enum ProblemResponse {
+    static let contentType = "application/problem+json"
+
+    static func make(_ error: GatewayError, instance: String, requestID: String) -> Response {
+        var headers: HTTPFields = [.contentType: contentType]
+        if !error.allow.isEmpty { headers[.allow] = error.allow.joined(separator: ", ") }
+        if error.status == 503 { headers[.retryAfter] = "1" }
+        let body = """
+            {"type":\(JSON.quote(error.type)),"title":\(JSON.quote(error.title)),"status":\(error.status),\
+            "detail":\(JSON.quote(error.detail)),"instance":\(JSON.quote(instance)),"request_id":\(JSON.quote(requestID))}
+            """
+        return Response(
+            status: .init(code: error.status),
+            headers: headers,
+            body: .init(byteBuffer: ByteBuffer(string: body))
+        )
+    }
+
+    /// Maps errors from Hummingbird or anywhere else, so that no error escapes as plain text.
+    static func make(_ error: any Error, instance: String, requestID: String) -> Response {
+        switch error {
+        case let e as GatewayError:
+            return make(e, instance: instance, requestID: requestID)
+        case is NIOTooManyBytesError:
+            return make(.badRequest("the request body is too large"), instance: instance, requestID: requestID)
+        case let e as HTTPError:
+            let status = Int(e.status.code)
+            let gatewayError: GatewayError =
+                switch status {
+                case 404: .notFound(path: instance)
+                case 413: .payloadTooLarge(limit: 0)
+                default: .badRequest(e.body ?? e.status.reasonPhrase)
+                }
+            return make(gatewayError, instance: instance, requestID: requestID)
+        default:
+            return make(.badRequest("the request could not be processed"), instance: instance, requestID: requestID)
+        }
+    }
+}
+
+/// Just enough JSON writing for problem bodies and health reports, without Foundation.
+enum JSON {
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        out.reserveCapacity(s.utf8.count + 2)
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
+        return out
+    }
+}

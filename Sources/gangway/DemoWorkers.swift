@@ -1,0 +1,41 @@
+import GangwayWorker
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The demo workers shipped with Gangway.
+enum DemoWorkers {
+    /// Returns the request body and content type unchanged; echoes the request id as
+    /// `X-Request-ID` and the method as `X-Echo-Method`. With a delay, sleeps first (for
+    /// demonstrating timeouts and redelivery).
+    static func echo(delayMilliseconds: Int) -> Worker.Handler {
+        { request in
+            if delayMilliseconds > 0 {
+                try await Task.sleep(for: .milliseconds(delayMilliseconds))
+            }
+            var headers = ["x-echo-method": request.method]
+            if !request.requestID.isEmpty { headers["x-request-id-seen"] = request.requestID }
+            if let traceparent = request.traceparent { headers["x-traceparent-seen"] = traceparent }
+            return WorkerReply(status: 200, headers: headers, contentType: request.contentType, body: request.body)
+        }
+    }
+
+    /// Returns the worker's clock as JSON.
+    static func time() -> Worker.Handler {
+        { _ in
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+            var t = ts.tv_sec
+            var tm = tm()
+            gmtime_r(&t, &tm)
+            let iso = String(
+                format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday), Int(tm.tm_hour),
+                Int(tm.tm_min), Int(tm.tm_sec), Int(ms % 1000)
+            )
+            return .json(#"{"time":"\#(iso)","epoch_ms":\#(ms)}"#)
+        }
+    }
+}

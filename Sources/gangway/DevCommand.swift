@@ -1,0 +1,69 @@
+import ArgumentParser
+import GangwayAMQPCore
+import GangwayWorker
+import Logging
+import ServiceLifecycle
+
+struct DevCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Run the edge and the demo workers; starts a local RabbitMQ when GANGWAY_AMQP_URL is unset."
+    )
+
+    @OptionGroup var broker: BrokerOptions
+    @OptionGroup var files: FileOptions
+    @OptionGroup var log: LogOptions
+
+    @Option(help: "HTTP port. Default: $GANGWAY_HTTP_PORT or 8080.")
+    var port: Int?
+
+    func run() async throws {
+        let logger = log.bootstrap(label: "gangway.dev")
+        let configuration = try files.load()
+        let port = try self.port ?? HTTPPort.fromEnvironment() ?? 8080
+        var local: LocalBroker?
+        let url: AMQPURL
+        if broker.amqpURL == nil && BrokerOptions.environmentURL == nil {
+            do {
+                local = try LocalBroker.start(logger: logger)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            url = try AMQPURL(local!.url)
+        } else {
+            url = try broker.url()
+        }
+        defer { local?.stop() }
+        let instance = InstanceID.random()
+        var services = EdgeServices.make(
+            url: url,
+            configuration: configuration,
+            http: .init(host: "0.0.0.0", port: port),
+            instanceID: instance,
+            logger: logger,
+            onServerRunning: { port in
+                print(
+                    """
+
+                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo and time.
+                    Try:
+                      curl -s -X POST http://localhost:\(port)/v1/echo -H 'content-type: text/plain' -d 'hello gangway'
+                      curl -s http://localhost:\(port)/v1/time
+                    Ctrl-C stops everything.
+
+                    """
+                )
+            }
+        )
+        services.append(
+            Worker(configuration: .init(url: url, queue: "demo.echo", topology: configuration.topology), logger: logger, handler: DemoWorkers.echo(delayMilliseconds: 0))
+        )
+        services.append(
+            Worker(configuration: .init(url: url, queue: "demo.time", topology: configuration.topology), logger: logger, handler: DemoWorkers.time())
+        )
+        let group = ServiceGroup(
+            configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
+    }
+}

@@ -1,0 +1,69 @@
+import ArgumentParser
+import GangwayEdge
+import Logging
+import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+struct EdgeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "edge",
+        abstract: "Run the HTTP edge: routes requests onto RabbitMQ and returns the replies."
+    )
+
+    @OptionGroup var broker: BrokerOptions
+    @OptionGroup var files: FileOptions
+    @OptionGroup var log: LogOptions
+
+    @Option(help: "Address to listen on.")
+    var host = "0.0.0.0"
+
+    @Option(help: "HTTP port. Default: $GANGWAY_HTTP_PORT or 8080; 0 picks a free port.")
+    var port: Int?
+
+    @Option(help: "Instance id, part of the reply queue name gangway.reply.<id>. Default: random.")
+    var instanceID: String?
+
+    func run() async throws {
+        let logger = log.bootstrap(label: "gangway.edge")
+        let url = try broker.url()
+        let configuration = try files.load()
+        let port = try self.port ?? HTTPPort.fromEnvironment() ?? 8080
+        let instance = instanceID ?? InstanceID.random()
+        let services = EdgeServices.make(
+            url: url,
+            configuration: configuration,
+            http: .init(host: host, port: port),
+            instanceID: instance,
+            logger: logger,
+            onServerRunning: { port in
+                logger.info("edge.listening", metadata: ["http.port": "\(port)", "amqp.url": "\(url)", "edge.instance": "\(instance)"])
+            }
+        )
+        let group = ServiceGroup(
+            configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
+    }
+}
+
+enum HTTPPort {
+    static func fromEnvironment() throws -> Int? {
+        guard let text = ProcessInfo.processInfo.environment["GANGWAY_HTTP_PORT"], !text.isEmpty else { return nil }
+        guard let port = Int(text), (0...65535).contains(port) else {
+            throw ValidationError("GANGWAY_HTTP_PORT must be a port number, got '\(text)'")
+        }
+        return port
+    }
+}
+
+enum InstanceID {
+    static func random() -> String {
+        let s = String(UInt64.random(in: .min ... .max), radix: 36)
+        return String(s.prefix(10))
+    }
+}

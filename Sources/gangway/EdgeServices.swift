@@ -1,0 +1,69 @@
+import GangwayAMQP
+import GangwayAMQPCore
+import GangwayConfig
+import GangwayCore
+import GangwayEdge
+import Logging
+import ServiceLifecycle
+
+/// Everything one edge runs, in start order; graceful shutdown goes in reverse, so the HTTP
+/// server drains in-flight requests while the broker connections are still up.
+enum EdgeServices {
+    static func make(
+        url: AMQPURL,
+        configuration: GangwayConfiguration,
+        http: Edge.Configuration,
+        instanceID: String,
+        logger: Logger,
+        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> [any Service] {
+        let replyQueue = "gangway.reply.\(instanceID)"
+        let correlator = Correlator()
+        let publisher = AMQPConnection(
+            configuration: .init(url: url, name: "edge.publish", topology: configuration.topology),
+            logger: logger
+        )
+        let consumer = AMQPConnection(
+            configuration: .init(
+                url: url,
+                name: "edge.consume",
+                onStateChange: { up in
+                    // The exclusive reply queue died with the connection: no reply can arrive.
+                    if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
+                }
+            ),
+            logger: logger
+        )
+        consumer.consume(
+            .init(
+                queue: replyQueue,
+                declare: QueueSpec(name: replyQueue, durable: false, exclusive: true, autoDelete: true),
+                prefetch: 0,
+                autoAck: true
+            )
+        ) { delivery in
+            correlator.deliver(delivery)
+        }
+        let bus = AMQPMessageBus(publisher: publisher, consumer: consumer, replyQueue: replyQueue)
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: instanceID)
+        let app = Edge.makeApplication(
+            configuration: http,
+            routes: configuration.routes,
+            bus: bus,
+            client: client,
+            logger: logger,
+            onServerRunning: onServerRunning
+        )
+        return [publisher, consumer, CorrelatorService(correlator: correlator), app]
+    }
+}
+
+struct CorrelatorService: Service {
+    let correlator: Correlator
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await correlator.run()
+        }
+    }
+}

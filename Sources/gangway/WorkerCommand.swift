@@ -1,0 +1,65 @@
+import ArgumentParser
+import GangwayAMQPCore
+import GangwayWorker
+import Logging
+import ServiceLifecycle
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run a demo worker.",
+        subcommands: [Echo.self, Time.self]
+    )
+
+    struct Common: ParsableArguments {
+        @OptionGroup var broker: BrokerOptions
+        @OptionGroup var files: FileOptions
+        @OptionGroup var log: LogOptions
+
+        @Option(help: "Messages in flight at once (the consumer prefetch).")
+        var prefetch: UInt16 = 64
+
+        func run(queue: String, handler: @escaping Worker.Handler) async throws {
+            let logger = log.bootstrap(label: "gangway.worker")
+            guard prefetch > 0 else { throw ValidationError("--prefetch must be at least 1") }
+            let worker = Worker(
+                configuration: .init(url: try broker.url(), queue: queue, prefetch: prefetch, topology: try files.loadTopology()),
+                logger: logger,
+                handler: handler
+            )
+            let group = ServiceGroup(
+                configuration: .init(services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            )
+            try await group.run()
+        }
+    }
+
+    struct Echo: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Answer with the request's body and content type.")
+
+        @OptionGroup var common: Common
+
+        @Option(help: "Queue to consume.")
+        var queue = "demo.echo"
+
+        @Option(help: "Sleep this long before answering (to demonstrate timeouts and redelivery).")
+        var delayMs = 0
+
+        func run() async throws {
+            try await common.run(queue: queue, handler: DemoWorkers.echo(delayMilliseconds: delayMs))
+        }
+    }
+
+    struct Time: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Answer with the current time as JSON.")
+
+        @OptionGroup var common: Common
+
+        @Option(help: "Queue to consume.")
+        var queue = "demo.time"
+
+        func run() async throws {
+            try await common.run(queue: queue, handler: DemoWorkers.time())
+        }
+    }
+}
