@@ -92,8 +92,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "GangwayAMQPCoreTests", dependencies: ["GangwayAMQPCore"]),
-        .testTarget(name: "GangwayConfigTests", dependencies: ["GangwayConfig"]),
-        .testTarget(name: "GangwayCoreTests", dependencies: ["GangwayCore"]),
+        .testTarget(
+            name: "GangwayAMQPCoreTests",
+            dependencies: ["GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(name: "GangwayConfigTests", dependencies: ["GangwayConfig", "GangwayAMQPCore"]),
+        .testTarget(
+            name: "GangwayCoreTests",
+            dependencies: ["GangwayCore", "GangwayConfig", "GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
     ]
 )

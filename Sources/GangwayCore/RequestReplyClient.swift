@@ -138,16 +138,21 @@ public final class RequestReplyClient: Sendable {
             guard !name.isEmpty, name.unicodeScalars.allSatisfy(RoutesFile.isTokenCharacter) else {
                 throw .badReply(route: route, reason: "'\(key)' is not a valid header name")
             }
-            guard let text = value.stringValue, !text.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) else {
+            guard let text = value.stringValue, !Self.hasLineBreak(text) else {
                 throw .badReply(route: route, reason: "header '\(key)' must be a single line of text")
             }
             if hopByHop.contains(name) || name == "content-type" { continue }
             headers.append((name, text))
         }
-        if let ct = props.contentType, ct.contains(where: { $0 == "\r" || $0 == "\n" }) {
+        if let ct = props.contentType, Self.hasLineBreak(ct) {
             throw .badReply(route: route, reason: "content_type must be a single line")
         }
         return GatewayReply(status: status, headers: headers, contentType: props.contentType, contentEncoding: props.contentEncoding, body: delivery.body)
+    }
+
+    /// Checked on scalars: "\r\n" is one `Character`, equal to neither "\r" nor "\n".
+    static func hasLineBreak(_ text: String) -> Bool {
+        text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
     }
 
     static func epochMilliseconds() -> UInt64 {

@@ -1,0 +1,159 @@
+import GangwayAMQPCore
+import GangwayConfig
+import GangwayCore
+import NIOCore
+import Synchronization
+import Testing
+
+/// A bus that records publishes and answers like a scripted broker: no IO.
+final class ScriptedBus: MessageBus {
+    let replyQueue = "gangway.reply.test"
+    let isReady = true
+    let outcome: PublishOutcome
+    let consumers: UInt32?
+    let published = Mutex<[OutboundMessage]>([])
+    let onPublish: @Sendable (OutboundMessage) -> Void
+
+    init(outcome: PublishOutcome = .confirmed, consumers: UInt32? = 1, onPublish: @escaping @Sendable (OutboundMessage) -> Void = { _ in }) {
+        self.outcome = outcome
+        self.consumers = consumers
+        self.onPublish = onPublish
+    }
+
+    func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
+        published.withLock { $0.append(message) }
+        onPublish(message)
+        return outcome
+    }
+
+    func consumerCount(queue: String) async throws -> UInt32? { consumers }
+}
+
+@Suite("Request/reply over a scripted bus")
+struct RequestReplyTests {
+    func request(timeout: Int = 1000) throws -> GatewayRequest {
+        let route = Route(
+            name: "echo",
+            method: "POST",
+            path: try PathTemplate("/v1/echo/{id}"),
+            exchange: "gangway.rpc",
+            routingKey: try KeyTemplate("demo.{id}"),
+            queue: try KeyTemplate("demo.{id}"),
+            timeoutMilliseconds: timeout,
+            forwardHeaders: ["x-demo"],
+            maxBodyBytes: 1000
+        )
+        return GatewayRequest(
+            route: route,
+            parameters: ["id": "echo"],
+            method: "POST",
+            path: "/v1/echo/echo",
+            query: "a=1",
+            headers: [("content-type", "text/plain"), ("x-demo", "1"), ("x-secret", "no")],
+            body: ByteBuffer(string: "hi"),
+            requestID: "rid",
+            traceparent: "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
+        )
+    }
+
+    func reply(to message: OutboundMessage, headers: AMQPTable, body: String = "ok") -> Delivery {
+        Delivery(
+            consumerTag: "c", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "gangway.reply.test",
+            properties: AMQPProperties(contentType: "text/plain", headers: headers, correlationID: message.properties.correlationID),
+            body: ByteBuffer(string: body), generation: 1
+        )
+    }
+
+    @Test("the request message carries wire contract v1 and the reply becomes the response")
+    func roundTrip() async throws {
+        let correlator = Correlator()
+        let holder = Mutex<RequestReplyTests?>(self)
+        let bus = ScriptedBus(onPublish: { message in
+            let me = holder.withLock { $0 }!
+            correlator.deliver(me.reply(to: message, headers: ["x-status": .int(201), "x-header-location": "/x/1", "x-header-connection": "close"]))
+        })
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "edge1")
+        let response = try await client.send(try request())
+        #expect(response.status == 201)
+        #expect(response.headers.map(\.name) == ["location"])
+        #expect(String(buffer: response.body) == "ok")
+        let m = try #require(bus.published.withLock { $0.first })
+        #expect(m.exchange == "gangway.rpc" && m.routingKey == "demo.echo" && m.mandatory)
+        #expect(m.properties.replyTo == "gangway.reply.test")
+        #expect(m.properties.expiration == "1000")
+        #expect(m.properties.contentType == "text/plain")
+        #expect(m.properties.appID == "gangway" && m.properties.type == "echo")
+        #expect(m.properties.correlationID?.hasPrefix("edge1.") == true)
+        let h = m.properties.headers
+        #expect(h["x-method"] == "POST" && h["x-path"] == "/v1/echo/echo" && h["x-query"] == "a=1")
+        #expect(h["x-request-id"] == "rid" && h["x-route"] == "echo")
+        #expect(h["x-header-x-demo"] == "1" && h["x-header-x-secret"] == nil)
+        #expect(h["x-deadline"]?.intValue ?? 0 > 1_700_000_000_000)
+        #expect(h["traceparent"] == "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01")
+        #expect(String(buffer: m.body) == "hi")
+    }
+
+    @Test("no consumers on the route's queue is 503 without publishing")
+    func noConsumer() async throws {
+        let bus = ScriptedBus(consumers: 0)
+        let client = RequestReplyClient(bus: bus, correlator: Correlator(), presence: ConsumerPresence(bus: bus), instanceID: "e")
+        let error = await #expect(throws: GatewayError.self) { try await client.send(try request()) }
+        #expect(error?.status == 503)
+        #expect(bus.published.withLock { $0.isEmpty })
+    }
+
+    @Test("a returned (unroutable) publish is 503; a nack is 503")
+    func returnedAndNacked() async throws {
+        for outcome in [PublishOutcome.returned(replyCode: 312, replyText: "NO_ROUTE"), .nacked] {
+            let bus = ScriptedBus(outcome: outcome)
+            let correlator = Correlator()
+            let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
+            let error = await #expect(throws: GatewayError.self) { try await client.send(try request()) }
+            #expect(error?.status == 503)
+            #expect(correlator.pending == 0)
+        }
+    }
+
+    @Test("no reply by the deadline is 504, and the slot is freed")
+    func timeout() async throws {
+        let bus = ScriptedBus()
+        let correlator = Correlator(sweepInterval: .milliseconds(2))
+        let sweeper = Task { await correlator.run() }
+        defer { sweeper.cancel() }
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
+        let error = await #expect(throws: GatewayError.self) { try await client.send(try request(timeout: 30)) }
+        #expect(error?.status == 504)
+        #expect(correlator.pending == 0)
+    }
+
+    @Test("malformed replies are 502", arguments: [
+        AMQPFieldValue.string("abc"), .int(99), .int(600), .table([:]),
+    ])
+    func malformedStatus(_ status: AMQPFieldValue) throws {
+        let d = Delivery(
+            consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+            properties: AMQPProperties(headers: ["x-status": status]), body: ByteBuffer(), generation: 1
+        )
+        #expect(throws: GatewayError.self) { try RequestReplyClient.decodeReply(d, route: "r") }
+    }
+
+    @Test("reply headers with line breaks or bad names are 502")
+    func malformedHeaders() throws {
+        for headers: AMQPTable in [["x-header-x-a": "a\r\nb"], ["x-header-bad name": "v"], ["x-header-x-t": .table([:])]] {
+            let d = Delivery(
+                consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+                properties: AMQPProperties(headers: headers), body: ByteBuffer(), generation: 1
+            )
+            #expect(throws: GatewayError.self) { try RequestReplyClient.decodeReply(d, route: "r") }
+        }
+    }
+
+    @Test("a status sent as text by a worker in another language is accepted")
+    func statusAsText() throws {
+        let d = Delivery(
+            consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+            properties: AMQPProperties(headers: ["x-status": "404"]), body: ByteBuffer(), generation: 1
+        )
+        #expect(try RequestReplyClient.decodeReply(d, route: "r").status == 404)
+    }
+}
