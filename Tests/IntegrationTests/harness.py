@@ -1,0 +1,197 @@
+"""Starts real RabbitMQ nodes, real gangway binaries and outside workers for the tests."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import requests
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BROKER_SH = os.path.join(ROOT, "scripts", "broker.sh")
+
+
+def gangway_bin():
+    return os.environ.get("GANGWAY_BIN") or os.path.join(ROOT, ".build", "debug", "gangway")
+
+
+def free_port():
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port + 20000 <= 65535:
+            return port
+
+
+class Broker:
+    """A private RabbitMQ node: own name, port and directory."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="gangway-it-broker-")
+        self.url = f"amqp://guest:guest@localhost:{self.port}/"
+
+    def start(self):
+        subprocess.run([BROKER_SH, "start", self.dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
+        return self
+
+    def ctl(self, *args, check=True, input=None):
+        return subprocess.run([BROKER_SH, "ctl", self.dir, *args], check=check, capture_output=True, text=True, input=input)
+
+    def stop_app(self):
+        self.ctl("stop_app")
+
+    def start_app(self):
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def stop(self):
+        subprocess.run([BROKER_SH, "stop", self.dir], check=False)
+
+
+class Stack:
+    """Configuration files with queue names unique to one test, an edge and its workers."""
+
+    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time")):
+        self.broker = broker
+        self.tmp = str(tmpdir)
+        self.suffix = uuid.uuid4().hex[:8]
+        self.procs = []
+        self.queue = {q: f"it.{q}.{self.suffix}" for q in queues}
+        self.write_config(routes_extra)
+
+    def write_config(self, routes_extra):
+        queues = [
+            {"name": name, "vhost": "/", "durable": True, "auto_delete": False,
+             "arguments": {"x-queue-type": "classic"}}
+            for name in self.queue.values()
+        ]
+        bindings = [
+            {"source": "gangway.rpc", "vhost": "/", "destination": name, "destination_type": "queue",
+             "routing_key": name, "arguments": {}}
+            for name in self.queue.values()
+        ]
+        definitions = {
+            "exchanges": [{"name": "gangway.rpc", "vhost": "/", "type": "direct", "durable": True,
+                           "auto_delete": False, "internal": False, "arguments": {}}],
+            "queues": queues,
+            "bindings": bindings,
+        }
+        self.topology_path = os.path.join(self.tmp, "definitions.json")
+        with open(self.topology_path, "w") as f:
+            json.dump(definitions, f, indent=2)
+        self.routes_path = os.path.join(self.tmp, "routes.yaml")
+        with open(self.routes_path, "w") as f:
+            f.write(f"""version: 1
+defaults:
+  exchange: gangway.rpc
+  timeout: 3s
+  forward_headers: [accept, x-demo]
+routes:
+  - name: echo
+    method: POST
+    path: /v1/echo
+    routing_key: {self.queue['echo']}
+    max_body: 2MiB
+  - name: echo-get
+    method: GET
+    path: /v1/echo/{{id}}
+    routing_key: {self.queue['echo']}
+  - name: time
+    method: GET
+    path: /v1/time
+    routing_key: {self.queue['time']}
+    timeout: 1s
+  - name: slow
+    method: POST
+    path: /v1/slow
+    routing_key: {self.queue['echo']}
+    timeout: 800ms
+{routes_extra}""")
+
+    def env(self, **extra):
+        env = dict(os.environ)
+        env["GANGWAY_AMQP_URL"] = self.broker.url
+        env["GANGWAY_ROUTES"] = self.routes_path
+        env["GANGWAY_TOPOLOGY"] = self.topology_path
+        env.update(extra)
+        return env
+
+    def spawn(self, args, name, **kw):
+        log = open(os.path.join(self.tmp, f"{name}-{len(self.procs)}.log"), "w")
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True, **kw)
+        p.log_path = log.name
+        self.procs.append(p)
+        return p
+
+    def start_edge(self, port=None):
+        port = port or free_port()
+        p = self.spawn([gangway_bin(), "edge", "--port", str(port)], "edge")
+        p.base = f"http://127.0.0.1:{port}"
+        self.wait_ready(p)
+        return p
+
+    def wait_ready(self, edge, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if edge.poll() is not None:
+                raise RuntimeError(f"edge exited with {edge.returncode}: {open(edge.log_path).read()[-2000:]}")
+            try:
+                if requests.get(edge.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("edge did not become ready: " + open(edge.log_path).read()[-2000:])
+
+    def start_worker(self, kind="echo", queue=None, extra=()):
+        queue = queue or self.queue[kind]
+        before = self.consumer_count(queue)
+        p = self.spawn([gangway_bin(), "worker", kind, "--queue", queue, *extra], f"worker-{kind}")
+        self.wait_consumers(queue, at_least=before + 1)
+        return p
+
+    def start_pika_worker(self, queue, mode="echo", extra=()):
+        before = self.consumer_count(queue)
+        p = self.spawn([sys.executable, os.path.join(os.path.dirname(__file__), "pika_worker.py"),
+                        self.broker.url, queue, "--mode", mode, *extra], f"pika-{mode}")
+        self.wait_consumers(queue, at_least=before + 1)
+        return p
+
+    def consumer_count(self, queue):
+        out = self.broker.ctl("list_queues", "name", "consumers", "--quiet", "--no-table-headers", check=False).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == queue:
+                return int(parts[1])
+        return 0
+
+    def wait_consumers(self, queue, at_least, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.consumer_count(queue) >= at_least:
+                return
+            for p in self.procs:
+                if p.poll() is not None and p.returncode not in (0, -9, -15):
+                    raise RuntimeError(f"process exited {p.returncode}: {open(p.log_path).read()[-2000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{queue} did not reach {at_least} consumers")
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)

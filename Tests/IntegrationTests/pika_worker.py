@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""A Gangway worker in Python with pika, written from the README's wire contract alone.
+
+    pika_worker.py AMQP_URL QUEUE [--mode echo|bad-status|bad-header|sleep] [--sleep-ms N]
+
+It consumes QUEUE with manual acks, answers each request on the default exchange with
+routing key = reply_to and the same correlation_id, sets x-status and x-header-* headers,
+and acks only after the reply is published. Requests past x-deadline are acked and dropped.
+"""
+import argparse
+import sys
+import time
+
+import pika
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("queue")
+    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep"])
+    p.add_argument("--sleep-ms", type=int, default=0)
+    args = p.parse_args()
+
+    connection = pika.BlockingConnection(pika.URLParameters(args.url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_qos(prefetch_count=16)
+
+    def on_request(ch, method, props, body):
+        headers = props.headers or {}
+        deadline = headers.get("x-deadline")
+        if deadline is not None and int(deadline) < time.time() * 1000:
+            ch.basic_ack(method.delivery_tag)
+            return
+        if args.mode == "sleep":
+            time.sleep(args.sleep_ms / 1000)
+        reply_headers = {
+            "x-status": 200,
+            "x-header-x-worker": "python-pika",
+            "x-header-x-seen-method": str(headers.get("x-method", "")),
+            "x-header-x-seen-path": str(headers.get("x-path", "")),
+            "x-header-x-seen-query": str(headers.get("x-query", "")),
+            "x-header-x-seen-request-id": str(headers.get("x-request-id", "")),
+            "x-header-x-seen-route": str(headers.get("x-route", "")),
+            "x-header-x-seen-demo": str(headers.get("x-header-x-demo", "")),
+            "x-header-x-seen-expiration": str(props.expiration or ""),
+            "x-header-x-seen-app-id": str(props.app_id or ""),
+        }
+        if args.mode == "bad-status":
+            reply_headers["x-status"] = "not-a-status"
+        if args.mode == "bad-header":
+            reply_headers["x-header-x-evil"] = "a\r\nSet-Cookie: x=1"
+        if props.reply_to:
+            ch.basic_publish(
+                exchange="",
+                routing_key=props.reply_to,
+                properties=pika.BasicProperties(
+                    correlation_id=props.correlation_id,
+                    content_type=props.content_type,
+                    headers=reply_headers,
+                ),
+                body=body,
+            )
+        ch.basic_ack(method.delivery_tag)
+
+    channel.basic_consume(queue=args.queue, on_message_callback=on_request)
+    print("ready", flush=True)
+    try:
+        channel.start_consuming()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""gangway check, topology apply and the refusal to start on bad files."""
+import os
+import shutil
+import subprocess
+
+from harness import gangway_bin
+
+
+def run(*args, env=None):
+    return subprocess.run([gangway_bin(), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_check_accepts_the_shipped_files():
+    r = run("check", "--routes", "topology/routes.yaml", "--topology", "topology/definitions.json")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok:")
+
+
+def test_check_reports_every_mistake_with_file_and_line(tmp_path):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "version: 1\n"
+        "routes:\n"
+        "  - method: GIT\n"
+        "    path: /v1/a\n"
+        "    routing_key: demo.echo\n"
+        "  - method: GET\n"
+        "    path: /v1/b/{id\n"
+        "    routing_key: demo.echo\n"
+        "    timeout: soon\n"
+    )
+    r = run("check", "--routes", str(routes), "--topology", "topology/definitions.json")
+    assert r.returncode != 0
+    assert f"{routes}:3:" in r.stderr and "GIT" in r.stderr
+    assert f"{routes}:7:" in r.stderr
+    assert f"{routes}:9:" in r.stderr and "soon" in r.stderr
+    assert "3 problems" in r.stderr
+
+
+def test_edge_refuses_to_start_on_an_invalid_file(tmp_path):
+    bad = tmp_path / "definitions.json"
+    bad.write_text('{"exchanges": [{"name": "x", "type": "sideways"}]}')
+    r = run("edge", "--routes", "topology/routes.yaml", "--topology", str(bad), "--port", "0")
+    assert r.returncode != 0
+    assert "sideways" in r.stderr
+
+
+def test_topology_apply_is_idempotent_and_matches_import_definitions(broker):
+    for _ in range(2):
+        r = run("topology", "apply", "--amqp-url", broker.url, "--topology", "topology/definitions.json")
+        assert r.returncode == 0, r.stderr
+    queues = broker.ctl("list_queues", "name", "--quiet", "--no-table-headers").stdout.split()
+    assert "demo.echo" in queues and "demo.time" in queues
+    # The same file is valid for RabbitMQ's own importer.
+    copy = os.path.join(broker.dir, "definitions.json")
+    shutil.copy("topology/definitions.json", copy)
+    os.chmod(copy, 0o644)
+    imported = broker.ctl("import_definitions", copy, check=False)
+    assert imported.returncode == 0, imported.stderr
+
+
+def test_topology_apply_explains_an_unreachable_broker():
+    r = run("topology", "apply", "--amqp-url", "amqp://localhost:1/", "--timeout", "2")
+    assert r.returncode != 0
+    assert "could not connect" in r.stderr

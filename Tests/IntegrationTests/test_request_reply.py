@@ -1,0 +1,187 @@
+"""Request/reply through a real RabbitMQ with the real edge binary and workers."""
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+
+import requests
+
+
+def problem(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"].startswith("https://")
+    return body
+
+
+def test_round_trip_keeps_body_bytes_and_headers(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    r = requests.post(edge.base + "/v1/echo?x=1", data="hello gangway",
+                      headers={"content-type": "text/plain; charset=utf-8", "x-request-id": "req-123", "x-demo": "yes"})
+    assert r.status_code == 200
+    assert r.text == "hello gangway"
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert r.headers["x-request-id"] == "req-123"
+    assert r.headers["x-request-id-seen"] == "req-123"
+    assert r.headers["x-echo-method"] == "POST"
+    assert r.headers["x-traceparent-seen"].startswith("00-")
+
+
+def test_one_mebibyte_and_binary_bodies_arrive_intact(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    big = os.urandom(1 << 20)
+    r = requests.post(edge.base + "/v1/echo", data=big, headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 200
+    assert r.content == big
+    binary = bytes(range(256)) * 3 + b"\x00\r\n\x00"
+    r = requests.post(edge.base + "/v1/echo", data=binary, headers={"content-type": "application/x-binary"})
+    assert r.content == binary
+    assert r.headers["content-type"] == "application/x-binary"
+
+
+def test_generated_request_id_is_echoed_and_forwarded(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    r = requests.post(edge.base + "/v1/echo", data="x")
+    rid = r.headers["x-request-id"]
+    assert len(rid) == 32
+    assert r.headers["x-request-id-seen"] == rid
+
+
+def test_path_parameters_and_contract_headers_reach_a_pika_worker(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["echo"])
+    r = requests.get(edge.base + "/v1/echo/42?q=a%20b", headers={"x-demo": "d", "x-request-id": "rid-9"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-worker"] == "python-pika"
+    assert r.headers["x-seen-method"] == "GET"
+    assert r.headers["x-seen-path"] == "/v1/echo/42"
+    assert r.headers["x-seen-query"] == "q=a%20b"
+    assert r.headers["x-seen-route"] == "echo-get"
+    assert r.headers["x-seen-demo"] == "d"
+    assert r.headers["x-seen-request-id"] == "rid-9"
+    assert r.headers["x-seen-expiration"] == "3000"
+    assert r.headers["x-seen-app-id"] == "gangway"
+
+
+def test_unknown_path_is_404_and_wrong_method_is_405(stack):
+    edge = stack.start_edge()
+    problem(requests.get(edge.base + "/v1/nothing"), 404)
+    r = requests.delete(edge.base + "/v1/echo")
+    problem(r, 405)
+    assert r.headers["allow"] == "POST"
+
+
+def test_body_over_the_route_limit_is_413(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    body = problem(requests.post(edge.base + "/v1/echo", data=b"x" * (2 * 1024 * 1024 + 1)), 413)
+    assert "2097152" in body["detail"]
+
+    # Chunked, without a Content-Length: the limit holds while streaming.
+    def chunks():
+        for _ in range(300):
+            yield b"y" * 8192
+
+    problem(requests.post(edge.base + "/v1/echo", data=chunks()), 413)
+    # The edge still serves afterwards.
+    assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
+
+
+def test_no_consumer_is_503_in_under_100_ms(stack):
+    edge = stack.start_edge()
+    requests.get(edge.base + "/healthz")  # warm the connection pool
+    for _ in range(3):
+        start = time.monotonic()
+        r = requests.get(edge.base + "/v1/time")
+        elapsed = time.monotonic() - start
+        body = problem(r, 503)
+        assert "no consumers" in body["detail"]
+        assert elapsed < 0.1, elapsed
+        assert r.headers["retry-after"] == "1"
+
+
+def test_a_worker_that_sleeps_past_the_deadline_gives_504_at_the_deadline(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo", extra=["--delay-ms", "3000"])
+    start = time.monotonic()
+    r = requests.post(edge.base + "/v1/slow", data="z")
+    elapsed = time.monotonic() - start
+    problem(r, 504)
+    assert 0.75 <= elapsed < 1.3, elapsed
+
+
+def test_malformed_replies_are_502(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["echo"], mode="bad-status")
+    body = problem(requests.post(edge.base + "/v1/echo", data="x"), 502)
+    assert "x-status" in body["detail"]
+    stack.stop()
+    stack.procs.clear()
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["echo"], mode="bad-header")
+    r = requests.post(edge.base + "/v1/echo", data="x")
+    problem(r, 502)
+    assert "set-cookie" not in r.headers
+
+
+def test_a_killed_worker_s_request_is_redelivered_and_answered(stack):
+    edge = stack.start_edge()
+    doomed = stack.start_worker("echo", extra=["--delay-ms", "5000"])
+    result = {}
+
+    def call():
+        start = time.monotonic()
+        r = requests.post(edge.base + "/v1/echo", data="survive me")
+        result["response"] = r
+        result["elapsed"] = time.monotonic() - start
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.5)  # the doomed worker holds the message unacked
+    os.killpg(doomed.pid, signal.SIGKILL)
+    stack.start_worker("echo")
+    t.join(timeout=10)
+    r = result["response"]
+    assert r.status_code == 200, r.text
+    assert r.text == "survive me"
+    assert result["elapsed"] < 3.0
+
+
+def test_a_thousand_concurrent_requests_get_their_own_replies(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    stack.start_worker("echo")
+    n = 1000
+    barrier = threading.Barrier(200)
+    session_local = threading.local()
+
+    def call(i):
+        if not hasattr(session_local, "s"):
+            session_local.s = requests.Session()
+            try:
+                barrier.wait(timeout=30)
+            except threading.BrokenBarrierError:
+                pass
+        body = f"request-{i}-{os.urandom(8).hex()}"
+        r = session_local.s.post(edge.base + "/v1/echo", data=body, headers={"x-request-id": f"id-{i}"})
+        return i, body, r.status_code, r.text, r.headers.get("x-request-id-seen")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
+        results = list(pool.map(call, range(n)))
+    assert len(results) == n
+    for i, body, status, text, seen in results:
+        assert status == 200, (i, status, text)
+        assert text == body
+        assert seen == f"id-{i}"
+
+
+def test_readiness_reflects_the_broker(stack):
+    edge = stack.start_edge()
+    assert requests.get(edge.base + "/healthz").json() == {"status": "ok"}
+    assert requests.get(edge.base + "/readyz").status_code == 200
