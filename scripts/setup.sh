@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what Gangway needs on Debian/Ubuntu: rabbitmq-c and OpenSSL headers to build,
+# RabbitMQ to run a local broker, and the outside clients the tests drive it with.
+# The Swift 6 toolchain itself is expected on PATH (swift.org builds; /opt/swift here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+packages=(rabbitmq-server librabbitmq-dev libssl-dev curl wrk python3 python3-pip openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  # No service start from the package: Gangway runs its own nodes (scripts/broker.sh).
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -r Tests/IntegrationTests/requirements.txt 2>&1 \
+  | grep -v "Running pip as the 'root' user" || true
+
+if ! command -v swift >/dev/null 2>&1; then
+  echo "swift is not on PATH: install a Swift 6 toolchain (https://www.swift.org/install/linux/)" >&2
+  exit 1
+fi
+echo "setup: ok"
