@@ -32,8 +32,26 @@ public final class AMQPConnection: Sendable {
         var handler: DeliveryHandler
     }
 
+    /// Called on the owner thread when a publish is settled; must not block.
+    public typealias PublishCallback = @Sendable (Result<PublishOutcome, AMQPError>) -> Void
+
+    /// Who hears about a publish's confirm.
+    enum PublishToken: Sendable {
+        case continuation(CheckedContinuation<PublishOutcome, any Error>)
+        case callback(PublishCallback)
+        case none
+
+        func settle(_ result: Result<PublishOutcome, AMQPError>) {
+            switch self {
+            case .continuation(let c): c.resume(with: result.mapError { $0 as any Error })
+            case .callback(let f): f(result)
+            case .none: break
+            }
+        }
+    }
+
     enum Command: Sendable {
-        case publish(OutboundMessage, CheckedContinuation<PublishOutcome, any Error>?)
+        case publish(OutboundMessage, PublishToken)
         case ack(deliveryTag: UInt64, multiple: Bool, generation: UInt64)
         case reject(deliveryTag: UInt64, requeue: Bool, generation: UInt64)
         case declare(Topology, CheckedContinuation<Void, any Error>)
@@ -133,9 +151,19 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` when not connected, blocked, or the connection drops first.
     public func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.publish(message, continuation), needsConnection: true, rejectWhenBlocked: true) {
+            if let error = enqueue(.publish(message, .continuation(continuation)), needsConnection: true, rejectWhenBlocked: true) {
                 continuation.resume(throwing: error)
             }
+        }
+    }
+
+    /// Publishes and reports the confirm through a callback on the owner thread, so that a
+    /// caller with something else to wait for (a reply) does not pay for a second suspension.
+    /// - Throws: ``AMQPError`` at once when not connected or blocked; the callback is then
+    ///   never called.
+    public func publish(_ message: OutboundMessage, onSettled: @escaping PublishCallback) throws {
+        if let error = enqueue(.publish(message, .callback(onSettled)), needsConnection: true, rejectWhenBlocked: true) {
+            throw error
         }
     }
 
@@ -143,7 +171,7 @@ public final class AMQPConnection: Sendable {
     /// a timeout anyway.
     /// - Throws: ``AMQPError`` when not connected.
     public func publishWithoutConfirm(_ message: OutboundMessage) throws {
-        if let error = enqueue(.publish(message, nil), needsConnection: true, rejectWhenBlocked: false) {
+        if let error = enqueue(.publish(message, .none), needsConnection: true, rejectWhenBlocked: false) {
             throw error
         }
     }

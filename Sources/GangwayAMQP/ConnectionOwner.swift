@@ -11,7 +11,7 @@ import NIOCore
 /// `@unchecked Sendable` sound: the instance is handed to the thread once and never touched
 /// from anywhere else.
 final class ConnectionOwner: @unchecked Sendable {
-    typealias PublishToken = CheckedContinuation<PublishOutcome, any Error>?
+    typealias PublishToken = AMQPConnection.PublishToken
 
     private let connection: AMQPConnection
     private var logger: Logger { connection.logger }
@@ -30,6 +30,8 @@ final class ConnectionOwner: @unchecked Sendable {
     private let arena = CArena()
 
     private static let publishChannel: amqp_channel_t = 1
+    /// Idle rounds spent yielding before sleeping in poll; see `serve()`.
+    private static let yieldsBeforeSleep = 1
     private static let inspectChannel: amqp_channel_t = 2
 
     struct Lost: Error {
@@ -131,14 +133,14 @@ final class ConnectionOwner: @unchecked Sendable {
         }
         if wasConnected { configuration.onStateChange?(false) }
         let error: AMQPError = shutdownRequested() ? .shutdown : .connectionLost(reason)
-        for token in confirms.reset() { token?.resume(throwing: error) }
+        for token in confirms.reset() { token.settle(.failure(error)) }
         for command in commands { fail(command, with: error) }
         active = [:]
     }
 
     private func fail(_ command: AMQPConnection.Command, with error: AMQPError) {
         switch command {
-        case .publish(_, let c): c?.resume(throwing: error)
+        case .publish(_, let token): token.settle(.failure(error))
         case .declare(_, let c): c.resume(throwing: error)
         case .unbind(_, let c): c.resume(throwing: error)
         case .inspectQueue(_, let c): c.resume(throwing: error)
@@ -227,6 +229,7 @@ final class ConnectionOwner: @unchecked Sendable {
         let pollMilliseconds = heartbeat > 0 ? min(1000, heartbeat * 250) : 1000
         let deadAfter = TimeAmount.milliseconds(Int64(heartbeat > 0 ? heartbeat * 2000 + 1000 : Int.max / 2_000_000))
         let socket = amqp_get_sockfd(state)
+        var idleRounds = 0
         while true {
             let (commands, shutdown) = connection.shared.withLock { shared -> ([AMQPConnection.Command], Bool) in
                 defer { shared.commands.removeAll(keepingCapacity: true) }
@@ -236,8 +239,20 @@ final class ConnectionOwner: @unchecked Sendable {
             for command in commands {
                 try execute(command, on: state)
             }
-            try drainFrames(state)
+            let frames = try drainFrames(state)
             amqp_maybe_release_buffers(state)
+
+            // Under load, work arrives in bursts from several tasks: give them the CPU once
+            // before sleeping, so that the next burst is picked up without an eventfd wake-up.
+            if !commands.isEmpty || frames > 0 {
+                idleRounds = 0
+            } else {
+                idleRounds += 1
+            }
+            if idleRounds <= Self.yieldsBeforeSleep {
+                sched_yield()
+                continue
+            }
 
             let sleep = connection.shared.withLock { shared -> Bool in
                 if shared.commands.isEmpty && !shared.shutdownRequested {
@@ -258,14 +273,19 @@ final class ConnectionOwner: @unchecked Sendable {
         }
     }
 
-    private func drainFrames(_ state: amqp_connection_state_t) throws {
+    /// Handles every frame that can be read without blocking; returns how many.
+    private func drainFrames(_ state: amqp_connection_state_t) throws -> Int {
         var zero = timeval(tv_sec: 0, tv_usec: 0)
         var frame = amqp_frame_t()
+        var count = 0
         while true {
             let rc = amqp_simple_wait_frame_noblock(state, &frame, &zero)
-            if rc == AMQP_STATUS_TIMEOUT.rawValue { return }
+            if rc == AMQP_STATUS_TIMEOUT.rawValue {
+                if count > 0 { lastActivity = .now() }
+                return count
+            }
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: Self.statusText(rc)) }
-            lastActivity = .now()
+            count += 1
             try handle(frame, state)
         }
     }
@@ -328,12 +348,12 @@ final class ConnectionOwner: @unchecked Sendable {
         case GW_BASIC_ACK:
             let m = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             for (token, outcome) in confirms.acked(deliveryTag: m.delivery_tag, multiple: m.multiple != 0) {
-                token?.resume(returning: outcome)
+                token.settle(.success(outcome))
             }
         case GW_BASIC_NACK:
             let m = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
             for (token, outcome) in confirms.nacked(deliveryTag: m.delivery_tag, multiple: m.multiple != 0) {
-                token?.resume(returning: outcome)
+                token.settle(.success(outcome))
             }
         case GW_BASIC_CANCEL:
             // The broker cancelled a consumer (its queue was deleted). Reconnecting declares the
@@ -380,12 +400,12 @@ final class ConnectionOwner: @unchecked Sendable {
 
     private func execute(_ command: AMQPConnection.Command, on state: amqp_connection_state_t) throws {
         switch command {
-        case .publish(var message, let continuation):
+        case .publish(var message, let token):
             if message.mandatory && message.properties.messageID == nil {
                 nextMessageID += 1
                 message.properties.messageID = "\(configuration.name)-\(nextMessageID)"
             }
-            _ = confirms.published(continuation, messageID: message.mandatory ? message.properties.messageID : nil)
+            _ = confirms.published(token, messageID: message.mandatory ? message.properties.messageID : nil)
             var properties = arena.properties(message.properties)
             let exchange = arena.bytes(message.exchange)
             let routingKey = arena.bytes(message.routingKey)

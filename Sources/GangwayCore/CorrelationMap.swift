@@ -1,13 +1,16 @@
 /// Correlation id → the request waiting for its reply, as a plain value.
 ///
-/// A reply can arrive before the requester starts waiting (the worker is faster than the
-/// publisher confirm), so a slot is registered before publishing and holds an early reply until
-/// the requester comes for it. Each slot ends exactly once: replied-and-taken, expired or
-/// cancelled. Replies for unknown ids (late, duplicate, foreign) are counted and dropped.
-public struct CorrelationMap<Reply, Waiter> {
+/// A reply can arrive before the requester starts waiting (the worker can be faster than the
+/// requesting task is rescheduled), so a slot is registered before publishing and holds an
+/// early reply until the requester comes for it. Each slot ends exactly once: replied-and-taken,
+/// failed, expired or cancelled. Replies for unknown ids (late, duplicate, foreign) are counted
+/// and dropped. A failure learnt before the requester waits (the broker returned the message)
+/// is kept the same way.
+public struct CorrelationMap<Reply, Failure, Waiter> {
     enum Slot {
         case pending
         case replied(Reply)
+        case failed(Failure)
         case waiting(Waiter)
     }
 
@@ -20,8 +23,18 @@ public struct CorrelationMap<Reply, Waiter> {
         case unknown
     }
 
+    public enum FailAction {
+        /// The requester is waiting: fail it.
+        case resume(Waiter, Failure)
+        /// Kept until the requester asks.
+        case stored
+        /// No such slot, or it has its reply already (a reply wins over a later failure).
+        case ignored
+    }
+
     public enum WaitAction {
         case replyAvailable(Reply)
+        case failed(Failure)
         case suspended
         /// The slot is gone (expired or cancelled) before the requester waited.
         case gone
@@ -49,10 +62,23 @@ public struct CorrelationMap<Reply, Waiter> {
         case .waiting(let waiter):
             slots[id] = nil
             return .resume(waiter, reply)
-        case .replied, nil:
+        case .replied, .failed, nil:
             // A second reply to one request is as unknown as a late one.
             unknownReplies += 1
             return .unknown
+        }
+    }
+
+    public mutating func fail(_ id: String, _ failure: Failure) -> FailAction {
+        switch slots[id] {
+        case .pending:
+            slots[id] = .failed(failure)
+            return .stored
+        case .waiting(let waiter):
+            slots[id] = nil
+            return .resume(waiter, failure)
+        case .replied, .failed, nil:
+            return .ignored
         }
     }
 
@@ -64,6 +90,9 @@ public struct CorrelationMap<Reply, Waiter> {
         case .replied(let reply):
             slots[id] = nil
             return .replyAvailable(reply)
+        case .failed(let failure):
+            slots[id] = nil
+            return .failed(failure)
         case .waiting, nil:
             return .gone
         }

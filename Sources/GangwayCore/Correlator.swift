@@ -12,12 +12,14 @@ public final class Correlator: Sendable {
         case timeout
         case cancelled
         case unavailable(String)
+        /// The broker returned the request: nothing is bound to take it.
+        case unroutable(String)
     }
 
     typealias Waiter = CheckedContinuation<Delivery, any Error>
 
     struct State {
-        var map = CorrelationMap<Delivery, Waiter>()
+        var map = CorrelationMap<Delivery, Failure, Waiter>()
         var deadlines = DeadlineQueue()
     }
 
@@ -66,12 +68,21 @@ public final class Correlator: Sendable {
                 let action = state.withLock { $0.map.wait(id, continuation) }
                 switch action {
                 case .replyAvailable(let reply): continuation.resume(returning: reply)
+                case .failed(let failure): continuation.resume(throwing: failure)
                 case .suspended: break
                 case .gone: continuation.resume(throwing: Failure.timeout)
                 }
             }
         } onCancel: {
             cancel(id: id, with: .cancelled)
+        }
+    }
+
+    /// Fails a request whether or not its requester waits yet; a reply already in wins.
+    /// Safe from any thread, e.g. the publisher's owner thread reporting a return.
+    public func fail(id: String, with failure: Failure) {
+        if case .resume(let waiter, let f) = state.withLock({ $0.map.fail(id, failure) }) {
+            waiter.resume(throwing: f)
         }
     }
 

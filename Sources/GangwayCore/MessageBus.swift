@@ -9,6 +9,9 @@ public protocol MessageBus: Sendable {
     var isReady: Bool { get }
     /// Publishes and waits for the broker's confirm.
     func publish(_ message: OutboundMessage) async throws -> PublishOutcome
+    /// Publishes and reports the confirm through a callback (any thread, must not block).
+    /// Throws at once when the message cannot even be sent; the callback is then not called.
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws
     /// Consumers on a queue, or `nil` when the queue does not exist.
     func consumerCount(queue: String) async throws -> UInt32?
 }

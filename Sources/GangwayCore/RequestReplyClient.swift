@@ -47,18 +47,21 @@ public final class RequestReplyClient: Sendable {
         guard correlator.register(id: correlationID, timeoutMilliseconds: route.timeoutMilliseconds) else {
             throw .brokerUnavailable("correlation id collision")
         }
+        // The confirm is not awaited: the reply is the real answer, and a return (no queue
+        // bound) or nack arrives before the reply could. The owner thread fails the slot.
+        let correlator = self.correlator
         do {
-            switch try await bus.publish(message) {
-            case .confirmed: break
-            case .returned(let code, let text):
-                correlator.cancel(id: correlationID)
-                throw GatewayError.noConsumer(route: route.name, reason: "the broker could not route it (\(code) \(text))")
-            case .nacked:
-                correlator.cancel(id: correlationID)
-                throw GatewayError.brokerUnavailable("the broker refused the message")
+            try bus.publish(message) { result in
+                switch result {
+                case .success(.confirmed): break
+                case .success(.returned(let code, let text)):
+                    correlator.fail(id: correlationID, with: .unroutable("the broker could not route it (\(code) \(text))"))
+                case .success(.nacked):
+                    correlator.fail(id: correlationID, with: .unavailable("the broker refused the message"))
+                case .failure(let error):
+                    correlator.fail(id: correlationID, with: .unavailable("\(error)"))
+                }
             }
-        } catch let error as GatewayError {
-            throw error
         } catch {
             correlator.cancel(id: correlationID)
             throw .brokerUnavailable("\(error)")
@@ -70,6 +73,8 @@ public final class RequestReplyClient: Sendable {
             throw .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
         } catch Correlator.Failure.unavailable(let reason) {
             throw .brokerUnavailable(reason)
+        } catch Correlator.Failure.unroutable(let reason) {
+            throw .noConsumer(route: route.name, reason: reason)
         } catch {
             throw .shuttingDown
         }

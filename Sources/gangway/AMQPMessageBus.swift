@@ -21,6 +21,10 @@ final class AMQPMessageBus: MessageBus {
         try await publisher.publish(message)
     }
 
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        try publisher.publish(message) { result in onSettled(result.mapError { $0 }) }
+    }
+
     func consumerCount(queue: String) async throws -> UInt32? {
         try await publisher.inspectQueue(queue)?.consumerCount
     }

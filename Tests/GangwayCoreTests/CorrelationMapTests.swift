@@ -3,7 +3,7 @@ import Testing
 
 @Suite("Correlation map transcripts")
 struct CorrelationMapTests {
-    typealias Map = CorrelationMap<String, Int>
+    typealias Map = CorrelationMap<String, String, Int>
 
     @Test("waiting first, then the reply: the waiter is resumed with it")
     func waitThenReply() {
@@ -40,6 +40,24 @@ struct CorrelationMapTests {
         _ = m.reply("b", "one")
         guard case .unknown = m.reply("b", "two") else { Issue.record("second reply to a pending slot is unknown"); return }
         #expect(m.unknownReplies == 3)
+    }
+
+    @Test("a failure before the wait is kept and thrown at the wait; a failure after a reply is ignored")
+    func failures() {
+        var m = Map()
+        _ = m.register("a")
+        guard case .stored = m.fail("a", "returned") else { Issue.record("expected stored"); return }
+        guard case .failed(let f) = m.wait("a", 1) else { Issue.record("expected failed"); return }
+        #expect(f == "returned" && m.count == 0)
+        _ = m.register("b")
+        _ = m.wait("b", 2)
+        guard case .resume(let w, let f2) = m.fail("b", "lost") else { Issue.record("expected resume"); return }
+        #expect(w == 2 && f2 == "lost")
+        _ = m.register("c")
+        _ = m.reply("c", "ok")
+        guard case .ignored = m.fail("c", "late") else { Issue.record("expected ignored"); return }
+        guard case .replyAvailable(let r) = m.wait("c", 3) else { Issue.record("expected reply"); return }
+        #expect(r == "ok")
     }
 
     @Test("an id cannot be registered twice while open")

@@ -26,6 +26,13 @@ final class ScriptedBus: MessageBus {
         return outcome
     }
 
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        published.withLock { $0.append(message) }
+        // Like the broker: the confirm (or return) comes before the worker's reply.
+        onSettled(.success(outcome))
+        onPublish(message)
+    }
+
     func consumerCount(queue: String) async throws -> UInt32? { consumers }
 }
 
@@ -111,6 +118,7 @@ struct RequestReplyTests {
             let error = await #expect(throws: GatewayError.self) { try await client.send(try request()) }
             #expect(error?.status == 503)
             #expect(correlator.pending == 0)
+            if case .returned = outcome { #expect(error?.detail.contains("NO_ROUTE") == true) }
         }
     }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Request/reply benchmark: the edge against the raw broker round trip, in one run, on one
+# broker with one echo worker.
+#
+#   benchmarks/run.sh [SECONDS] [CONNECTIONS]
+#
+# 1. raw ceiling: benchmarks/raw_rpc (rabbitmq-c, CONNECTIONS requests in flight) → demo.echo
+# 2. edge: wrk, CONNECTIONS connections, POST /v1/echo with a 64-byte body → demo.echo
+# Prints req/s, p50 and p99 for both and the ratio edge / ceiling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-10}
+CONNECTIONS=${2:-64}
+export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
+
+work=$(mktemp -d /tmp/gangway-bench-XXXXXX)
+chmod 755 "$work"  # the broker runs as the rabbitmq user and must reach its directory
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/broker.sh stop "$work/broker" || true
+}
+trap cleanup EXIT
+
+echo "building (release)..." >&2
+swift build -c release --product gangway >/dev/null
+gcc -O2 -o "$work/raw_rpc" benchmarks/raw_rpc.c -lrabbitmq
+bin=$(swift build -c release --show-bin-path)/gangway
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+while [ $((port + 20000)) -gt 65535 ]; do
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+done
+scripts/broker.sh start "$work/broker" "$port" >/dev/null
+export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
+http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+"$bin" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & pids+=($!)
+"$bin" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf "localhost:$http_port/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf -X POST "localhost:$http_port/v1/echo" -d warmup >/dev/null
+
+echo "raw broker round trip (${CONNECTIONS} in flight, ${SECONDS_PER_RUN}s)..." >&2
+"$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 >/dev/null
+raw=$("$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64)
+
+cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("a", 64)
+wrk.headers["Content-Type"] = "text/plain"
+LUA
+echo "edge (wrk, ${CONNECTIONS} connections, ${SECONDS_PER_RUN}s)..." >&2
+wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
+out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
+
+
+python3 - "$raw" "$out" <<'PY'
+import re, sys
+raw, out = sys.argv[1], sys.argv[2]
+r = dict(kv.split("=") for kv in raw.split())
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    v, u = float(m.group(1)), m.group(2)
+    return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+raw_rps = float(r["rps"])
+print(f"{'':22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+print(f"{'raw broker ceiling':22}{raw_rps:>10.0f}{float(r['p50_ms']):>10.2f}{float(r['p99_ms']):>10.2f}")
+print(f"{'edge POST /v1/echo':22}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}")
+print(f"ratio edge / ceiling: {rps / raw_rps:.2f}")
+if errors:
+    print(f"non-2xx responses: {errors.group(1)}")
+PY
