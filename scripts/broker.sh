@@ -5,6 +5,9 @@
 #   scripts/broker.sh stop DIR
 #   scripts/broker.sh ctl DIR ARGS...  → rabbitmqctl against that node
 #
+# With BROKER_TLS_PORT and BROKER_TLS_DIR (holding ca.pem, server.pem, server.key) set, the
+# node also listens for amqps:// on BROKER_TLS_PORT.
+#
 # Each node gets its own name (gw<PORT>@localhost), Mnesia and log directory, and
 # distribution port (PORT + 20000), so several can run side by side.
 set -euo pipefail
@@ -31,6 +34,21 @@ case "$cmd" in
     if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq:rabbitmq "$dir"; fi
     : > "$dir/enabled_plugins.tmp"; echo "[]." > "$dir/enabled_plugins.tmp"; mv "$dir/enabled_plugins.tmp" "$dir/enabled_plugins"
     if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown rabbitmq:rabbitmq "$dir/enabled_plugins"; fi
+    config_env=()
+    if [ -n "${BROKER_TLS_PORT:-}" ]; then
+      cp "$BROKER_TLS_DIR/ca.pem" "$BROKER_TLS_DIR/server.pem" "$BROKER_TLS_DIR/server.key" "$dir/"
+      cat > "$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = $BROKER_TLS_PORT
+ssl_options.cacertfile = $dir/ca.pem
+ssl_options.certfile = $dir/server.pem
+ssl_options.keyfile = $dir/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+CONF
+      if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown rabbitmq:rabbitmq "$dir"/*.pem "$dir"/*.key "$dir/rabbitmq.conf"; fi
+      config_env=(RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf")
+    fi
+    env "${config_env[@]}" \
     RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT=$((port + 20000)) \
       RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
       RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \

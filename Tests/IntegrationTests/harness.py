@@ -32,14 +32,26 @@ def free_port():
 class Broker:
     """A private RabbitMQ node: own name, port and directory."""
 
-    def __init__(self):
+    def __init__(self, tls_dir=None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="gangway-it-broker-")
         self.url = f"amqp://guest:guest@localhost:{self.port}/"
+        self.tls_dir = tls_dir
+        self.tls_port = free_port() if tls_dir else None
 
     def start(self):
-        subprocess.run([BROKER_SH, "start", self.dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if self.tls_dir:
+            env["BROKER_TLS_PORT"] = str(self.tls_port)
+            env["BROKER_TLS_DIR"] = self.tls_dir
+        subprocess.run([BROKER_SH, "start", self.dir, str(self.port)], check=True, stdout=subprocess.DEVNULL, env=env)
         return self
+
+    def pid(self):
+        """The Erlang VM's pid, for kill -STOP."""
+        if not hasattr(self, "_pid"):
+            self._pid = int(self.ctl("eval", "os:getpid().").stdout.strip().strip('"'))
+        return self._pid
 
     def ctl(self, *args, check=True, input=None):
         return subprocess.run([BROKER_SH, "ctl", self.dir, *args], check=check, capture_output=True, text=True, input=input)
@@ -130,11 +142,15 @@ routes:
         self.procs.append(p)
         return p
 
-    def start_edge(self, port=None):
+    def start_edge(self, port=None, url=None, wait=True):
         port = port or free_port()
-        p = self.spawn([gangway_bin(), "edge", "--port", str(port)], "edge")
+        args = [gangway_bin(), "edge", "--port", str(port)]
+        if url:
+            args += ["--amqp-url", url]
+        p = self.spawn(args, "edge")
         p.base = f"http://127.0.0.1:{port}"
-        self.wait_ready(p)
+        if wait:
+            self.wait_ready(p)
         return p
 
     def wait_ready(self, edge, timeout=30):

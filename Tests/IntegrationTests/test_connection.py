@@ -1,0 +1,129 @@
+"""Connection-level behaviour: graceful drain, heartbeats, a frozen broker, TLS to the broker."""
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from harness import Broker, Stack
+
+
+def test_graceful_shutdown_lets_in_flight_requests_finish(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo", extra=["--delay-ms", "1000"])
+    result = {}
+
+    def call():
+        result["r"] = requests.post(edge.base + "/v1/echo", data="finish me", timeout=10)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    os.killpg(edge.pid, signal.SIGTERM)
+    t.join(timeout=10)
+    assert result["r"].status_code == 200
+    assert result["r"].text == "finish me"
+    assert edge.wait(timeout=10) == 0
+
+
+def test_an_idle_connection_stays_up_on_heartbeats(stack):
+    url = stack.broker.url + "?heartbeat=1"
+    edge = stack.start_edge(url=url)
+    stack.start_worker("echo")
+    time.sleep(5)  # the broker closes a connection after two missed heartbeats (2 s here)
+    r = requests.post(edge.base + "/v1/echo", data="still here")
+    assert r.status_code == 200 and r.text == "still here"
+    log = open(edge.log_path).read()
+    assert "amqp.connection.lost" not in log, log[-2000:]
+
+
+@pytest.fixture
+def own_broker():
+    b = Broker().start()
+    yield b
+    subprocess.run(["kill", "-CONT", str(b.pid())], check=False)
+    b.stop()
+
+
+def test_a_frozen_broker_is_detected_by_heartbeats_and_requests_do_not_hang(own_broker, tmp_path):
+    stack = Stack(own_broker, tmp_path)
+    try:
+        edge = stack.start_edge(url=own_broker.url + "?heartbeat=1")
+        stack.start_worker("echo")
+        assert requests.post(edge.base + "/v1/echo", data="a").status_code == 200
+        pid = own_broker.pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            r = requests.post(edge.base + "/v1/echo", data="b", timeout=10)
+            assert r.status_code in (503, 504), r.text
+            assert time.monotonic() - start < 3.5
+            deadline = time.monotonic() + 6
+            ready = 200
+            while time.monotonic() < deadline:
+                ready = requests.get(edge.base + "/readyz", timeout=2).status_code
+                if ready == 503:
+                    break
+                time.sleep(0.2)
+            assert ready == 503, "missed heartbeats must make the edge not-ready"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                r = requests.post(edge.base + "/v1/echo", data="c", timeout=5)
+                if r.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert r.status_code == 200
+    finally:
+        stack.stop()
+
+
+def make_certs(d):
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gangway-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.pem")
+    # A second CA that did not sign the server certificate.
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other-ca",
+        "-keyout", "other.key", "-out", "other.pem")
+    for name in os.listdir(d):
+        os.chmod(os.path.join(d, name), 0o644)
+    os.chmod(d, 0o755)
+
+
+def test_amqps_with_a_verified_certificate_round_trips_and_a_wrong_ca_is_refused(tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(str(certs))
+    broker = Broker(tls_dir=str(certs)).start()
+    stack = Stack(broker, tmp_path)
+    try:
+        tls_url = f"amqps://guest:guest@localhost:{broker.tls_port}/?cacertfile={certs}/ca.pem"
+        edge = stack.start_edge(url=tls_url)
+        stack.start_worker("echo")
+        r = requests.post(edge.base + "/v1/echo", data="over tls")
+        assert r.status_code == 200 and r.text == "over tls"
+        tls_connections = broker.ctl("list_connections", "ssl", "--quiet", "--no-table-headers").stdout.split()
+        assert "true" in tls_connections
+
+        wrong = f"amqps://guest:guest@localhost:{broker.tls_port}/?cacertfile={certs}/other.pem"
+        bad_edge = stack.start_edge(url=wrong, wait=False)
+        time.sleep(3)
+        assert requests.get(bad_edge.base + "/readyz").status_code == 503
+        assert "could not connect" in open(bad_edge.log_path).read()
+    finally:
+        stack.stop()
+        broker.stop()
