@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Names of wire contract version 1 between the edge and workers. The README documents them.
 public enum WireContract {
     public static let version = 1
@@ -20,5 +26,12 @@ public enum WireContract {
         public static let part = "x-part"
         public static let final = "x-final"
         public static let contractVersion = "x-gangway-version"
+    }
+
+    /// Wall-clock milliseconds since the epoch: the unit of `x-deadline`.
+    public static func epochMilliseconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 }

@@ -4,10 +4,6 @@ import Logging
 import NIOCore
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Sends a routed request as an AMQP message and waits for the worker's reply: the
 /// request/reply shape of wire contract v1.
 public final class RequestReplyClient: Sendable {
@@ -83,14 +79,14 @@ public final class RequestReplyClient: Sendable {
 
     func makeMessage(_ request: GatewayRequest, correlationID: String) -> OutboundMessage {
         let route = request.route
-        let epochMs = Self.epochMilliseconds()
+        let epochMs = WireContract.epochMilliseconds()
         var headers: AMQPTable = [
             WireContract.Header.method: .string(request.method),
             WireContract.Header.path: .string(request.path),
             WireContract.Header.route: .string(route.name),
             WireContract.Header.requestID: .string(request.requestID),
             WireContract.Header.traceparent: .string(request.traceparent),
-            WireContract.Header.deadline: .int(Int64(epochMs) + Int64(route.timeoutMilliseconds)),
+            WireContract.Header.deadline: .int(epochMs + Int64(route.timeoutMilliseconds)),
         ]
         if !request.query.isEmpty { headers[WireContract.Header.query] = .string(request.query) }
         for (name, value) in request.headers where route.forwardHeaders.contains(name) {
@@ -113,7 +109,7 @@ public final class RequestReplyClient: Sendable {
             replyTo: bus.replyQueue,
             expiration: String(route.timeoutMilliseconds),
             messageID: correlationID,
-            timestamp: epochMs / 1000,
+            timestamp: UInt64(epochMs / 1000),
             type: route.name,
             appID: WireContract.appID
         )
@@ -160,9 +156,4 @@ public final class RequestReplyClient: Sendable {
         text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
     }
 
-    static func epochMilliseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
-    }
 }

@@ -8,8 +8,9 @@ import Logging
 /// 1. ``ProblemMiddleware`` — request id, trace context, errors as problem+json
 /// 2. ``RouteDispatchMiddleware`` — route finder, then the handler of the route's shape
 ///
-/// and the edge's own endpoints: `GET /healthz` (the process is up) and `GET /readyz` (the
-/// broker is reachable and replies can be received).
+/// and the edge's own endpoints: `GET /healthz` (the process is up; pending requests and
+/// unknown replies counted) and `GET /readyz` (the broker is reachable and replies can be
+/// received).
 public struct Edge: Sendable {
     public struct Configuration: Sendable {
         public var host: String
@@ -34,6 +35,7 @@ public struct Edge: Sendable {
         routes: RouteTable,
         bus: any MessageBus,
         client: RequestReplyClient,
+        correlator: Correlator,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
@@ -47,7 +49,9 @@ public struct Edge: Sendable {
             )
         )
         router.get(RouterPath(healthPath)) { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+            // Counters an operator wants at a glance; /metrics comes with the metrics work.
+            let body = #"{"status":"ok","pending_requests":\#(correlator.pending),"unknown_replies":\#(correlator.unknownReplies)}"#
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         router.get(RouterPath(readyPath)) { _, _ in
             let ready = bus.isReady

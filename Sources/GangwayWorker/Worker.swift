@@ -4,10 +4,6 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A request/reply worker: consumes a queue, runs a handler per message, publishes the reply to
 /// the message's `reply_to`, then acknowledges.
 ///
@@ -78,7 +74,7 @@ public struct Worker: Service {
 
     private func process(_ delivery: Delivery) async {
         let request = WorkerRequest(delivery: delivery)
-        if let deadline = request.deadlineEpochMilliseconds, deadline < Self.epochMilliseconds() {
+        if let deadline = request.deadlineEpochMilliseconds, deadline < WireContract.epochMilliseconds() {
             logger.debug("worker.expired", metadata: ["request.id": "\(request.requestID)"])
             connection.ack(delivery)
             return
@@ -117,11 +113,5 @@ public struct Worker: Service {
             // Not acked: the broker redelivers the request once this connection is gone.
             logger.warning("worker.reply.failed", metadata: ["request.id": "\(request.requestID)", "error": "\(error)"])
         }
-    }
-
-    static func epochMilliseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 }

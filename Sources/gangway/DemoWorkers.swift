@@ -7,11 +7,18 @@ import Glibc
 
 /// The demo workers shipped with Gangway.
 enum DemoWorkers {
-    /// Returns the request body and content type unchanged; echoes the request id as
-    /// `X-Request-ID` and the method as `X-Echo-Method`. With a delay, sleeps first (for
+    struct DemoFailure: Error {}
+
+    /// Returns the request body and content type unchanged; reports the request id, trace
+    /// context and method it saw as `X-Request-ID-Seen`, `X-Traceparent-Seen` and
+    /// `X-Echo-Method`. A forwarded `X-Demo: fail` header makes it throw, to show what a
+    /// failing handler looks like (a 500 problem reply). With a delay, sleeps first (for
     /// demonstrating timeouts and redelivery).
     static func echo(delayMilliseconds: Int) -> Worker.Handler {
         { request in
+            if request.httpHeader("x-demo") == "fail" {
+                throw DemoFailure()
+            }
             if delayMilliseconds > 0 {
                 try await Task.sleep(for: .milliseconds(delayMilliseconds))
             }

@@ -51,6 +51,7 @@ enum EdgeServices {
             routes: configuration.routes,
             bus: bus,
             client: client,
+            correlator: correlator,
             logger: logger,
             onServerRunning: onServerRunning
         )

@@ -18,7 +18,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("queue")
-    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep"])
+    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice"])
     p.add_argument("--sleep-ms", type=int, default=0)
     args = p.parse_args()
 
@@ -51,7 +51,9 @@ def main():
             reply_headers["x-status"] = "not-a-status"
         if args.mode == "bad-header":
             reply_headers["x-header-x-evil"] = "a\r\nSet-Cookie: x=1"
-        if props.reply_to:
+        for _ in range(2 if args.mode == "twice" else 1):
+            if not props.reply_to:
+                break
             ch.basic_publish(
                 exchange="",
                 routing_key=props.reply_to,

@@ -185,3 +185,29 @@ def test_readiness_reflects_the_broker(stack):
     edge = stack.start_edge()
     assert requests.get(edge.base + "/healthz").json() == {"status": "ok"}
     assert requests.get(edge.base + "/readyz").status_code == 200
+
+
+def test_duplicate_replies_are_counted_and_dropped(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["echo"], mode="twice")
+    r = requests.post(edge.base + "/v1/echo", data="once")
+    assert r.status_code == 200 and r.text == "once"
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        health = requests.get(edge.base + "/healthz").json()
+        if health["unknown_replies"] >= 1:
+            break
+        time.sleep(0.05)
+    assert health["unknown_replies"] == 1
+    assert health["pending_requests"] == 0
+
+
+def test_a_failing_handler_becomes_a_500_problem(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    r = requests.post(edge.base + "/v1/echo", data="x", headers={"x-demo": "fail"})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == 500
+    # The worker keeps serving.
+    assert requests.post(edge.base + "/v1/echo", data="fine").text == "fine"
