@@ -36,7 +36,7 @@ export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
 http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 "$bin" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & pids+=($!)
-"$bin" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
+"$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do
   curl -sf "localhost:$http_port/readyz" >/dev/null && break
   sleep 0.1

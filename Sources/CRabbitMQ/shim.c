@@ -35,15 +35,18 @@ int gw_poll2(int sockfd, int wakefd, int timeout_ms) {
     fds[n].revents = 0;
     n++;
   }
-  fds[n].fd = wakefd;
-  fds[n].events = POLLIN;
-  fds[n].revents = 0;
-  int wake_index = n;
-  n++;
+  int wake_index = -1;
+  if (wakefd >= 0) {
+    fds[n].fd = wakefd;
+    fds[n].events = POLLIN;
+    fds[n].revents = 0;
+    wake_index = n;
+    n++;
+  }
   int rc = poll(fds, n, timeout_ms);
   if (rc < 0) return -1;
   int result = 0;
   if (sockfd >= 0 && fds[0].revents != 0) result |= 1;
-  if (fds[wake_index].revents != 0) result |= 2;
+  if (wake_index >= 0 && fds[wake_index].revents != 0) result |= 2;
   return result;
 }

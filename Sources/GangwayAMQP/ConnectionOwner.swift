@@ -228,8 +228,11 @@ final class ConnectionOwner: @unchecked Sendable {
         let heartbeat = Int(amqp_get_heartbeat(state))
         let pollMilliseconds = heartbeat > 0 ? min(1000, heartbeat * 250) : 1000
         let deadAfter = TimeAmount.milliseconds(Int64(heartbeat > 0 ? heartbeat * 2000 + 1000 : Int.max / 2_000_000))
+        let housekeepingEvery = TimeAmount.milliseconds(Int64(pollMilliseconds))
         let socket = amqp_get_sockfd(state)
         var idleRounds = 0
+        var readable = true
+        var lastHousekeeping = NIODeadline.now()
         while true {
             let (commands, shutdown) = connection.shared.withLock { shared -> ([AMQPConnection.Command], Bool) in
                 defer { shared.commands.removeAll(keepingCapacity: true) }
@@ -239,8 +242,19 @@ final class ConnectionOwner: @unchecked Sendable {
             for command in commands {
                 try execute(command, on: state)
             }
-            let frames = try drainFrames(state)
-            amqp_maybe_release_buffers(state)
+            // Read only when there is something to read: the socket polled readable, or
+            // rabbitmq-c holds buffered bytes or frames (its RPCs queue frames they skip).
+            // Every so often read anyway: rabbitmq-c sends its heartbeats only from inside a
+            // read, and a connection that only receives would otherwise never send one.
+            let now = NIODeadline.now()
+            let housekeeping = now - lastHousekeeping >= housekeepingEvery
+            var frames = 0
+            if readable || housekeeping || amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0 {
+                frames = try drainFrames(state)
+                amqp_maybe_release_buffers(state)
+                readable = false
+                if housekeeping { lastHousekeeping = now }
+            }
 
             // Under load, work arrives in bursts from several tasks: give them the CPU once
             // before sleeping, so that the next burst is picked up without an eventfd wake-up.
@@ -251,6 +265,8 @@ final class ConnectionOwner: @unchecked Sendable {
             }
             if idleRounds <= Self.yieldsBeforeSleep {
                 sched_yield()
+                // A zero-timeout poll tells whether the broker sent anything meanwhile.
+                readable = gw_poll2(socket, -1, 0) & 1 != 0
                 continue
             }
 
@@ -265,7 +281,10 @@ final class ConnectionOwner: @unchecked Sendable {
                 let ready = gw_poll2(socket, connection.wakeFD, Int32(pollMilliseconds))
                 connection.shared.withLock { $0.sleeping = false }
                 if ready & 2 != 0 { gw_eventfd_drain(connection.wakeFD) }
-                if ready & 1 != 0 { lastActivity = .now() }
+                if ready & 1 != 0 {
+                    readable = true
+                    lastActivity = .now()
+                }
                 if NIODeadline.now() - lastActivity > deadAfter {
                     throw Lost(reason: "no heartbeat from the broker for \(heartbeat * 2) s")
                 }

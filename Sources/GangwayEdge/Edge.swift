@@ -2,6 +2,7 @@ import GangwayConfig
 import GangwayCore
 import Hummingbird
 import Logging
+import NIOPosix
 
 /// The HTTP edge: Hummingbird wired with Gangway's middleware, in this order:
 ///
@@ -16,11 +17,14 @@ public struct Edge: Sendable {
         public var host: String
         public var port: Int
         public var serverName: String
+        /// HTTP event-loop threads; `nil` uses one per core.
+        public var eventLoopThreads: Int?
 
-        public init(host: String = "0.0.0.0", port: Int = 8080, serverName: String = "gangway") {
+        public init(host: String = "0.0.0.0", port: Int = 8080, serverName: String = "gangway", eventLoopThreads: Int? = nil) {
             self.host = host
             self.port = port
             self.serverName = serverName
+            self.eventLoopThreads = eventLoopThreads
         }
     }
 
@@ -65,6 +69,7 @@ public struct Edge: Sendable {
             router: router,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
+            eventLoopGroupProvider: configuration.eventLoopThreads.map { .shared(MultiThreadedEventLoopGroup(numberOfThreads: $0)) } ?? .singleton,
             logger: logger
         )
     }

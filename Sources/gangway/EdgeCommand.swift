@@ -25,6 +25,9 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "HTTP port. Default: $GANGWAY_HTTP_PORT or 8080; 0 picks a free port.")
     var port: Int?
 
+    @Option(help: "HTTP event-loop threads. Default: one per core.")
+    var threads: Int?
+
     @Option(help: "Instance id, part of the reply queue name gangway.reply.<id>. Default: random.")
     var instanceID: String?
 
@@ -37,7 +40,7 @@ struct EdgeCommand: AsyncParsableCommand {
         let services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: host, port: port),
+            http: .init(host: host, port: port, eventLoopThreads: threads),
             instanceID: instance,
             logger: logger,
             onServerRunning: { port in

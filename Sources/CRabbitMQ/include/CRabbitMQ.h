@@ -19,6 +19,7 @@ void gw_eventfd_signal(int fd);
 void gw_eventfd_drain(int fd);
 
 /// Waits until `sockfd` is readable or `wakefd` is signalled, at most `timeout_ms`.
+/// Either descriptor may be -1 to leave it out.
 /// Returns a bit set: 1 socket readable (or in error), 2 woken, 0 timed out, -1 on poll error.
 int gw_poll2(int sockfd, int wakefd, int timeout_ms);
 
