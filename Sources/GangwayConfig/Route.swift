@@ -4,6 +4,7 @@ import GangwayAMQPCore
 public struct Route: Sendable, Hashable {
     public enum Shape: String, Sendable, Hashable, CaseIterable {
         case requestReply = "request-reply"
+        case aggregate
     }
 
     /// Bounded label for logs and metrics, and the `type` / `x-route` of the message.
@@ -23,6 +24,8 @@ public struct Route: Sendable, Hashable {
     public var maxBodyBytes: Int
     /// Where in routes.yaml the route was declared, for messages.
     public var line: Int
+    /// For `aggregate`: the legs, and what a failed leg does to the whole.
+    public var aggregate: AggregateSpec?
 
     public init(
         name: String,
@@ -35,7 +38,8 @@ public struct Route: Sendable, Hashable {
         timeoutMilliseconds: Int,
         forwardHeaders: Set<String> = [],
         maxBodyBytes: Int,
-        line: Int = 0
+        line: Int = 0,
+        aggregate: AggregateSpec? = nil
     ) {
         self.name = name
         self.method = method
@@ -48,5 +52,104 @@ public struct Route: Sendable, Hashable {
         self.forwardHeaders = forwardHeaders
         self.maxBodyBytes = maxBodyBytes
         self.line = line
+        self.aggregate = aggregate
+    }
+
+    /// Parameters that end up in a routing key or queue name, here or in a leg: their values
+    /// may not hold routing wildcards or separators.
+    public var keyParameterNames: Set<String> {
+        var names = Set(routingKey.parameterNames).union(queue?.parameterNames ?? [])
+        for leg in aggregate?.legs ?? [] {
+            names.formUnion(leg.route.routingKey.parameterNames)
+            names.formUnion(leg.route.queue?.parameterNames ?? [])
+        }
+        return names
+    }
+}
+
+/// The legs of an aggregate route and its failure policy.
+public struct AggregateSpec: Sendable, Hashable {
+    public enum Policy: String, Sendable, Hashable, CaseIterable {
+        /// Any failed leg fails the whole request with a 502 naming the legs.
+        case all
+        /// The legs that answered, plus an `errors` object for the others.
+        case partial
+    }
+
+    public struct Leg: Sendable, Hashable {
+        /// The key of this leg's answer in the merged JSON object.
+        public var key: String
+        /// A request/reply route of its own: exchange, routing key, queue, timeout, headers.
+        public var route: Route
+        /// Send the client's request body to this leg.
+        public var forwardBody: Bool
+        /// Statuses at or above 400 that still count as an answer, e.g. 404.
+        public var acceptedStatuses: Set<Int>
+        /// Response headers of this leg kept on the merged response as `<key>-<name>`.
+        public var keepHeaders: Set<String>
+        /// Path-style parameters taken from earlier legs' JSON replies: name → (leg key,
+        /// JSON pointer). The leg waits for those legs; the others run in parallel.
+        public var uses: [String: Reference]
+
+        public init(
+            key: String,
+            route: Route,
+            forwardBody: Bool = true,
+            acceptedStatuses: Set<Int> = [],
+            keepHeaders: Set<String> = [],
+            uses: [String: Reference] = [:]
+        ) {
+            self.key = key
+            self.route = route
+            self.forwardBody = forwardBody
+            self.acceptedStatuses = acceptedStatuses
+            self.keepHeaders = keepHeaders
+            self.uses = uses
+        }
+    }
+
+    /// A value inside an earlier leg's JSON reply: `/<leg key><JSON pointer>`.
+    public struct Reference: Sendable, Hashable, CustomStringConvertible {
+        public var leg: String
+        /// RFC 6901 reference tokens, already unescaped.
+        public var pointer: [String]
+
+        public var description: String {
+            "/" + ([leg] + pointer).map { $0.replacingOccurrences("~", "~0").replacingOccurrences("/", "~1") }.joined(separator: "/")
+        }
+
+        /// Parses `/<leg>/<token>/…` with RFC 6901 escapes.
+        public init?(_ text: String) {
+            guard text.hasPrefix("/") else { return nil }
+            let tokens = text.dropFirst().split(separator: "/", omittingEmptySubsequences: false).map {
+                String($0).replacingOccurrences("~1", "/").replacingOccurrences("~0", "~")
+            }
+            guard let first = tokens.first, !first.isEmpty else { return nil }
+            leg = first
+            pointer = Array(tokens.dropFirst())
+        }
+    }
+
+    public var legs: [Leg]
+    public var policy: Policy
+
+    public init(legs: [Leg], policy: Policy) {
+        self.legs = legs
+        self.policy = policy
+    }
+}
+
+extension String {
+    func replacingOccurrences(_ target: String, _ replacement: String) -> String {
+        guard contains(target) else { return self }
+        var out = ""
+        var rest = self[...]
+        while let r = rest.firstRange(of: target) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        out += rest
+        return out
     }
 }

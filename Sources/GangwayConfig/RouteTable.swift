@@ -58,14 +58,13 @@ public struct RouteTable: Sendable {
         guard let node = find(root, segments[...], &values) else { return .notFound }
         if let route = node.routes[method] ?? (method == "HEAD" ? node.routes["GET"] : nil) {
             var parameters: [String: String] = [:]
+            let keyParameters = route.keyParameterNames
             for (name, raw) in values {
                 guard let decoded = Self.percentDecode(raw) else {
                     return .badParameter(name: name, reason: "bad percent-encoding")
                 }
-                if route.routingKey.parameterNames.contains(name) || (route.queue?.parameterNames.contains(name) ?? false) {
-                    if decoded.isEmpty || decoded.contains(where: { $0 == "." || $0 == "*" || $0 == "#" }) || decoded.utf8.count > 200 {
-                        return .badParameter(name: name, reason: "must be 1 to 200 bytes without '.', '*' or '#'")
-                    }
+                if keyParameters.contains(name), !Self.isRoutingSafe(decoded) {
+                    return .badParameter(name: name, reason: "must be 1 to 200 bytes without '.', '*' or '#'")
                 }
                 parameters[name] = decoded
             }
@@ -89,6 +88,11 @@ public struct RouteTable: Sendable {
             values.removeLast()
         }
         return nil
+    }
+
+    /// Whether a value can be put into a routing key without changing how it routes.
+    public static func isRoutingSafe(_ value: String) -> Bool {
+        !value.isEmpty && value.utf8.count <= 200 && !value.contains(where: { $0 == "." || $0 == "*" || $0 == "#" })
     }
 
     static func percentDecode(_ s: Substring) -> String? {

@@ -33,6 +33,10 @@ public enum RoutesFile {
     private static let defaultKeys: Set<String> = ["exchange", "timeout", "max_body", "forward_headers"]
     private static let routeKeys: Set<String> = [
         "name", "method", "path", "shape", "exchange", "routing_key", "queue", "timeout", "max_body", "forward_headers",
+        "policy", "legs",
+    ]
+    private static let legKeys: Set<String> = [
+        "key", "exchange", "routing_key", "queue", "timeout", "forward_headers", "body", "accept_status", "keep_headers", "use",
     ]
 
     /// - Parameters:
@@ -131,8 +135,12 @@ public enum RoutesFile {
         var timeoutMs = d.timeoutMilliseconds
         var maxBody = d.maxBodyBytes
         var forward = d.forwardHeaders
+        var policyNode: Node?
+        var legsNode: Node?
         for (k, _, v) in pairs {
             switch k {
+            case "policy": policyNode = v
+            case "legs": legsNode = v
             case "name":
                 if let s = r.string(v, "name") {
                     if s.isEmpty || s.contains(where: { $0.isWhitespace }) { r.problem(v, "route name '\(s)' must be non-empty without spaces") }
@@ -183,23 +191,24 @@ public enum RoutesFile {
         }
         if method == nil && !pairs.contains(where: { $0.key == "method" }) { r.problem(node, "route has no 'method'") }
         if path == nil && pathNode == nil { r.problem(node, "route has no 'path'") }
-        if routingKey == nil && routingKeyNode == nil { r.problem(node, "route has no 'routing_key'") }
-        if let path, let routingKey {
-            let known = Set(path.parameterNames)
-            for p in routingKey.parameterNames where !known.contains(p) {
-                r.problem(routingKeyNode, "routing_key uses {\(p)}, which is not a parameter of path \(path)")
+        var aggregate: AggregateSpec?
+        if shape == .aggregate {
+            if let routingKeyNode { r.problem(routingKeyNode, "an aggregate route has no routing_key of its own; give each leg one") }
+            routingKey = try? KeyTemplate("")
+            aggregate = readAggregate(
+                node: node, policyNode: policyNode, legsNode: legsNode, r: r, topology: topology,
+                parent: (name ?? "\(method ?? "") \(path?.description ?? "")", path, exchange, timeoutMs, forward)
+            )
+        } else {
+            if let policyNode { r.problem(policyNode, "'policy' applies to aggregate routes only") }
+            if let legsNode { r.problem(legsNode, "'legs' applies to aggregate routes only") }
+            if routingKey == nil && routingKeyNode == nil { r.problem(node, "route has no 'routing_key'") }
+            if let path, let routingKey {
+                checkParameters(routingKey, "routing_key", known: Set(path.parameterNames), path: path, node: routingKeyNode, r)
+                if let queue { checkParameters(queue, "queue", known: Set(path.parameterNames), path: path, node: queueNode, r) }
             }
-            for p in queue?.parameterNames ?? [] where !known.contains(p) {
-                r.problem(queueNode, "queue uses {\(p)}, which is not a parameter of path \(path)")
-            }
-        }
-        // Without a queue to watch, "no consumer" is only noticed at the deadline; say so now.
-        if queue == nil, let routingKey, routingKey.isConstant, let exchangeSpec = topology.exchanges.first(where: { $0.name == exchange }) ?? (exchange.isEmpty ? ExchangeSpec(name: "", type: "direct") : nil) {
-            let queues = topology.queues(forExchange: exchange, routingKey: routingKey.description)
-            if queues.count == 1, let only = queues.first {
-                queue = try? KeyTemplate(only)
-            } else if queues.isEmpty && exchangeSpec.type == "direct" && !exchange.isEmpty {
-                r.problem(routingKeyNode, "no queue in the topology is bound to exchange '\(exchange)' with routing key '\(routingKey)'")
+            if queue == nil, let routingKey {
+                queue = servingQueue(exchange: exchange, routingKey: routingKey, topology: topology, node: routingKeyNode, r)
             }
         }
         guard r.problems.count == before, let method, let path, let routingKey else { return nil }
@@ -214,8 +223,171 @@ public enum RoutesFile {
             timeoutMilliseconds: timeoutMs,
             forwardHeaders: forward,
             maxBodyBytes: maxBody,
-            line: line
+            line: line,
+            aggregate: aggregate
         )
+    }
+
+    private static func checkParameters(_ key: KeyTemplate, _ what: String, known: Set<String>, path: PathTemplate, node: Node?, _ r: NodeReader) {
+        for p in key.parameterNames where !known.contains(p) {
+            r.problem(node, "\(what) uses {\(p)}, which is not a parameter of path \(path)")
+        }
+    }
+
+    /// The one queue a constant routing key lands in, for the fast "no consumer" 503. Without
+    /// a queue to watch, "no consumer" is only noticed at the deadline; a direct exchange with
+    /// nothing bound for the key is a mistake worth reporting now.
+    private static func servingQueue(exchange: String, routingKey: KeyTemplate, topology: Topology, node: Node?, _ r: NodeReader) -> KeyTemplate? {
+        guard routingKey.isConstant else { return nil }
+        guard let spec = topology.exchanges.first(where: { $0.name == exchange }) ?? (exchange.isEmpty ? ExchangeSpec(name: "", type: "direct") : nil) else {
+            return nil
+        }
+        let queues = topology.queues(forExchange: exchange, routingKey: routingKey.description)
+        if queues.count == 1, let only = queues.first {
+            return try? KeyTemplate(only)
+        }
+        if queues.isEmpty && spec.type == "direct" && !exchange.isEmpty {
+            r.problem(node, "no queue in the topology is bound to exchange '\(exchange)' with routing key '\(routingKey)'")
+        }
+        return nil
+    }
+
+    private static func readAggregate(
+        node: Node,
+        policyNode: Node?,
+        legsNode: Node?,
+        r: NodeReader,
+        topology: Topology,
+        parent: (name: String, path: PathTemplate?, exchange: String, timeoutMs: Int, forward: Set<String>)
+    ) -> AggregateSpec? {
+        var policy = AggregateSpec.Policy.all
+        if let policyNode, let s = r.string(policyNode, "policy") {
+            if let p = AggregateSpec.Policy(rawValue: s) { policy = p } else { r.problem(policyNode, "policy must be 'all' or 'partial', not '\(s)'") }
+        }
+        guard let legsNode else {
+            r.problem(node, "an aggregate route needs 'legs'")
+            return nil
+        }
+        guard let items = r.sequence(legsNode, "legs") else { return nil }
+        if items.isEmpty { r.problem(legsNode, "an aggregate route needs at least one leg") }
+        var legs: [AggregateSpec.Leg] = []
+        var keys: Set<String> = []
+        for item in items {
+            guard let leg = readLeg(item, r, topology, parent: parent, earlier: keys) else { continue }
+            if !keys.insert(leg.key).inserted {
+                r.problem(item, "leg key '\(leg.key)' is used twice")
+                continue
+            }
+            legs.append(leg)
+        }
+        return AggregateSpec(legs: legs, policy: policy)
+    }
+
+    private static func readLeg(
+        _ node: Node,
+        _ r: NodeReader,
+        _ topology: Topology,
+        parent: (name: String, path: PathTemplate?, exchange: String, timeoutMs: Int, forward: Set<String>),
+        earlier: Set<String>
+    ) -> AggregateSpec.Leg? {
+        guard let pairs = r.mapping(node, "a leg", allowed: legKeys) else { return nil }
+        let before = r.problems.count
+        var key: String?
+        var exchange = parent.exchange
+        var routingKey: KeyTemplate?
+        var routingKeyNode: Node?
+        var queue: KeyTemplate?
+        var timeoutMs = parent.timeoutMs
+        var forward = parent.forward
+        var forwardBody = true
+        var accepted: Set<Int> = []
+        var keep: Set<String> = []
+        var uses: [String: AggregateSpec.Reference] = [:]
+        for (k, _, v) in pairs {
+            switch k {
+            case "key":
+                if let s = r.string(v, "leg key") {
+                    if PathTemplate.isIdentifier(s) { key = s } else { r.problem(v, "leg key '\(s)' must be letters, digits and '_'") }
+                }
+            case "exchange":
+                if let e = Self.exchange(v, r, topology) { exchange = e }
+            case "routing_key":
+                routingKeyNode = v
+                if let s = r.string(v, "routing_key") {
+                    if s.isEmpty { r.problem(v, "routing_key must not be empty") } else {
+                        do { routingKey = try KeyTemplate(s) } catch { r.problem(v, error.description) }
+                    }
+                }
+            case "queue":
+                if let s = r.string(v, "queue") {
+                    do { queue = try KeyTemplate(s) } catch { r.problem(v, error.description) }
+                }
+            case "timeout":
+                if let t = timeout(v, r) {
+                    if t > parent.timeoutMs { r.problem(v, "a leg's timeout cannot exceed its route's (\(parent.timeoutMs) ms)") } else { timeoutMs = t }
+                }
+            case "forward_headers":
+                if let h = headers(v, r) { forward = h }
+            case "keep_headers":
+                if let h = headers(v, r) { keep = h }
+            case "body":
+                switch r.string(v, "body") {
+                case "forward": forwardBody = true
+                case "none": forwardBody = false
+                case let other?: r.problem(v, "body must be 'forward' or 'none', not '\(other)'")
+                case nil: break
+                }
+            case "accept_status":
+                for item in r.sequence(v, "accept_status") ?? [] {
+                    if let s = r.string(item, "a status"), let code = Int(s), (400...599).contains(code) {
+                        accepted.insert(code)
+                    } else {
+                        r.problem(item, "accept_status takes HTTP statuses 400...599")
+                    }
+                }
+            case "use":
+                for (name, _, value) in r.mapping(v, "use") ?? [] {
+                    guard PathTemplate.isIdentifier(name) else {
+                        r.problem(v, "'\(name)' is not a parameter name")
+                        continue
+                    }
+                    guard let text = r.string(value, "a JSON pointer"), let ref = AggregateSpec.Reference(text) else {
+                        r.problem(value, "use takes a pointer like /<leg key>/field/0")
+                        continue
+                    }
+                    if !earlier.contains(ref.leg) {
+                        r.problem(value, "'\(ref.leg)' is not a leg listed before this one")
+                        continue
+                    }
+                    uses[name] = ref
+                }
+            default: continue
+            }
+        }
+        if key == nil && !pairs.contains(where: { $0.key == "key" }) { r.problem(node, "leg has no 'key'") }
+        if routingKey == nil && routingKeyNode == nil { r.problem(node, "leg has no 'routing_key'") }
+        if let routingKey, let path = parent.path {
+            let known = Set(path.parameterNames).union(uses.keys)
+            for p in routingKey.parameterNames where !known.contains(p) {
+                r.problem(routingKeyNode, "routing_key uses {\(p)}, which is neither a path parameter nor named in 'use'")
+            }
+        }
+        if queue == nil, let routingKey {
+            queue = servingQueue(exchange: exchange, routingKey: routingKey, topology: topology, node: routingKeyNode, r)
+        }
+        guard r.problems.count == before, let key, let routingKey, let path = parent.path else { return nil }
+        let route = Route(
+            name: "\(parent.name).\(key)",
+            method: "",
+            path: path,
+            exchange: exchange,
+            routingKey: routingKey,
+            queue: queue,
+            timeoutMilliseconds: timeoutMs,
+            forwardHeaders: forward,
+            maxBodyBytes: 0
+        )
+        return AggregateSpec.Leg(key: key, route: route, forwardBody: forwardBody, acceptedStatuses: accepted, keepHeaders: keep, uses: uses)
     }
 
     private static func exchange(_ v: Node, _ r: NodeReader, _ topology: Topology) -> String? {

@@ -13,6 +13,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case badReply = "bad-reply"
         case shuttingDown = "shutting-down"
         case headersTooLarge = "headers-too-large"
+        case legsFailed = "legs-failed"
     }
 
     let code: Code
@@ -32,7 +33,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .badRequest: return 400
         case .noConsumer, .brokerUnavailable, .shuttingDown: return 503
         case .timeout: return 504
-        case .badReply: return 502
+        case .badReply, .legsFailed: return 502
         }
     }
 
@@ -47,7 +48,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .brokerUnavailable: return "Broker Unavailable"
         case .shuttingDown: return "Shutting Down"
         case .timeout: return "Gateway Timeout"
-        case .badReply: return "Bad Gateway"
+        case .badReply, .legsFailed: return "Bad Gateway"
         }
     }
 
@@ -88,6 +89,12 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public static func badReply(route: String, reason: String) -> GatewayError {
         GatewayError(code: .badReply, detail: "the worker for route '\(route)' sent a malformed reply: \(reason)")
+    }
+
+    /// An aggregate could not be completed; names every failed leg and why.
+    public static func legsFailed(route: String, failures: [(key: String, reason: String)]) -> GatewayError {
+        let list = failures.map { "\($0.key) (\($0.reason))" }.joined(separator: "; ")
+        return GatewayError(code: .legsFailed, detail: "route '\(route)': \(failures.count) leg\(failures.count == 1 ? "" : "s") failed: \(list)")
     }
 
     public static let shuttingDown = GatewayError(code: .shuttingDown, detail: "this edge is shutting down; retry on another")

@@ -49,6 +49,7 @@ public struct Edge: Sendable {
             middleware: RouteDispatchMiddleware(
                 routes: routes,
                 requestReply: RequestReplyHandler(client: client),
+                aggregate: AggregateHandler(client: AggregateClient(client: client)),
                 reservedPaths: [healthPath, readyPath]
             )
         )

@@ -10,6 +10,7 @@ struct RouteDispatchMiddleware: RouterMiddleware {
 
     let routes: RouteTable
     let requestReply: RequestReplyHandler
+    let aggregate: AggregateHandler
     /// Paths the edge serves itself; never shadowed by a route.
     let reservedPaths: Set<String>
 
@@ -23,6 +24,8 @@ struct RouteDispatchMiddleware: RouterMiddleware {
             switch route.shape {
             case .requestReply:
                 return try await requestReply.handle(request, context: context, route: route, parameters: parameters)
+            case .aggregate:
+                return try await aggregate.handle(request, context: context, route: route, parameters: parameters)
             }
         case .methodNotAllowed(let allowed):
             throw GatewayError.methodNotAllowed(method: request.method.rawValue, path: path, allow: allowed)

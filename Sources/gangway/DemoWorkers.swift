@@ -45,4 +45,20 @@ enum DemoWorkers {
             return .json(#"{"time":"\#(iso)","epoch_ms":\#(ms)}"#)
         }
     }
+
+    /// A user profile, for the dashboard aggregate. The user comes from the `user` parameter.
+    static func profile() -> Worker.Handler {
+        { request in
+            let user = request.parameters["user"] ?? "u-42"
+            return .json(#"{"id":"\#(user)","name":"Ada Lovelace","tier":"gold"}"#)
+        }
+    }
+
+    /// A user's recent orders, for the dashboard aggregate.
+    static func orders() -> Worker.Handler {
+        { request in
+            let user = request.parameters["user"] ?? "u-42"
+            return .json(#"{"user":"\#(user)","orders":[{"id":"o-1","total":12.5},{"id":"o-2","total":40}]}"#)
+        }
+    }
 }

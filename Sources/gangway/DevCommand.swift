@@ -45,10 +45,11 @@ struct DevCommand: AsyncParsableCommand {
                 print(
                     """
 
-                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo and time.
+                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo, time, profile and orders.
                     Try:
                       curl -s -X POST http://localhost:\(port)/v1/echo -H 'content-type: text/plain' -d 'hello gangway'
                       curl -s http://localhost:\(port)/v1/time
+                      curl -s http://localhost:\(port)/v1/dashboard
                     Ctrl-C stops everything.
 
                     """
@@ -58,9 +59,12 @@ struct DevCommand: AsyncParsableCommand {
         services.append(
             Worker(configuration: .init(url: url, queue: "demo.echo", topology: configuration.topology), logger: logger, handler: DemoWorkers.echo(delayMilliseconds: 0))
         )
-        services.append(
-            Worker(configuration: .init(url: url, queue: "demo.time", topology: configuration.topology), logger: logger, handler: DemoWorkers.time())
-        )
+        let demos: [(String, Worker.Handler)] = [
+            ("demo.time", DemoWorkers.time()), ("demo.profile", DemoWorkers.profile()), ("demo.orders", DemoWorkers.orders()),
+        ]
+        for (queue, handler) in demos {
+            services.append(Worker(configuration: .init(url: url, queue: queue, topology: configuration.topology), logger: logger, handler: handler))
+        }
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

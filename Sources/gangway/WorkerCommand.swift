@@ -8,7 +8,7 @@ struct WorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Run a demo worker.",
-        subcommands: [Echo.self, Time.self]
+        subcommands: [Echo.self, Time.self, Profile.self, Orders.self]
     )
 
     struct Common: ParsableArguments {
@@ -60,6 +60,32 @@ struct WorkerCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await common.run(queue: queue, handler: DemoWorkers.time())
+        }
+    }
+
+    struct Profile: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Answer with a demo user profile (JSON).")
+
+        @OptionGroup var common: Common
+
+        @Option(help: "Queue to consume.")
+        var queue = "demo.profile"
+
+        func run() async throws {
+            try await common.run(queue: queue, handler: DemoWorkers.profile())
+        }
+    }
+
+    struct Orders: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Answer with a demo user's orders (JSON).")
+
+        @OptionGroup var common: Common
+
+        @Option(help: "Queue to consume.")
+        var queue = "demo.orders"
+
+        func run() async throws {
+            try await common.run(queue: queue, handler: DemoWorkers.orders())
         }
     }
 }

@@ -206,3 +206,96 @@ struct ConfigFileTests {
         }
     }
 }
+
+@Suite("Aggregate routes in routes.yaml")
+struct AggregateConfigTests {
+    let topology = Topology(
+        exchanges: [ExchangeSpec(name: "gangway.rpc", type: "direct")],
+        queues: [QueueSpec(name: "a"), QueueSpec(name: "b")],
+        bindings: [BindingSpec(source: "gangway.rpc", destination: "a", routingKey: "a"), BindingSpec(source: "gangway.rpc", destination: "b", routingKey: "b")]
+    )
+
+    @Test("legs compile to request/reply routes with inherited defaults, queues and chained references")
+    func compiles() throws {
+        let yaml = """
+            version: 1
+            routes:
+              - name: dash
+                method: GET
+                path: /v1/dash/{id}
+                shape: aggregate
+                policy: partial
+                timeout: 2s
+                legs:
+                  - key: a
+                    routing_key: a
+                    keep_headers: [etag]
+                  - key: b
+                    routing_key: b
+                    timeout: 500ms
+                    body: none
+                    accept_status: [404]
+                    use: {user: /a/owner/id}
+            """
+        let table = try RoutesFile.parse(yaml, file: "routes.yaml", topology: topology)
+        let spec = try #require(table.routes.first?.aggregate)
+        #expect(spec.policy == .partial)
+        #expect(spec.legs.map(\.key) == ["a", "b"])
+        #expect(spec.legs[0].route.timeoutMilliseconds == 2000 && spec.legs[0].route.queue?.description == "a")
+        #expect(spec.legs[0].keepHeaders == ["etag"])
+        #expect(spec.legs[1].route.timeoutMilliseconds == 500 && !spec.legs[1].forwardBody)
+        #expect(spec.legs[1].acceptedStatuses == [404])
+        #expect(spec.legs[1].uses["user"] == AggregateSpec.Reference("/a/owner/id"))
+        #expect(spec.legs[1].uses["user"]?.pointer == ["owner", "id"])
+        #expect(spec.legs[1].route.name == "dash.b")
+    }
+
+    @Test("aggregate mistakes are reported with lines")
+    func mistakes() {
+        let yaml = """
+            version: 1
+            routes:
+              - method: GET
+                path: /v1/x
+                shape: aggregate
+                policy: most
+                routing_key: a
+                timeout: 1s
+                legs:
+                  - key: a
+                    routing_key: a
+                  - key: a
+                    routing_key: b
+                  - key: c
+                    routing_key: c.{nope}
+                    timeout: 5s
+                    use: {v: /later/x}
+                  - routing_key: b
+                    body: some
+            """
+        do {
+            _ = try RoutesFile.parse(yaml, file: "r.yaml", topology: topology)
+            Issue.record("expected errors")
+        } catch {
+            let t = error.description
+            #expect(t.contains("r.yaml:6:") && t.contains("policy must be 'all' or 'partial'"))
+            #expect(t.contains("r.yaml:7:") && t.contains("no routing_key of its own"))
+            #expect(t.contains("r.yaml:12:") && t.contains("leg key 'a' is used twice"))
+            #expect(t.contains("r.yaml:15:") && t.contains("{nope}"))
+            #expect(t.contains("r.yaml:16:") && t.contains("cannot exceed"))
+            #expect(t.contains("r.yaml:17:") && t.contains("'later' is not a leg listed before"))
+            #expect(t.contains("r.yaml:18:") && t.contains("leg has no 'key'"))
+            #expect(t.contains("r.yaml:19:") && t.contains("body must be 'forward' or 'none'"))
+        }
+    }
+
+    @Test("policy and legs on a request-reply route are refused")
+    func misplaced() {
+        let yaml = """
+            version: 1
+            routes:
+              - {method: GET, path: /v1/x, routing_key: a, policy: all}
+            """
+        #expect(throws: ConfigurationError.self) { try RoutesFile.parse(yaml, file: "r.yaml", topology: topology) }
+    }
+}

@@ -70,7 +70,7 @@ class Broker:
 class Stack:
     """Configuration files with queue names unique to one test, an edge and its workers."""
 
-    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time")):
+    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika")):
         self.broker = broker
         self.tmp = str(tmpdir)
         self.suffix = uuid.uuid4().hex[:8]
@@ -125,6 +125,46 @@ routes:
     path: /v1/slow
     routing_key: {self.queue['echo']}
     timeout: 800ms
+  - name: agg
+    method: POST
+    path: /v1/agg
+    shape: aggregate
+    policy: all
+    timeout: 2s
+    legs:
+      - key: echo
+        routing_key: {self.queue['echo']}
+        keep_headers: [x-echo-method]
+      - key: time
+        routing_key: {self.queue['time']}
+        body: none
+  - name: agg-partial
+    method: POST
+    path: /v1/agg-partial
+    shape: aggregate
+    policy: partial
+    timeout: 2s
+    legs:
+      - key: echo
+        routing_key: {self.queue['echo']}
+      - key: slow
+        routing_key: {self.queue['slow']}
+        timeout: 500ms
+      - key: nobody
+        routing_key: {self.queue['nobody']}
+  - name: agg-chain
+    method: POST
+    path: /v1/agg-chain
+    shape: aggregate
+    timeout: 2s
+    legs:
+      - key: first
+        routing_key: {self.queue['echo']}
+      - key: second
+        routing_key: {self.queue['pika']}
+        body: none
+        use: {{id: /first/id}}
+        keep_headers: [x-seen-params]
 {routes_extra}""")
 
     def env(self, **extra):

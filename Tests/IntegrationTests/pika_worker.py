@@ -46,6 +46,9 @@ def main():
             "x-header-x-seen-demo": str(headers.get("x-header-x-demo", "")),
             "x-header-x-seen-expiration": str(props.expiration or ""),
             "x-header-x-seen-app-id": str(props.app_id or ""),
+            "x-header-x-seen-params": ",".join(
+                f"{k[8:]}={v.decode() if isinstance(v, bytes) else v}" for k, v in sorted(headers.items()) if k.startswith("x-param-")
+            ),
         }
         if args.mode == "bad-status":
             reply_headers["x-status"] = "not-a-status"

@@ -32,6 +32,9 @@ def test_dev_starts_a_local_broker_edge_and_demo_workers_then_cleans_up():
         assert r.text == "hello dev"
         t = requests.get(base + "/v1/time", timeout=5)
         assert t.status_code == 200 and "epoch_ms" in t.json()
+        d = requests.get(base + "/v1/dashboard", timeout=5)
+        assert d.status_code == 200, d.text
+        assert d.json()["profile"]["name"] == "Ada Lovelace" and len(d.json()["orders"]["orders"]) == 2
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         out, _ = p.communicate(timeout=60)

@@ -1,0 +1,200 @@
+import GangwayAMQPCore
+import GangwayConfig
+import NIOCore
+
+// JSONSerialization: validating and reading leg replies is off the pass-through path.
+import Foundation
+
+/// The aggregate shape: one request fans out to N request/reply legs under one deadline, and
+/// the answers are merged into one JSON object `{"<key>": <answer>, …}`.
+///
+/// Each leg is an ordinary request/reply with its own correlation id, so a leg nobody serves
+/// fails at once (503) rather than at the deadline. Legs run in parallel, except those that
+/// take a value from an earlier leg's reply (`use`), which start when that leg has answered.
+/// A JSON answer is embedded as it came (validated, not re-encoded); any other body as a
+/// string.
+public struct AggregateClient: Sendable {
+    let client: RequestReplyClient
+
+    public init(client: RequestReplyClient) {
+        self.client = client
+    }
+
+    enum Outcome: Sendable {
+        case answered(GatewayReply, isJSON: Bool)
+        case failed(status: Int, reason: String)
+    }
+
+    /// - Throws: ``GatewayError``: 502 naming the failed legs under policy `all`, or when no
+    ///   leg answered under `partial`.
+    public func send(_ request: GatewayRequest) async throws(GatewayError) -> GatewayReply {
+        guard let spec = request.route.aggregate else { throw .badRequest("not an aggregate route") }
+        let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
+        var outcomes: [String: Outcome] = [:]
+        await withTaskGroup(of: (String, Outcome).self) { group in
+            var started: Set<String> = []
+            func startReady() {
+                for leg in spec.legs where !started.contains(leg.key) {
+                    let dependencies = Set(leg.uses.values.map(\.leg))
+                    guard dependencies.allSatisfy({ outcomes[$0] != nil }) else { continue }
+                    started.insert(leg.key)
+                    let inputs = Self.inputs(for: leg, from: outcomes)
+                    group.addTask {
+                        switch inputs {
+                        case .failure(let reason):
+                            return (leg.key, .failed(status: 502, reason: reason.description))
+                        case .success(let values):
+                            return (leg.key, await self.run(leg, request: request, extra: values, deadline: deadline))
+                        }
+                    }
+                }
+            }
+            startReady()
+            for await (key, outcome) in group {
+                outcomes[key] = outcome
+                startReady()
+            }
+        }
+        return try merge(spec: spec, route: request.route.name, outcomes: outcomes)
+    }
+
+    private func run(_ leg: AggregateSpec.Leg, request: GatewayRequest, extra: [String: String], deadline: NIODeadline) async -> Outcome {
+        let remaining = Int((deadline - NIODeadline.now()).nanoseconds / 1_000_000)
+        guard remaining > 0 else { return .failed(status: 504, reason: "timeout before the leg could start") }
+        var route = leg.route
+        route.timeoutMilliseconds = min(route.timeoutMilliseconds, remaining)
+        var legRequest = request
+        legRequest.route = route
+        legRequest.parameters.merge(extra) { _, new in new }
+        if !leg.forwardBody {
+            legRequest.body = ByteBuffer()
+            legRequest.headers.removeAll { $0.name == "content-type" || $0.name == "content-encoding" }
+        }
+        do {
+            let reply = try await client.send(legRequest)
+            if reply.status >= 400 && !leg.acceptedStatuses.contains(reply.status) {
+                return .failed(status: reply.status, reason: "status \(reply.status)")
+            }
+            let isJSON = Self.isJSON(reply.contentType)
+            if isJSON && Self.parse(reply.body) == nil {
+                return .failed(status: 502, reason: "declared JSON but the body is not valid JSON")
+            }
+            return .answered(reply, isJSON: isJSON)
+        } catch {
+            return .failed(status: error.status, reason: "\(error.status) \(error.title): \(error.detail)")
+        }
+    }
+
+    /// Values a chained leg takes from earlier replies, or why it cannot run.
+    static func inputs(for leg: AggregateSpec.Leg, from outcomes: [String: Outcome]) -> Result<[String: String], ChainError> {
+        var values: [String: String] = [:]
+        for (name, reference) in leg.uses {
+            guard case .answered(let reply, true)? = outcomes[reference.leg] else {
+                return .failure(ChainError("needs '\(reference.leg)', which did not answer with JSON"))
+            }
+            guard let json = parse(reply.body), let value = resolve(reference.pointer, in: json) else {
+                return .failure(ChainError("no value at \(reference) in the reply of '\(reference.leg)'"))
+            }
+            guard RouteTable.isRoutingSafe(value) else {
+                return .failure(ChainError("the value at \(reference) cannot go into a routing key"))
+            }
+            values[name] = value
+        }
+        return .success(values)
+    }
+
+    struct ChainError: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    func merge(spec: AggregateSpec, route: String, outcomes: [String: Outcome]) throws(GatewayError) -> GatewayReply {
+        var failures: [(key: String, reason: String, status: Int)] = []
+        for leg in spec.legs {
+            if case .failed(let status, let reason)? = outcomes[leg.key] { failures.append((leg.key, reason, status)) }
+        }
+        if !failures.isEmpty && (spec.policy == .all || failures.count == spec.legs.count) {
+            throw .legsFailed(route: route, failures: failures.map { ($0.key, $0.reason) })
+        }
+        var body = ByteBuffer()
+        var headers: [(name: String, value: String)] = []
+        body.writeStaticString("{")
+        var first = true
+        for leg in spec.legs {
+            guard case .answered(let reply, let isJSON)? = outcomes[leg.key] else { continue }
+            if !first { body.writeStaticString(",") }
+            first = false
+            body.writeString(Self.quote(leg.key))
+            body.writeStaticString(":")
+            if isJSON {
+                var part = reply.body
+                body.writeBuffer(&part)
+            } else {
+                body.writeString(Self.quote(String(buffer: reply.body)))
+            }
+            for (name, value) in reply.headers where leg.keepHeaders.contains(name) {
+                headers.append(("\(leg.key)-\(name)", value))
+            }
+        }
+        if !failures.isEmpty {
+            body.writeString(first ? "" : ",")
+            body.writeStaticString("\"errors\":{")
+            for (i, f) in failures.enumerated() {
+                if i > 0 { body.writeStaticString(",") }
+                body.writeString("\(Self.quote(f.key)):{\"status\":\(f.status),\"detail\":\(Self.quote(f.reason))}")
+            }
+            body.writeStaticString("}")
+            headers.append(("x-gangway-partial", "true"))
+        }
+        body.writeStaticString("}")
+        return GatewayReply(status: 200, headers: headers, contentType: "application/json", contentEncoding: nil, body: body)
+    }
+
+    static func isJSON(_ contentType: String?) -> Bool {
+        guard let ct = contentType?.lowercased() else { return false }
+        let mime = ct.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        return mime == "application/json" || mime.hasSuffix("+json")
+    }
+
+    static func parse(_ body: ByteBuffer) -> Any? {
+        let data = Data(body.readableBytesView)
+        return try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+    }
+
+    /// RFC 6901 resolution; scalars become text.
+    static func resolve(_ pointer: [String], in json: Any) -> String? {
+        var node: Any = json
+        for token in pointer {
+            if let object = node as? [String: Any], let next = object[token] {
+                node = next
+            } else if let array = node as? [Any], let index = Int(token), array.indices.contains(index) {
+                node = array[index]
+            } else {
+                return nil
+            }
+        }
+        switch node {
+        case let s as String: return s
+        case let n as NSNumber: return n.stringValue
+        default: return nil
+        }
+    }
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}

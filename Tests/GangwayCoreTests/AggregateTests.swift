@@ -1,0 +1,126 @@
+import GangwayAMQPCore
+import GangwayConfig
+import GangwayCore
+import NIOCore
+import Synchronization
+import Testing
+
+/// A bus whose "workers" answer by routing key, at once, on the publishing thread.
+final class AnsweringBus: MessageBus {
+    let replyQueue = "gangway.reply.test"
+    let isReady = true
+    let correlator: Correlator
+    let answers: [String: (status: Int, contentType: String, body: String)]
+    let seen = Mutex<[OutboundMessage]>([])
+
+    init(correlator: Correlator, answers: [String: (status: Int, contentType: String, body: String)]) {
+        self.correlator = correlator
+        self.answers = answers
+    }
+
+    func publish(_ message: OutboundMessage) async throws -> PublishOutcome { .confirmed }
+
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        seen.withLock { $0.append(message) }
+        guard let answer = answers[message.routingKey] else {
+            onSettled(.success(.returned(replyCode: 312, replyText: "NO_ROUTE")))
+            return
+        }
+        onSettled(.success(.confirmed))
+        correlator.deliver(
+            Delivery(
+                consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: replyQueue,
+                properties: AMQPProperties(contentType: answer.contentType, headers: ["x-status": .int(Int64(answer.status)), "x-header-etag": "v1"], correlationID: message.properties.correlationID),
+                body: ByteBuffer(string: answer.body), generation: 1
+            )
+        )
+    }
+
+    func consumerCount(queue: String) async throws -> UInt32? { 1 }
+}
+
+@Suite("Aggregation over a scripted bus")
+struct AggregateTests {
+    func request(policy: AggregateSpec.Policy, legs: [AggregateSpec.Leg]) throws -> GatewayRequest {
+        let route = Route(
+            name: "dash", method: "GET", path: try PathTemplate("/v1/dash"), shape: .aggregate, exchange: "x",
+            routingKey: try KeyTemplate(""), timeoutMilliseconds: 1000, maxBodyBytes: 100,
+            aggregate: AggregateSpec(legs: legs, policy: policy)
+        )
+        return GatewayRequest(route: route, parameters: [:], method: "GET", path: "/v1/dash", query: "", headers: [], body: ByteBuffer(), requestID: "r", traceparent: "t")
+    }
+
+    func leg(_ key: String, _ routingKey: String, uses: [String: AggregateSpec.Reference] = [:], keep: Set<String> = []) throws -> AggregateSpec.Leg {
+        let route = Route(name: "dash.\(key)", method: "", path: try PathTemplate("/v1/dash"), exchange: "x", routingKey: try KeyTemplate(routingKey), timeoutMilliseconds: 1000, maxBodyBytes: 0)
+        return AggregateSpec.Leg(key: key, route: route, keepHeaders: keep, uses: uses)
+    }
+
+    func client(_ answers: [String: (status: Int, contentType: String, body: String)]) -> (AggregateClient, AnsweringBus) {
+        let correlator = Correlator()
+        let bus = AnsweringBus(correlator: correlator, answers: answers)
+        let rr = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
+        return (AggregateClient(client: rr), bus)
+    }
+
+    @Test("JSON answers are embedded as they came, text as a string, kept headers prefixed by key")
+    func merge() async throws {
+        let (c, _) = client(["p": (200, "application/json", #"{"id": "u1"}"#), "t": (200, "text/plain", "he said \"hi\"\n")])
+        let reply = try await c.send(try request(policy: .all, legs: [try leg("profile", "p", keep: ["etag"]), try leg("note", "t")]))
+        #expect(reply.status == 200 && reply.contentType == "application/json")
+        #expect(String(buffer: reply.body) == #"{"profile":{"id": "u1"},"note":"he said \"hi\"\n"}"#)
+        #expect(reply.headers.map(\.name) == ["profile-etag"])
+    }
+
+    @Test("policy all: one failed leg fails the whole with a 502 naming it")
+    func allPolicy() async throws {
+        let (c, _) = client(["p": (200, "application/json", "{}")])
+        let error = await #expect(throws: GatewayError.self) {
+            try await c.send(try request(policy: .all, legs: [try leg("profile", "p"), try leg("orders", "missing")]))
+        }
+        #expect(error?.status == 502)
+        #expect(error?.detail.contains("orders (503") == true)
+    }
+
+    @Test("policy partial: the answers plus an errors object and the partial header; a worker's 4xx is a failure")
+    func partialPolicy() async throws {
+        let (c, _) = client(["p": (200, "application/json", "[1]"), "n": (404, "application/json", "{}")])
+        let reply = try await c.send(try request(policy: .partial, legs: [try leg("a", "p"), try leg("b", "n")]))
+        let text = String(buffer: reply.body)
+        #expect(text.hasPrefix(#"{"a":[1],"errors":{"b":{"status":404"#))
+        #expect(reply.headers.contains { $0.name == "x-gangway-partial" && $0.value == "true" })
+    }
+
+    @Test("partial never answers 200 with nothing in it")
+    func partialAllFailed() async throws {
+        let (c, _) = client([:])
+        let error = await #expect(throws: GatewayError.self) {
+            try await c.send(try request(policy: .partial, legs: [try leg("a", "x"), try leg("b", "y")]))
+        }
+        #expect(error?.status == 502)
+    }
+
+    @Test("a leg declared JSON with an invalid body fails")
+    func invalidJSON() async throws {
+        let (c, _) = client(["p": (200, "application/json", "{nope")])
+        let error = await #expect(throws: GatewayError.self) { try await c.send(try request(policy: .all, legs: [try leg("a", "p")])) }
+        #expect(error?.detail.contains("not valid JSON") == true)
+    }
+
+    @Test("a chained leg takes its value from the earlier reply and runs after it")
+    func chained() async throws {
+        let (c, bus) = client(["p": (200, "application/json", #"{"owner": {"id": 7}}"#), "o": (200, "application/json", "{}")])
+        let chained = try leg("orders", "o", uses: ["user": try #require(AggregateSpec.Reference("/profile/owner/id"))])
+        _ = try await c.send(try request(policy: .all, legs: [chained, try leg("profile", "p")]))
+        let messages = bus.seen.withLock { $0 }
+        #expect(messages.map(\.routingKey) == ["p", "o"])
+        #expect(messages[1].properties.headers["x-param-user"] == "7")
+    }
+
+    @Test("a chained leg whose value is missing fails with the reason")
+    func chainedMissing() async throws {
+        let (c, _) = client(["p": (200, "application/json", #"{"owner": {}}"#), "o": (200, "application/json", "{}")])
+        let chained = try leg("orders", "o", uses: ["user": try #require(AggregateSpec.Reference("/profile/owner/id"))])
+        let error = await #expect(throws: GatewayError.self) { try await c.send(try request(policy: .all, legs: [try leg("profile", "p"), chained])) }
+        #expect(error?.detail.contains("no value at /profile/owner/id") == true)
+    }
+}
