@@ -39,15 +39,18 @@ public struct ConsumerOptions: Sendable {
     public var queue: String
     /// Declared before consuming on every (re)connect, e.g. the edge's exclusive reply queue.
     public var declare: QueueSpec?
+    /// Bound after the declaration on every (re)connect.
+    public var bindings: [BindingSpec]
     /// Unacknowledged deliveries the broker may have in flight to this consumer.
     public var prefetch: UInt16
     /// Automatic acknowledgement (`no-ack`): the broker forgets a message once sent.
     public var autoAck: Bool
     public var exclusive: Bool
 
-    public init(queue: String, declare: QueueSpec? = nil, prefetch: UInt16 = 32, autoAck: Bool = false, exclusive: Bool = false) {
+    public init(queue: String, declare: QueueSpec? = nil, bindings: [BindingSpec] = [], prefetch: UInt16 = 32, autoAck: Bool = false, exclusive: Bool = false) {
         self.queue = queue
         self.declare = declare
+        self.bindings = bindings
         self.prefetch = prefetch
         self.autoAck = autoAck
         self.exclusive = exclusive

@@ -482,6 +482,9 @@ final class ConnectionOwner: @unchecked Sendable {
         if let spec = options.declare {
             try declareQueue(spec, on: state)
         }
+        if !options.bindings.isEmpty {
+            try declare(Topology(bindings: options.bindings), on: state)
+        }
         amqp_basic_qos(state, Self.publishChannel, 0, options.prefetch, 0)
         try check(amqp_get_rpc_reply(state), "basic.qos")
         amqp_basic_consume(

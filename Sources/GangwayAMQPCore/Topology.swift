@@ -12,6 +12,14 @@ public struct Topology: Sendable, Hashable {
         self.bindings = bindings
     }
 
+    /// This topology plus `exchange`, unless one of that name is declared already.
+    public func ensuring(_ exchange: ExchangeSpec) -> Topology {
+        guard !exchanges.contains(where: { $0.name == exchange.name }) else { return self }
+        var copy = self
+        copy.exchanges.append(exchange)
+        return copy
+    }
+
     /// The queues a direct-style publish to `exchange` with `routingKey` lands in, as far as
     /// the declared topology tells; the default exchange routes to the queue of that name.
     public func queues(forExchange exchange: String, routingKey: String) -> [String] {

@@ -10,6 +10,9 @@ public enum WireContract {
     public static let appID = "gangway"
     public static let defaultRPCExchange = "gangway.rpc"
     public static let eventsExchange = "gangway.events"
+    /// Fanout exchange of cancel messages (`x-cancel: <correlation id>`); every worker binds a
+    /// queue of its own to it.
+    public static let cancelExchange = ExchangeSpec(name: "gangway.cancel", type: "fanout")
 
     public enum Header {
         public static let method = "x-method"
@@ -26,6 +29,8 @@ public enum WireContract {
         public static let part = "x-part"
         public static let final = "x-final"
         public static let contractVersion = "x-gangway-version"
+        public static let cancel = "x-cancel"
+        public static let error = "x-error"
     }
 
     /// Wall-clock milliseconds since the epoch: the unit of `x-deadline`.

@@ -5,6 +5,7 @@ public struct Route: Sendable, Hashable {
     public enum Shape: String, Sendable, Hashable, CaseIterable {
         case requestReply = "request-reply"
         case aggregate
+        case stream
     }
 
     /// Bounded label for logs and metrics, and the `type` / `x-route` of the message.
@@ -26,6 +27,8 @@ public struct Route: Sendable, Hashable {
     public var line: Int
     /// For `aggregate`: the legs, and what a failed leg does to the whole.
     public var aggregate: AggregateSpec?
+    /// For `stream`: the longest gap between two parts before the stream fails.
+    public var idleTimeoutMilliseconds: Int
 
     public init(
         name: String,
@@ -39,7 +42,8 @@ public struct Route: Sendable, Hashable {
         forwardHeaders: Set<String> = [],
         maxBodyBytes: Int,
         line: Int = 0,
-        aggregate: AggregateSpec? = nil
+        aggregate: AggregateSpec? = nil,
+        idleTimeoutMilliseconds: Int = 10_000
     ) {
         self.name = name
         self.method = method
@@ -53,6 +57,7 @@ public struct Route: Sendable, Hashable {
         self.maxBodyBytes = maxBodyBytes
         self.line = line
         self.aggregate = aggregate
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
     }
 
     /// Parameters that end up in a routing key or queue name, here or in a leg: their values

@@ -33,7 +33,7 @@ public enum RoutesFile {
     private static let defaultKeys: Set<String> = ["exchange", "timeout", "max_body", "forward_headers"]
     private static let routeKeys: Set<String> = [
         "name", "method", "path", "shape", "exchange", "routing_key", "queue", "timeout", "max_body", "forward_headers",
-        "policy", "legs",
+        "policy", "legs", "idle_timeout",
     ]
     private static let legKeys: Set<String> = [
         "key", "exchange", "routing_key", "queue", "timeout", "forward_headers", "body", "accept_status", "keep_headers", "use",
@@ -137,8 +137,13 @@ public enum RoutesFile {
         var forward = d.forwardHeaders
         var policyNode: Node?
         var legsNode: Node?
+        var idleNode: Node?
+        var idleMs: Int?
         for (k, _, v) in pairs {
             switch k {
+            case "idle_timeout":
+                idleNode = v
+                idleMs = timeout(v, r)
             case "policy": policyNode = v
             case "legs": legsNode = v
             case "name":
@@ -211,6 +216,11 @@ public enum RoutesFile {
                 queue = servingQueue(exchange: exchange, routingKey: routingKey, topology: topology, node: routingKeyNode, r)
             }
         }
+        if shape == .stream {
+            if let idleMs, idleMs > timeoutMs { r.problem(idleNode, "idle_timeout cannot exceed the route's timeout (\(timeoutMs) ms)") }
+        } else if let idleNode {
+            r.problem(idleNode, "'idle_timeout' applies to stream routes only")
+        }
         guard r.problems.count == before, let method, let path, let routingKey else { return nil }
         return Route(
             name: name ?? "\(method) \(path)",
@@ -224,7 +234,8 @@ public enum RoutesFile {
             forwardHeaders: forward,
             maxBodyBytes: maxBody,
             line: line,
-            aggregate: aggregate
+            aggregate: aggregate,
+            idleTimeoutMilliseconds: idleMs ?? min(10_000, timeoutMs)
         )
     }
 

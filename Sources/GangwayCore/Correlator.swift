@@ -14,6 +14,28 @@ public final class Correlator: Sendable {
         case unavailable(String)
         /// The broker returned the request: nothing is bound to take it.
         case unroutable(String)
+        /// A stream's parts stopped coming for longer than its idle timeout.
+        case idle
+        /// A stream's consumer fell behind by more than its buffer.
+        case overflow
+    }
+
+    /// A request answered by many reply messages (a streamed reply).
+    final class StreamSlot: Sendable {
+        let continuation: AsyncThrowingStream<Delivery, any Error>.Continuation
+        let idleNanoseconds: UInt64
+        let deadline: UInt64
+        let lastPart: Atomic<UInt64>
+        /// The final part has arrived: the rest is the client reading what is buffered, which
+        /// is no idle gap of the worker's.
+        let finalSeen = Atomic(false)
+
+        init(continuation: AsyncThrowingStream<Delivery, any Error>.Continuation, idleNanoseconds: UInt64, deadline: UInt64, now: UInt64) {
+            self.continuation = continuation
+            self.idleNanoseconds = idleNanoseconds
+            self.deadline = deadline
+            self.lastPart = Atomic(now)
+        }
     }
 
     typealias Waiter = CheckedContinuation<Delivery, any Error>
@@ -21,6 +43,7 @@ public final class Correlator: Sendable {
     struct State {
         var map = CorrelationMap<Delivery, Failure, Waiter>()
         var deadlines = DeadlineQueue()
+        var streams: [String: StreamSlot] = [:]
     }
 
     private let state = Mutex(State())
@@ -31,8 +54,8 @@ public final class Correlator: Sendable {
         self.sweepInterval = sweepInterval
     }
 
-    /// Requests waiting for a reply.
-    public var pending: Int { state.withLock { $0.map.count } }
+    /// Requests waiting for a reply, and open streams.
+    public var pending: Int { state.withLock { $0.map.count + $0.streams.count } }
     /// Replies dropped because no request waited for them (late, duplicate, foreign).
     public var unknownReplies: Int { state.withLock { $0.map.unknownReplies } }
 
@@ -49,13 +72,54 @@ public final class Correlator: Sendable {
 
     /// Hands a reply to its request. Called on the consumer thread; never blocks.
     public func deliver(_ delivery: Delivery) {
-        guard let id = delivery.properties.correlationID else {
-            state.withLock { _ = $0.map.reply("", delivery) }
-            return
+        let id = delivery.properties.correlationID ?? ""
+        let (action, stream) = state.withLock { s -> (CorrelationMap<Delivery, Failure, Waiter>.ReplyAction?, StreamSlot?) in
+            if let stream = s.streams[id] { return (nil, stream) }
+            return (s.map.reply(id, delivery), nil)
         }
-        let action = state.withLock { $0.map.reply(id, delivery) }
-        if case .resume(let waiter, let reply) = action {
+        if let stream {
+            stream.lastPart.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
+            let headers = delivery.properties.headers
+            if headers[WireContract.Header.part] == nil || headers[WireContract.Header.final]?.boolValue == true {
+                stream.finalSeen.store(true, ordering: .relaxed)
+            }
+            if case .dropped = stream.continuation.yield(delivery) {
+                closeStream(id: id, with: .overflow)
+            }
+        } else if case .resume(let waiter, let reply)? = action {
             waiter.resume(returning: reply)
+        }
+    }
+
+    /// Opens a slot for a reply in many parts, before the request is published.
+    /// - Parameters:
+    ///   - buffer: parts held for a consumer that has not taken them yet; past it the stream
+    ///     fails with ``Failure/overflow`` rather than grow.
+    /// - Returns: the parts as they arrive; the sequence throws ``Failure/idle`` after a gap of
+    ///   `idleMilliseconds`, ``Failure/timeout`` past `timeoutMilliseconds` in all.
+    public func openStream(id: String, idleMilliseconds: Int, timeoutMilliseconds: Int, buffer: Int = 1024) -> AsyncThrowingStream<Delivery, any Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: Delivery.self, throwing: (any Error).self, bufferingPolicy: .bufferingOldest(buffer))
+        let now = NIODeadline.now().uptimeNanoseconds
+        let slot = StreamSlot(
+            continuation: continuation,
+            idleNanoseconds: UInt64(idleMilliseconds) * 1_000_000,
+            deadline: now + UInt64(timeoutMilliseconds) * 1_000_000,
+            now: now
+        )
+        state.withLock { $0.streams[id] = slot }
+        continuation.onTermination = { [weak self] _ in
+            self?.state.withLock { _ = $0.streams.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// Ends a stream, with an error or (nil) normally after its final part.
+    public func closeStream(id: String, with failure: Failure? = nil) {
+        guard let slot = state.withLock({ $0.streams.removeValue(forKey: id) }) else { return }
+        if let failure {
+            slot.continuation.finish(throwing: failure)
+        } else {
+            slot.continuation.finish()
         }
     }
 
@@ -92,18 +156,38 @@ public final class Correlator: Sendable {
         waiter?.resume(throwing: failure)
     }
 
-    /// Fails every waiting request, e.g. when the reply consumer's connection is lost.
+    /// Fails every waiting request and stream, e.g. when the reply consumer's connection is lost.
     public func failAll(_ failure: Failure) {
-        let waiters = state.withLock { $0.map.removeAll() }
+        let (waiters, streams) = state.withLock { s in
+            defer { s.streams.removeAll() }
+            return (s.map.removeAll(), Array(s.streams.values))
+        }
         for w in waiters { w.resume(throwing: failure) }
+        for slot in streams { slot.continuation.finish(throwing: failure) }
     }
 
-    /// Fails the requests whose deadline has passed.
+    /// Fails the requests whose deadline has passed, and streams gone idle or past theirs.
     public func expire(now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
-        let waiters: [Waiter] = state.withLock { s in
-            s.deadlines.expired(now: now).compactMap { s.map.remove($0) }
+        let (waiters, streams): ([Waiter], [(String, Failure)]) = state.withLock { s in
+            let waiters = s.deadlines.expired(now: now).compactMap { s.map.remove($0) }
+            var ended: [(String, Failure)] = []
+            for (id, slot) in s.streams {
+                if now >= slot.deadline {
+                    ended.append((id, .timeout))
+                } else if !slot.finalSeen.load(ordering: .relaxed), Self.isIdle(lastPart: slot.lastPart.load(ordering: .relaxed), now: now, idle: slot.idleNanoseconds) {
+                    ended.append((id, .idle))
+                }
+            }
+            return (waiters, ended)
         }
         for w in waiters { w.resume(throwing: Failure.timeout) }
+        for (id, failure) in streams { closeStream(id: id, with: failure) }
+    }
+
+    /// A part may arrive on the consumer thread after `now` was read: then it is not idle.
+    /// (Wrapping subtraction here once turned that race into an instant idle timeout.)
+    public static func isIdle(lastPart: UInt64, now: UInt64, idle: UInt64) -> Bool {
+        lastPart < now && now - lastPart >= idle
     }
 
     /// Sweeps deadlines until the task is cancelled.

@@ -97,5 +97,15 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         return GatewayError(code: .legsFailed, detail: "route '\(route)': \(failures.count) leg\(failures.count == 1 ? "" : "s") failed: \(list)")
     }
 
+    /// A stream's parts stopped coming for longer than its idle timeout.
+    public static func streamIdle(route: String) -> GatewayError {
+        GatewayError(code: .timeout, detail: "the stream of route '\(route)' went idle past its idle_timeout")
+    }
+
+    /// A stream ran past its route's timeout.
+    public static func streamTimeout(route: String) -> GatewayError {
+        GatewayError(code: .timeout, detail: "the stream of route '\(route)' ran past its timeout")
+    }
+
     public static let shuttingDown = GatewayError(code: .shuttingDown, detail: "this edge is shutting down; retry on another")
 }

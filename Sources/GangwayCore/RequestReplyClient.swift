@@ -7,8 +7,8 @@ import Synchronization
 /// Sends a routed request as an AMQP message and waits for the worker's reply: the
 /// request/reply shape of wire contract v1.
 public final class RequestReplyClient: Sendable {
-    private let bus: any MessageBus
-    private let correlator: Correlator
+    let bus: any MessageBus
+    let correlator: Correlator
     private let presence: ConsumerPresence
     private let instanceID: String
     private let counter = Atomic<UInt64>(0)
@@ -30,15 +30,8 @@ public final class RequestReplyClient: Sendable {
     ///   504 at the deadline, 502 for a malformed reply.
     public func send(_ request: GatewayRequest) async throws(GatewayError) -> GatewayReply {
         let route = request.route
-        if let queue = route.queue?.render(request.parameters) {
-            switch await presence.check(queue: queue) {
-            case .present: break
-            case .none: throw .noConsumer(route: route.name, reason: "queue '\(queue)' has no consumers")
-            case .missingQueue: throw .noConsumer(route: route.name, reason: "queue '\(queue)' does not exist")
-            }
-        }
-        let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
-        let correlationID = "\(instanceID).\(n)"
+        try await checkConsumers(request)
+        let correlationID = nextCorrelationID()
         let message = makeMessage(request, correlationID: correlationID)
         guard correlator.register(id: correlationID, timeoutMilliseconds: route.timeoutMilliseconds) else {
             throw .brokerUnavailable("correlation id collision")
@@ -77,6 +70,7 @@ public final class RequestReplyClient: Sendable {
         return try Self.decodeReply(delivery, route: route.name)
     }
 
+    /// The request message of wire contract v1 for a routed request.
     func makeMessage(_ request: GatewayRequest, correlationID: String) -> OutboundMessage {
         let route = request.route
         let epochMs = WireContract.epochMilliseconds()
@@ -120,6 +114,20 @@ public final class RequestReplyClient: Sendable {
             properties: properties,
             body: request.body
         )
+    }
+
+    /// 503 at once when the route's queue has no consumers or does not exist.
+    func checkConsumers(_ request: GatewayRequest) async throws(GatewayError) {
+        guard let queue = request.route.queue?.render(request.parameters) else { return }
+        switch await presence.check(queue: queue) {
+        case .present: return
+        case .none: throw .noConsumer(route: request.route.name, reason: "queue '\(queue)' has no consumers")
+        case .missingQueue: throw .noConsumer(route: request.route.name, reason: "queue '\(queue)' does not exist")
+        }
+    }
+
+    func nextCorrelationID() -> String {
+        "\(instanceID).\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
     }
 
     /// Checks a reply against the contract: `x-status` an integer 100...599 when present,

@@ -50,6 +50,7 @@ public struct Edge: Sendable {
                 routes: routes,
                 requestReply: RequestReplyHandler(client: client),
                 aggregate: AggregateHandler(client: AggregateClient(client: client)),
+                stream: StreamHandler(client: StreamClient(client: client)),
                 reservedPaths: [healthPath, readyPath]
             )
         )

@@ -39,6 +39,11 @@ extension GatewayRequest {
 extension GatewayReply {
     /// The HTTP response for a reply: status, content type and encoding, and its headers.
     var response: Response {
+        Response(status: .init(code: status), headers: httpHeaders, body: .init(byteBuffer: body))
+    }
+
+    /// Content type and encoding, and the reply's headers.
+    var httpHeaders: HTTPFields {
         var fields = HTTPFields()
         if let contentType, !contentType.isEmpty {
             fields[.contentType] = contentType
@@ -51,6 +56,6 @@ extension GatewayReply {
                 fields.append(HTTPField(name: fieldName, value: value))
             }
         }
-        return Response(status: .init(code: status), headers: fields, body: .init(byteBuffer: body))
+        return fields
     }
 }

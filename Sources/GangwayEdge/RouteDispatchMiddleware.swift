@@ -11,6 +11,7 @@ struct RouteDispatchMiddleware: RouterMiddleware {
     let routes: RouteTable
     let requestReply: RequestReplyHandler
     let aggregate: AggregateHandler
+    let stream: StreamHandler
     /// Paths the edge serves itself; never shadowed by a route.
     let reservedPaths: Set<String>
 
@@ -26,6 +27,8 @@ struct RouteDispatchMiddleware: RouterMiddleware {
                 return try await requestReply.handle(request, context: context, route: route, parameters: parameters)
             case .aggregate:
                 return try await aggregate.handle(request, context: context, route: route, parameters: parameters)
+            case .stream:
+                return try await stream.handle(request, context: context, route: route, parameters: parameters)
             }
         case .methodNotAllowed(let allowed):
             throw GatewayError.methodNotAllowed(method: request.method.rawValue, path: path, allow: allowed)

@@ -3,6 +3,7 @@ import GangwayAMQPCore
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 /// A request/reply worker: consumes a queue, runs a handler per message, publishes the reply to
 /// the message's `reply_to`, then acknowledges.
@@ -32,20 +33,39 @@ public struct Worker: Service {
     }
 
     public typealias Handler = @Sendable (WorkerRequest) async throws -> WorkerReply
+    /// Answers in parts through the writer; returning ends the stream. Cancelled (as a Swift
+    /// task) when the client goes away.
+    public typealias StreamHandler = @Sendable (WorkerRequest, PartWriter) async throws -> Void
+
+    enum Kind: Sendable {
+        case reply(Handler)
+        case stream(StreamHandler)
+    }
 
     public let configuration: Configuration
     private let connection: AMQPConnection
-    private let handler: Handler
+    private let kind: Kind
     private let logger: Logger
+    private let inFlight = InFlight()
 
+    /// A worker that answers each request with one reply.
     public init(configuration: Configuration, logger: Logger, handler: @escaping Handler) {
+        self.init(configuration: configuration, logger: logger, kind: .reply(handler))
+    }
+
+    /// A worker that answers each request with a stream of parts.
+    public init(configuration: Configuration, logger: Logger, streamHandler: @escaping StreamHandler) {
+        self.init(configuration: configuration, logger: logger, kind: .stream(streamHandler))
+    }
+
+    private init(configuration: Configuration, logger: Logger, kind: Kind) {
         self.configuration = configuration
-        self.handler = handler
+        self.kind = kind
         var logger = logger
         logger[metadataKey: "worker.queue"] = "\(configuration.queue)"
         self.logger = logger
         self.connection = AMQPConnection(
-            configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology),
+            configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange)),
             logger: logger
         )
     }
@@ -55,6 +75,22 @@ public struct Worker: Service {
         connection.start()
         let tag = connection.consume(.init(queue: configuration.queue, prefetch: configuration.prefetch)) { delivery in
             continuation.yield(delivery)
+        }
+        // Cancel messages reach every worker; each cancels the request if it holds it.
+        let cancelQueue = "gangway.cancel.\(configuration.name).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+        let inFlight = self.inFlight
+        connection.consume(
+            .init(
+                queue: cancelQueue,
+                declare: QueueSpec(name: cancelQueue, durable: false, exclusive: true, autoDelete: true),
+                bindings: [BindingSpec(source: WireContract.cancelExchange.name, destination: cancelQueue, routingKey: "")],
+                prefetch: 0,
+                autoAck: true
+            )
+        ) { delivery in
+            if let id = delivery.properties.headers[WireContract.Header.cancel]?.stringValue ?? delivery.properties.correlationID {
+                inFlight.cancel(id)
+            }
         }
         logger.info("worker.started", metadata: ["worker.prefetch": "\(configuration.prefetch)"])
         await withGracefulShutdownHandler {
@@ -77,6 +113,14 @@ public struct Worker: Service {
         if let deadline = request.deadlineEpochMilliseconds, deadline < WireContract.epochMilliseconds() {
             logger.debug("worker.expired", metadata: ["request.id": "\(request.requestID)"])
             connection.ack(delivery)
+            return
+        }
+        let handler: Handler
+        switch kind {
+        case .reply(let h):
+            handler = h
+        case .stream(let h):
+            await stream(delivery, request: request, handler: h)
             return
         }
         var reply: WorkerReply
@@ -113,5 +157,52 @@ public struct Worker: Service {
             // Not acked: the broker redelivers the request once this connection is gone.
             logger.warning("worker.reply.failed", metadata: ["request.id": "\(request.requestID)", "error": "\(error)"])
         }
+    }
+
+    private func stream(_ delivery: Delivery, request: WorkerRequest, handler: @escaping StreamHandler) async {
+        guard let replyTo = delivery.properties.replyTo, !replyTo.isEmpty else {
+            connection.ack(delivery)
+            return
+        }
+        let writer = PartWriter(connection: connection, replyTo: replyTo, correlationID: delivery.properties.correlationID, appID: configuration.name)
+        let id = delivery.properties.correlationID ?? ""
+        // A task of its own so that a cancel message can cancel it; awaited right here, so it
+        // never outlives this delivery.
+        let task = Task { try await handler(request, writer) }
+        inFlight.insert(id, task)
+        defer { inFlight.remove(id) }
+        do {
+            try await withTaskCancellationHandler {
+                try await task.value
+            } onCancel: {
+                task.cancel()
+            }
+            try await writer.finishIfNeeded()
+            connection.ack(delivery)
+        } catch where task.isCancelled {
+            logger.info("worker.cancelled", metadata: ["request.id": "\(request.requestID)", "stream.parts": "\(writer.count)"])
+            connection.ack(delivery)
+        } catch {
+            logger.warning("worker.handler.failed", metadata: ["request.id": "\(request.requestID)", "error": "\(error)"])
+            if !writer.isFinished { try? await writer.fail("the worker failed while streaming") }
+            connection.ack(delivery)
+        }
+    }
+}
+
+/// Streams in progress by correlation id, so that a cancel message can reach them.
+final class InFlight: Sendable {
+    private let tasks = Mutex<[String: Task<Void, any Error>]>([:])
+
+    func insert(_ id: String, _ task: Task<Void, any Error>) {
+        tasks.withLock { $0[id] = task }
+    }
+
+    func remove(_ id: String) {
+        tasks.withLock { _ = $0.removeValue(forKey: id) }
+    }
+
+    func cancel(_ id: String) {
+        tasks.withLock { $0[id] }?.cancel()
     }
 }

@@ -61,4 +61,24 @@ enum DemoWorkers {
             return .json(#"{"user":"\#(user)","orders":[{"id":"o-1","total":12.5},{"id":"o-2","total":40}]}"#)
         }
     }
+
+    /// Streams `n` numbered JSON parts (`?n=10&delay_ms=100`, defaults 10 and 100), one at a
+    /// time, stopping early when the client goes away.
+    static func count() -> Worker.StreamHandler {
+        { request, writer in
+            var n = 10
+            var delay = 100
+            for pair in request.query.split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2, let v = Int(kv[1]), v >= 0 else { continue }
+                if kv[0] == "n" { n = min(v, 100_000) }
+                if kv[0] == "delay_ms" { delay = min(v, 60_000) }
+            }
+            for i in 0..<n {
+                if delay > 0 && i > 0 { try await Task.sleep(for: .milliseconds(delay)) }
+                try Task.checkCancellation()
+                try await writer.write(ByteBuffer(string: #"{"n":\#(i),"of":\#(n)}"#), contentType: "application/json", final: i == n - 1)
+            }
+        }
+    }
 }

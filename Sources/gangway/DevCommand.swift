@@ -45,11 +45,12 @@ struct DevCommand: AsyncParsableCommand {
                 print(
                     """
 
-                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo, time, profile and orders.
+                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo, time, profile, orders and count.
                     Try:
                       curl -s -X POST http://localhost:\(port)/v1/echo -H 'content-type: text/plain' -d 'hello gangway'
                       curl -s http://localhost:\(port)/v1/time
                       curl -s http://localhost:\(port)/v1/dashboard
+                      curl -sN -X POST 'http://localhost:\(port)/v1/stream/count?n=5' -H 'accept: application/x-ndjson'
                     Ctrl-C stops everything.
 
                     """
@@ -65,6 +66,9 @@ struct DevCommand: AsyncParsableCommand {
         for (queue, handler) in demos {
             services.append(Worker(configuration: .init(url: url, queue: queue, topology: configuration.topology), logger: logger, handler: handler))
         }
+        services.append(
+            Worker(configuration: .init(url: url, queue: "demo.count", topology: configuration.topology), logger: logger, streamHandler: DemoWorkers.count())
+        )
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

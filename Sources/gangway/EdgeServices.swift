@@ -20,7 +20,9 @@ enum EdgeServices {
         let replyQueue = "gangway.reply.\(instanceID)"
         let correlator = Correlator()
         let publisher = AMQPConnection(
-            configuration: .init(url: url, name: "edge.publish", topology: configuration.topology),
+            // Cancel messages go to gangway.cancel: make sure it exists, or a cancel would close
+            // the publishing channel.
+            configuration: .init(url: url, name: "edge.publish", topology: configuration.topology.ensuring(WireContract.cancelExchange)),
             logger: logger
         )
         let consumer = AMQPConnection(

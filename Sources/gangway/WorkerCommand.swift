@@ -8,7 +8,7 @@ struct WorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Run a demo worker.",
-        subcommands: [Echo.self, Time.self, Profile.self, Orders.self]
+        subcommands: [Echo.self, Time.self, Profile.self, Orders.self, Count.self]
     )
 
     struct Common: ParsableArguments {
@@ -20,13 +20,17 @@ struct WorkerCommand: AsyncParsableCommand {
         var prefetch: UInt16 = 64
 
         func run(queue: String, handler: @escaping Worker.Handler) async throws {
+            try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, handler: handler) }
+        }
+
+        func run(queue: String, streamHandler: @escaping Worker.StreamHandler) async throws {
+            try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, streamHandler: streamHandler) }
+        }
+
+        private func run(_ make: (Worker.Configuration, Logger) -> Worker) async throws {
             let logger = log.bootstrap(label: "gangway.worker")
             guard prefetch > 0 else { throw ValidationError("--prefetch must be at least 1") }
-            let worker = Worker(
-                configuration: .init(url: try broker.url(), queue: queue, prefetch: prefetch, topology: try files.loadTopology()),
-                logger: logger,
-                handler: handler
-            )
+            let worker = make(.init(url: try broker.url(), queue: "", prefetch: prefetch, topology: try files.loadTopology()), logger)
             let group = ServiceGroup(
                 configuration: .init(services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             )
@@ -87,5 +91,27 @@ struct WorkerCommand: AsyncParsableCommand {
         func run() async throws {
             try await common.run(queue: queue, handler: DemoWorkers.orders())
         }
+    }
+
+    struct Count: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stream n numbered parts (?n=10&delay_ms=100).")
+
+        @OptionGroup var common: Common
+
+        @Option(help: "Queue to consume.")
+        var queue = "demo.count"
+
+        func run() async throws {
+            try await common.run(queue: queue, streamHandler: DemoWorkers.count())
+        }
+    }
+}
+
+extension Worker.Configuration {
+    func with(queue: String) -> Worker.Configuration {
+        var copy = self
+        copy.queue = queue
+        copy.name = "worker.\(queue)"
+        return copy
     }
 }

@@ -70,7 +70,7 @@ class Broker:
 class Stack:
     """Configuration files with queue names unique to one test, an edge and its workers."""
 
-    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika")):
+    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika", "count")):
         self.broker = broker
         self.tmp = str(tmpdir)
         self.suffix = uuid.uuid4().hex[:8]
@@ -91,6 +91,8 @@ class Stack:
         ]
         definitions = {
             "exchanges": [{"name": "gangway.rpc", "vhost": "/", "type": "direct", "durable": True,
+                           "auto_delete": False, "internal": False, "arguments": {}},
+                          {"name": "gangway.cancel", "vhost": "/", "type": "fanout", "durable": True,
                            "auto_delete": False, "internal": False, "arguments": {}}],
             "queues": queues,
             "bindings": bindings,
@@ -165,6 +167,20 @@ routes:
         body: none
         use: {{id: /first/id}}
         keep_headers: [x-seen-params]
+  - name: count
+    method: POST
+    path: /v1/count
+    shape: stream
+    routing_key: {self.queue['count']}
+    timeout: 30s
+    idle_timeout: 1s
+  - name: pika-stream
+    method: POST
+    path: /v1/pika-stream
+    shape: stream
+    routing_key: {self.queue['pika']}
+    timeout: 10s
+    idle_timeout: 700ms
 {routes_extra}""")
 
     def env(self, **extra):

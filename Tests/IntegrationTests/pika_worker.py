@@ -8,6 +8,8 @@ routing key = reply_to and the same correlation_id, sets x-status and x-header-*
 and acks only after the reply is published. Requests past x-deadline are acked and dropped.
 """
 import argparse
+import json
+import random
 import sys
 import time
 
@@ -18,7 +20,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("queue")
-    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice"])
+    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall"])
     p.add_argument("--sleep-ms", type=int, default=0)
     args = p.parse_args()
 
@@ -35,6 +37,22 @@ def main():
             return
         if args.mode == "sleep":
             time.sleep(args.sleep_ms / 1000)
+        if args.mode.startswith("stream-"):
+            n = 50
+            order = list(range(n))
+            if args.mode == "stream-shuffled":
+                random.Random(7).shuffle(order)
+            for i in order:
+                if args.mode == "stream-stall" and i == 3:
+                    break  # parts 0-2 sent; then nothing more, ever
+                part_headers = {"x-part": i, "x-final": i == n - 1}
+                if i == 0:
+                    part_headers["x-status"] = 200
+                ch.basic_publish(exchange="", routing_key=props.reply_to, body=json.dumps({"n": i}).encode(),
+                                 properties=pika.BasicProperties(correlation_id=props.correlation_id,
+                                                                 content_type="application/json", headers=part_headers))
+            ch.basic_ack(method.delivery_tag)
+            return
         reply_headers = {
             "x-status": 200,
             "x-header-x-worker": "python-pika",

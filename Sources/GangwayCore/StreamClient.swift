@@ -1,0 +1,169 @@
+import GangwayAMQPCore
+import GangwayConfig
+import NIOCore
+
+/// The streamed-reply shape: one request, many reply messages (`x-part` 0, 1, 2…, `x-final`
+/// on the last), handed on in order as they arrive.
+public struct StreamClient: Sendable {
+    let client: RequestReplyClient
+    static let errorHeader = WireContract.Header.error
+
+    public init(client: RequestReplyClient) {
+        self.client = client
+    }
+
+    /// A stream whose first part has arrived: the response head, and the parts in order.
+    public struct Opened: Sendable {
+        /// Status, headers and content type from part 0; its body is empty.
+        public var head: GatewayReply
+        public var parts: PartStream
+        let cancelMessage: OutboundMessage
+        let bus: any MessageBus
+
+        /// Tells the worker to stop (the client went away). Best effort: the worker also stops
+        /// at its deadline.
+        public func cancel() {
+            try? bus.publish(cancelMessage) { _ in }
+        }
+    }
+
+    /// Opens the stream and waits for part 0.
+    /// - Throws: ``GatewayError``: 503 when nobody serves the route, 504 when part 0 does not
+    ///   come within the idle timeout or the deadline, 502 for a malformed part.
+    public func open(_ request: GatewayRequest, idleMilliseconds: Int) async throws(GatewayError) -> Opened {
+        let route = request.route
+        try await client.checkConsumers(request)
+        let correlationID = client.nextCorrelationID()
+        let correlator = client.correlator
+        let stream = correlator.openStream(id: correlationID, idleMilliseconds: idleMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        var message = client.makeMessage(request, correlationID: correlationID)
+        message.properties.headers["x-idle-timeout"] = .int(Int64(idleMilliseconds))
+        do {
+            try client.bus.publish(message) { result in
+                switch result {
+                case .success(.confirmed): break
+                case .success(.returned(let code, let text)):
+                    correlator.closeStream(id: correlationID, with: .unroutable("the broker could not route it (\(code) \(text))"))
+                case .success(.nacked):
+                    correlator.closeStream(id: correlationID, with: .unavailable("the broker refused the message"))
+                case .failure(let error):
+                    correlator.closeStream(id: correlationID, with: .unavailable("\(error)"))
+                }
+            }
+        } catch {
+            correlator.closeStream(id: correlationID)
+            throw .brokerUnavailable("\(error)")
+        }
+        let parts = PartStream(stream: stream, route: route.name, correlationID: correlationID, correlator: correlator)
+        let first: Delivery
+        do {
+            guard let delivery = try await parts.nextDelivery() else {
+                throw GatewayError.badReply(route: route.name, reason: "the stream ended before part 0")
+            }
+            first = delivery
+        } catch let error as GatewayError {
+            // Before part 0 an idle gap is simply no answer in time.
+            if error.status == 504 { throw GatewayError.timeout(route: route.name, milliseconds: idleMilliseconds) }
+            throw error
+        } catch {
+            throw Self.map(error, routeName: route.name)
+        }
+        var head = try RequestReplyClient.decodeReply(first, route: route.name)
+        parts.pushFront(head.body, error: first.properties.headers[Self.errorHeader]?.stringValue)
+        head.body = ByteBuffer()
+        let cancel = OutboundMessage(
+            exchange: WireContract.cancelExchange.name,
+            routingKey: "",
+            properties: AMQPProperties(headers: [WireContract.Header.cancel: .string(correlationID)], correlationID: correlationID, appID: WireContract.appID)
+        )
+        return Opened(head: head, parts: parts, cancelMessage: cancel, bus: client.bus)
+    }
+
+    static func map(_ error: any Error, routeName: String) -> GatewayError {
+        switch error {
+        case let e as GatewayError: return e
+        case Correlator.Failure.idle: return .streamIdle(route: routeName)
+        case Correlator.Failure.timeout: return .streamTimeout(route: routeName)
+        case Correlator.Failure.unroutable(let reason): return .noConsumer(route: routeName, reason: reason)
+        case Correlator.Failure.unavailable(let reason): return .brokerUnavailable(reason)
+        case Correlator.Failure.overflow: return .badReply(route: routeName, reason: "the stream outran its buffer")
+        default: return .brokerUnavailable("\(error)")
+        }
+    }
+
+    /// The bodies of a stream's parts, in order. Ends after the final part; throws
+    /// ``GatewayError`` when the stream fails midway (idle gap, deadline, malformed part, or a
+    /// part carrying `x-error`).
+    ///
+    /// `@unchecked Sendable`: it is read by exactly one task, the response writer, which is
+    /// handed it once; nothing else touches it.
+    public final class PartStream: @unchecked Sendable {
+        private var base: AsyncThrowingStream<Delivery, any Error>.AsyncIterator
+        private var reorderer = PartReorderer<Delivery>()
+        private var ready: [Delivery] = []
+        private var front: [(ByteBuffer, String?)] = []
+        private var finished = false
+        let route: String
+        let correlationID: String
+        let correlator: Correlator
+
+        init(stream: AsyncThrowingStream<Delivery, any Error>, route: String, correlationID: String, correlator: Correlator) {
+            self.base = stream.makeAsyncIterator()
+            self.route = route
+            self.correlationID = correlationID
+            self.correlator = correlator
+        }
+
+        func pushFront(_ body: ByteBuffer, error: String?) {
+            front.insert((body, error), at: 0)
+        }
+
+        /// The next part's body, or nil after the final part.
+        public func next() async throws -> ByteBuffer? {
+            if !front.isEmpty {
+                let (body, error) = front.removeFirst()
+                if let error { throw GatewayError.badReply(route: route, reason: "the worker reported: \(error)") }
+                return body
+            }
+            guard let d = try await nextDelivery() else {
+                correlator.closeStream(id: correlationID)
+                return nil
+            }
+            if let error = d.properties.headers[StreamClient.errorHeader]?.stringValue {
+                correlator.closeStream(id: correlationID)
+                throw GatewayError.badReply(route: route, reason: "the worker reported: \(error)")
+            }
+            return d.body
+        }
+
+        /// Ends the stream early (the client went away).
+        public func close() {
+            correlator.closeStream(id: correlationID)
+        }
+
+        func nextDelivery() async throws -> Delivery? {
+            while ready.isEmpty {
+                if finished { return nil }
+                let d: Delivery?
+                do {
+                    d = try await base.next()
+                } catch {
+                    throw StreamClient.map(error, routeName: route)
+                }
+                guard let d else { return nil }
+                let headers = d.properties.headers
+                // A plain reply (no x-part) is a stream of one part.
+                let index = headers[WireContract.Header.part].map { $0.intValue.map(Int.init) ?? -1 } ?? 0
+                let final = headers[WireContract.Header.part] == nil ? true : (headers[WireContract.Header.final]?.boolValue ?? false)
+                do {
+                    ready = try reorderer.accept(d, index: index, final: final)
+                } catch {
+                    correlator.closeStream(id: correlationID)
+                    throw GatewayError.badReply(route: route, reason: error.description)
+                }
+                if reorderer.isFinished { finished = true }
+            }
+            return ready.removeFirst()
+        }
+    }
+}

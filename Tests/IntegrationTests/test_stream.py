@@ -1,0 +1,114 @@
+"""Streamed replies through the real broker: formats, order, idle timeout, cancellation, latency."""
+import json
+import re
+import threading
+import time
+
+import requests
+import sseclient
+
+
+def ndjson(r):
+    return [json.loads(line) for line in r.iter_lines() if line]
+
+
+def test_a_thousand_parts_arrive_complete_and_in_order_as_ndjson(stack):
+    edge = stack.start_edge()
+    stack.start_worker("count", queue=stack.queue["count"])
+    r = requests.post(edge.base + "/v1/count?n=1000&delay_ms=0", headers={"accept": "application/x-ndjson"}, stream=True)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/x-ndjson"
+    parts = ndjson(r)
+    assert all("n" in p for p in parts), [p for p in parts if "n" not in p]
+    assert [p["n"] for p in parts] == list(range(1000))
+
+
+def test_a_thousand_parts_arrive_as_server_sent_events_to_a_real_sse_client(stack):
+    edge = stack.start_edge()
+    stack.start_worker("count", queue=stack.queue["count"])
+    r = requests.post(edge.base + "/v1/count?n=1000&delay_ms=0", headers={"accept": "text/event-stream"}, stream=True)
+    assert r.headers["content-type"] == "text/event-stream"
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.headers["x-accel-buffering"] == "no"
+    events = list(sseclient.SSEClient(r).events())
+    assert [e.id for e in events] == [str(i) for i in range(1000)]
+    assert [json.loads(e.data)["n"] for e in events] == list(range(1000))
+
+
+def test_a_thousand_parts_arrive_as_a_plain_chunked_body(stack):
+    edge = stack.start_edge()
+    stack.start_worker("count", queue=stack.queue["count"])
+    r = requests.post(edge.base + "/v1/count?n=1000&delay_ms=0")
+    assert r.headers["transfer-encoding"] == "chunked"
+    numbers = [int(m) for m in re.findall(r'\{"n":(\d+),', r.text)]
+    assert numbers == list(range(1000))
+
+
+def test_shuffled_parts_are_put_back_in_order(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["pika"], mode="stream-shuffled")
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson"}, stream=True)
+    assert [p["n"] for p in ndjson(r)] == list(range(50))
+
+
+def test_the_idle_timeout_ends_the_stream_with_a_visible_error(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["pika"], mode="stream-stall")
+    start = time.monotonic()
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson"}, stream=True)
+    lines = ndjson(r)
+    elapsed = time.monotonic() - start
+    assert [p["n"] for p in lines[:3]] == [0, 1, 2]
+    assert lines[3]["error"]["status"] == 504
+    assert "idle" in lines[3]["error"]["detail"]
+    assert 0.6 < elapsed < 2.5, elapsed
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "text/event-stream"}, stream=True)
+    events = list(sseclient.SSEClient(r).events())
+    assert [e.id for e in events[:3]] == ["0", "1", "2"]
+    assert events[3].event == "error" and json.loads(events[3].data)["status"] == 504
+
+
+def test_no_consumer_before_the_first_part_is_a_503_problem(stack):
+    edge = stack.start_edge()
+    r = requests.post(edge.base + "/v1/count?n=3")
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_a_client_that_goes_away_cancels_the_worker(stack):
+    edge = stack.start_edge()
+    worker = stack.start_worker("count", queue=stack.queue["count"])
+    r = requests.post(edge.base + "/v1/count?n=100&delay_ms=100", headers={"accept": "application/x-ndjson"}, stream=True)
+    seen = 0
+    for line in r.iter_lines():
+        if line:
+            seen += 1
+        if seen == 3:
+            break
+    r.close()
+    deadline = time.monotonic() + 5
+    log = ""
+    while time.monotonic() < deadline:
+        log = open(worker.log_path).read()
+        if "worker.cancelled" in log:
+            break
+        time.sleep(0.1)
+    assert "worker.cancelled" in log, log[-2000:]
+    parts = int(re.search(r"stream\.parts=(\d+)", log).group(1))
+    assert parts < 20, parts
+
+
+def test_the_first_part_reaches_the_client_before_the_last_is_made(stack):
+    edge = stack.start_edge()
+    stack.start_worker("count", queue=stack.queue["count"])
+    start = time.monotonic()
+    r = requests.post(edge.base + "/v1/count?n=10&delay_ms=200", headers={"accept": "application/x-ndjson"}, stream=True)
+    arrivals = []
+    for line in r.iter_lines():
+        if line:
+            arrivals.append(time.monotonic() - start)
+    assert len(arrivals) == 10
+    # The worker needs 9 × 200 ms for the last part; the first must not wait for it.
+    assert arrivals[0] < 0.6, arrivals
+    assert arrivals[-1] > 1.7, arrivals
+    assert arrivals[-1] - arrivals[0] > 1.5
