@@ -30,6 +30,7 @@ public enum WireContract {
         public static let final = "x-final"
         public static let contractVersion = "x-gangway-version"
         public static let cancel = "x-cancel"
+        public static let replier = "x-replier"
         public static let error = "x-error"
     }
 

@@ -6,6 +6,30 @@ public struct Route: Sendable, Hashable {
         case requestReply = "request-reply"
         case aggregate
         case stream
+        case gather
+    }
+
+    /// When a `gather` stops collecting replies (besides its deadline).
+    public struct GatherSpec: Sendable, Hashable {
+        /// Stop once this many replies are in.
+        public var expect: Int?
+        /// Answer with the first `first` replies.
+        public var first: Int?
+
+        public init(expect: Int? = nil, first: Int? = nil) {
+            self.expect = expect
+            self.first = first
+        }
+
+        /// Replies after which collecting stops, if any.
+        public var enough: Int? {
+            switch (expect, first) {
+            case (let e?, let f?): return min(e, f)
+            case (let e?, nil): return e
+            case (nil, let f?): return f
+            case (nil, nil): return nil
+            }
+        }
     }
 
     /// Bounded label for logs and metrics, and the `type` / `x-route` of the message.
@@ -29,6 +53,8 @@ public struct Route: Sendable, Hashable {
     public var aggregate: AggregateSpec?
     /// For `stream`: the longest gap between two parts before the stream fails.
     public var idleTimeoutMilliseconds: Int
+    /// For `gather`: when to stop collecting.
+    public var gather: GatherSpec?
 
     public init(
         name: String,
@@ -43,7 +69,8 @@ public struct Route: Sendable, Hashable {
         maxBodyBytes: Int,
         line: Int = 0,
         aggregate: AggregateSpec? = nil,
-        idleTimeoutMilliseconds: Int = 10_000
+        idleTimeoutMilliseconds: Int = 10_000,
+        gather: GatherSpec? = nil
     ) {
         self.name = name
         self.method = method
@@ -58,6 +85,7 @@ public struct Route: Sendable, Hashable {
         self.line = line
         self.aggregate = aggregate
         self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        self.gather = gather
     }
 
     /// Parameters that end up in a routing key or queue name, here or in a leg: their values

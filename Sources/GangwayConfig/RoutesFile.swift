@@ -33,7 +33,7 @@ public enum RoutesFile {
     private static let defaultKeys: Set<String> = ["exchange", "timeout", "max_body", "forward_headers"]
     private static let routeKeys: Set<String> = [
         "name", "method", "path", "shape", "exchange", "routing_key", "queue", "timeout", "max_body", "forward_headers",
-        "policy", "legs", "idle_timeout",
+        "policy", "legs", "idle_timeout", "expect", "first",
     ]
     private static let legKeys: Set<String> = [
         "key", "exchange", "routing_key", "queue", "timeout", "forward_headers", "body", "accept_status", "keep_headers", "use",
@@ -139,8 +139,17 @@ public enum RoutesFile {
         var legsNode: Node?
         var idleNode: Node?
         var idleMs: Int?
+        var gatherNodes: [Node] = []
+        var gather = Route.GatherSpec()
         for (k, _, v) in pairs {
             switch k {
+            case "expect", "first":
+                gatherNodes.append(v)
+                if let text = r.string(v, k), let n = Int(text), (1...10_000).contains(n) {
+                    if k == "expect" { gather.expect = n } else { gather.first = n }
+                } else {
+                    r.problem(v, "\(k) must be a whole number from 1 to 10000")
+                }
             case "idle_timeout":
                 idleNode = v
                 idleMs = timeout(v, r)
@@ -212,9 +221,16 @@ public enum RoutesFile {
                 checkParameters(routingKey, "routing_key", known: Set(path.parameterNames), path: path, node: routingKeyNode, r)
                 if let queue { checkParameters(queue, "queue", known: Set(path.parameterNames), path: path, node: queueNode, r) }
             }
-            if queue == nil, let routingKey {
+            if shape == .gather {
+                // Many queues answer a gather; none of them alone says whether it can be served.
+                queue = nil
+                if exchange.isEmpty { r.problem(node, "a gather route needs an exchange that fans out (topic, fanout or headers)") }
+            } else if queue == nil, let routingKey {
                 queue = servingQueue(exchange: exchange, routingKey: routingKey, topology: topology, node: routingKeyNode, r)
             }
+        }
+        if shape != .gather, let first = gatherNodes.first {
+            r.problem(first, "'expect' and 'first' apply to gather routes only")
         }
         if shape == .stream {
             if let idleMs, idleMs > timeoutMs { r.problem(idleNode, "idle_timeout cannot exceed the route's timeout (\(timeoutMs) ms)") }
@@ -235,7 +251,8 @@ public enum RoutesFile {
             maxBodyBytes: maxBody,
             line: line,
             aggregate: aggregate,
-            idleTimeoutMilliseconds: idleMs ?? min(10_000, timeoutMs)
+            idleTimeoutMilliseconds: idleMs ?? min(10_000, timeoutMs),
+            gather: shape == .gather ? gather : nil
         )
     }
 

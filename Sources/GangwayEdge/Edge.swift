@@ -51,6 +51,7 @@ public struct Edge: Sendable {
                 requestReply: RequestReplyHandler(client: client),
                 aggregate: AggregateHandler(client: AggregateClient(client: client)),
                 stream: StreamHandler(client: StreamClient(client: client)),
+                gather: GatherHandler(client: GatherClient(client: client)),
                 reservedPaths: [healthPath, readyPath]
             )
         )

@@ -12,6 +12,7 @@ struct RouteDispatchMiddleware: RouterMiddleware {
     let requestReply: RequestReplyHandler
     let aggregate: AggregateHandler
     let stream: StreamHandler
+    let gather: GatherHandler
     /// Paths the edge serves itself; never shadowed by a route.
     let reservedPaths: Set<String>
 
@@ -29,6 +30,8 @@ struct RouteDispatchMiddleware: RouterMiddleware {
                 return try await aggregate.handle(request, context: context, route: route, parameters: parameters)
             case .stream:
                 return try await stream.handle(request, context: context, route: route, parameters: parameters)
+            case .gather:
+                return try await gather.handle(request, context: context, route: route, parameters: parameters)
             }
         case .methodNotAllowed(let allowed):
             throw GatewayError.methodNotAllowed(method: request.method.rawValue, path: path, allow: allowed)

@@ -22,13 +22,16 @@ public struct Worker: Service {
         /// Declared on every (re)connect, e.g. the shipped topology.
         public var topology: Topology
         public var name: String
+        /// Sent as `x-replier` on every reply, so that a gather can tell repliers apart.
+        public var replierID: String?
 
-        public init(url: AMQPURL, queue: String, prefetch: UInt16 = 64, topology: Topology = Topology(), name: String? = nil) {
+        public init(url: AMQPURL, queue: String, prefetch: UInt16 = 64, topology: Topology = Topology(), name: String? = nil, replierID: String? = nil) {
             self.url = url
             self.queue = queue
             self.prefetch = prefetch
             self.topology = topology
             self.name = name ?? "worker.\(queue)"
+            self.replierID = replierID
         }
     }
 
@@ -135,6 +138,7 @@ public struct Worker: Service {
             return
         }
         var headers: AMQPTable = [WireContract.Header.status: .int(Int64(reply.status))]
+        if let replier = configuration.replierID { headers[WireContract.Header.replier] = .string(replier) }
         for (name, value) in reply.headers {
             headers[WireContract.Header.headerPrefix + name.lowercased()] = .string(value)
         }

@@ -19,6 +19,9 @@ struct WorkerCommand: AsyncParsableCommand {
         @Option(help: "Messages in flight at once (the consumer prefetch).")
         var prefetch: UInt16 = 64
 
+        @Option(help: "Replier id sent as x-replier (for gather routes).")
+        var replierID: String?
+
         func run(queue: String, handler: @escaping Worker.Handler) async throws {
             try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, handler: handler) }
         }
@@ -30,7 +33,7 @@ struct WorkerCommand: AsyncParsableCommand {
         private func run(_ make: (Worker.Configuration, Logger) -> Worker) async throws {
             let logger = log.bootstrap(label: "gangway.worker")
             guard prefetch > 0 else { throw ValidationError("--prefetch must be at least 1") }
-            let worker = make(.init(url: try broker.url(), queue: "", prefetch: prefetch, topology: try files.loadTopology()), logger)
+            let worker = make(.init(url: try broker.url(), queue: "", prefetch: prefetch, topology: try files.loadTopology(), replierID: replierID), logger)
             let group = ServiceGroup(
                 configuration: .init(services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             )

@@ -299,3 +299,49 @@ struct AggregateConfigTests {
         #expect(throws: ConfigurationError.self) { try RoutesFile.parse(yaml, file: "r.yaml", topology: topology) }
     }
 }
+
+@Suite("Gather and stream routes in routes.yaml")
+struct GatherStreamConfigTests {
+    let topology = Topology(
+        exchanges: [ExchangeSpec(name: "fan", type: "topic"), ExchangeSpec(name: "gangway.rpc", type: "direct")],
+        queues: [QueueSpec(name: "s")],
+        bindings: [BindingSpec(source: "gangway.rpc", destination: "s", routingKey: "s")]
+    )
+
+    @Test("gather takes expect and first and watches no single queue; stream takes idle_timeout")
+    func compiles() throws {
+        let yaml = """
+            version: 1
+            routes:
+              - {name: g, method: POST, path: /g, shape: gather, exchange: fan, routing_key: all, expect: 3, first: 2}
+              - {name: s, method: POST, path: /s, shape: stream, exchange: gangway.rpc, routing_key: s, timeout: 30s, idle_timeout: 2s}
+            """
+        let routes = try RoutesFile.parse(yaml, file: "r.yaml", topology: topology).routes
+        #expect(routes[0].gather == Route.GatherSpec(expect: 3, first: 2))
+        #expect(routes[0].gather?.enough == 2)
+        #expect(routes[0].queue == nil)
+        #expect(routes[1].idleTimeoutMilliseconds == 2000 && routes[1].timeoutMilliseconds == 30000)
+        #expect(routes[1].queue?.description == "s")
+    }
+
+    @Test("misplaced or out-of-range gather and stream settings are refused with lines")
+    func mistakes() {
+        let yaml = """
+            version: 1
+            routes:
+              - {method: POST, path: /g, shape: gather, exchange: fan, routing_key: all, expect: 0}
+              - {method: POST, path: /s, shape: stream, exchange: gangway.rpc, routing_key: s, timeout: 1s, idle_timeout: 2s}
+              - {method: POST, path: /r, exchange: gangway.rpc, routing_key: s, first: 1, idle_timeout: 1s}
+            """
+        do {
+            _ = try RoutesFile.parse(yaml, file: "r.yaml", topology: topology)
+            Issue.record("expected errors")
+        } catch {
+            let t = error.description
+            #expect(t.contains("r.yaml:3:") && t.contains("expect must be a whole number"))
+            #expect(t.contains("r.yaml:4:") && t.contains("idle_timeout cannot exceed"))
+            #expect(t.contains("r.yaml:5:") && t.contains("apply to gather routes only"))
+            #expect(t.contains("r.yaml:5:") && t.contains("applies to stream routes only"))
+        }
+    }
+}

@@ -70,7 +70,7 @@ class Broker:
 class Stack:
     """Configuration files with queue names unique to one test, an edge and its workers."""
 
-    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika", "count")):
+    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika", "count", "g1", "g2", "g3")):
         self.broker = broker
         self.tmp = str(tmpdir)
         self.suffix = uuid.uuid4().hex[:8]
@@ -84,15 +84,22 @@ class Stack:
              "arguments": {"x-queue-type": "classic"}}
             for name in self.queue.values()
         ]
+        self.scatter = f"it.scatter.{self.suffix}"
         bindings = [
             {"source": "gangway.rpc", "vhost": "/", "destination": name, "destination_type": "queue",
              "routing_key": name, "arguments": {}}
             for name in self.queue.values()
+        ] + [
+            {"source": self.scatter, "vhost": "/", "destination": self.queue[g], "destination_type": "queue",
+             "routing_key": "scatter.all", "arguments": {}}
+            for g in ("g1", "g2", "g3")
         ]
         definitions = {
             "exchanges": [{"name": "gangway.rpc", "vhost": "/", "type": "direct", "durable": True,
                            "auto_delete": False, "internal": False, "arguments": {}},
                           {"name": "gangway.cancel", "vhost": "/", "type": "fanout", "durable": True,
+                           "auto_delete": False, "internal": False, "arguments": {}},
+                          {"name": self.scatter, "vhost": "/", "type": "topic", "durable": False,
                            "auto_delete": False, "internal": False, "arguments": {}}],
             "queues": queues,
             "bindings": bindings,
@@ -174,6 +181,22 @@ routes:
     routing_key: {self.queue['count']}
     timeout: 30s
     idle_timeout: 1s
+  - name: gather3
+    method: POST
+    path: /v1/gather
+    shape: gather
+    exchange: {self.scatter}
+    routing_key: scatter.all
+    expect: 3
+    timeout: 1500ms
+  - name: gather-first
+    method: POST
+    path: /v1/gather-first
+    shape: gather
+    exchange: {self.scatter}
+    routing_key: scatter.all
+    first: 1
+    timeout: 1500ms
   - name: pika-stream
     method: POST
     path: /v1/pika-stream

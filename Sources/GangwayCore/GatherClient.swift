@@ -1,0 +1,83 @@
+import GangwayAMQPCore
+import GangwayConfig
+import NIOCore
+
+/// The gather shape (scatter-gather): one request published to a fan-out exchange, every
+/// reply with its correlation id collected until `expect` replies, the `first` k, or the
+/// deadline, whichever comes first.
+///
+/// The answer lists each reply with its replier's id (`x-replier`, or the worker's `app_id`)
+/// and says how many were expected and received. No reply at all by the deadline is a 504.
+public struct GatherClient: Sendable {
+    let client: RequestReplyClient
+
+    public init(client: RequestReplyClient) {
+        self.client = client
+    }
+
+    public func send(_ request: GatewayRequest) async throws(GatewayError) -> GatewayReply {
+        let route = request.route
+        let spec = route.gather ?? Route.GatherSpec()
+        let correlationID = client.nextCorrelationID()
+        let correlator = client.correlator
+        let replies = correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        let message = client.makeMessage(request, correlationID: correlationID)
+        do {
+            try client.bus.publish(message) { result in
+                switch result {
+                case .success(.confirmed): break
+                case .success(.returned(let code, let text)):
+                    correlator.closeStream(id: correlationID, with: .unroutable("no queue is bound to receive it (\(code) \(text))"))
+                case .success(.nacked):
+                    correlator.closeStream(id: correlationID, with: .unavailable("the broker refused the message"))
+                case .failure(let error):
+                    correlator.closeStream(id: correlationID, with: .unavailable("\(error)"))
+                }
+            }
+        } catch {
+            correlator.closeStream(id: correlationID)
+            throw .brokerUnavailable("\(error)")
+        }
+        var collected: [Delivery] = []
+        do {
+            for try await reply in replies {
+                collected.append(reply)
+                if let enough = spec.enough, collected.count >= enough { break }
+            }
+        } catch Correlator.Failure.timeout {
+            // The deadline: answer with what came.
+        } catch Correlator.Failure.idle {
+            // Same deadline (idle = timeout for a gather).
+        } catch {
+            correlator.closeStream(id: correlationID)
+            throw StreamClient.map(error, routeName: route.name)
+        }
+        correlator.closeStream(id: correlationID)
+        if collected.isEmpty {
+            throw .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
+        }
+        return try render(collected, spec: spec, route: route.name)
+    }
+
+    func render(_ replies: [Delivery], spec: Route.GatherSpec, route: String) throws(GatewayError) -> GatewayReply {
+        var body = ByteBuffer()
+        let expected = spec.expect.map(String.init) ?? "null"
+        let complete = spec.enough.map { replies.count >= $0 } ?? false
+        body.writeString(#"{"expected":\#(expected),"received":\#(replies.count),"complete":\#(complete),"replies":["#)
+        for (i, delivery) in replies.enumerated() {
+            let reply = try RequestReplyClient.decodeReply(delivery, route: route)
+            let replier = delivery.properties.headers[WireContract.Header.replier]?.stringValue ?? delivery.properties.appID ?? ""
+            if i > 0 { body.writeStaticString(",") }
+            body.writeString(#"{"replier":\#(AggregateClient.quote(replier)),"status":\#(reply.status),"body":"#)
+            if AggregateClient.isJSON(reply.contentType), AggregateClient.parse(reply.body) != nil {
+                var part = reply.body
+                body.writeBuffer(&part)
+            } else {
+                body.writeString(AggregateClient.quote(String(buffer: reply.body)))
+            }
+            body.writeStaticString("}")
+        }
+        body.writeStaticString("]}")
+        return GatewayReply(status: 200, headers: [], contentType: "application/json", contentEncoding: nil, body: body)
+    }
+}
