@@ -20,18 +20,32 @@ public final class Correlator: Sendable {
         case overflow
     }
 
-    /// A request answered by many reply messages (a streamed reply).
-    final class StreamSlot: Sendable {
+    /// A request answered by many reply messages (a streamed reply or a gather).
+    public final class StreamSlot: Sendable {
         let continuation: AsyncThrowingStream<Delivery, any Error>.Continuation
         let idleNanoseconds: UInt64
         let deadline: UInt64
         let lastPart: Atomic<UInt64>
+        /// Bytes delivered but not yet taken by the reader: the bound of a stream's buffer.
+        let bufferedBytes = Atomic(0)
+        let limitBytes: Int
+
+        /// The reader took a part off the buffer.
+        public func taken(_ delivery: Delivery) {
+            bufferedBytes.subtract(Self.cost(delivery), ordering: .relaxed)
+        }
+
+        /// What a buffered part costs: its body plus a fixed share for the message around it.
+        static func cost(_ delivery: Delivery) -> Int {
+            delivery.body.readableBytes + 256
+        }
         /// The final part has arrived: the rest is the client reading what is buffered, which
         /// is no idle gap of the worker's.
         let finalSeen = Atomic(false)
 
-        init(continuation: AsyncThrowingStream<Delivery, any Error>.Continuation, idleNanoseconds: UInt64, deadline: UInt64, now: UInt64) {
+        init(continuation: AsyncThrowingStream<Delivery, any Error>.Continuation, idleNanoseconds: UInt64, deadline: UInt64, now: UInt64, limitBytes: Int) {
             self.continuation = continuation
+            self.limitBytes = limitBytes
             self.idleNanoseconds = idleNanoseconds
             self.deadline = deadline
             self.lastPart = Atomic(now)
@@ -83,8 +97,11 @@ public final class Correlator: Sendable {
             if headers[WireContract.Header.part] == nil || headers[WireContract.Header.final]?.boolValue == true {
                 stream.finalSeen.store(true, ordering: .relaxed)
             }
-            if case .dropped = stream.continuation.yield(delivery) {
+            let buffered = stream.bufferedBytes.add(StreamSlot.cost(delivery), ordering: .relaxed).newValue
+            if buffered > stream.limitBytes {
                 closeStream(id: id, with: .overflow)
+            } else {
+                stream.continuation.yield(delivery)
             }
         } else if case .resume(let waiter, let reply)? = action {
             waiter.resume(returning: reply)
@@ -93,24 +110,32 @@ public final class Correlator: Sendable {
 
     /// Opens a slot for a reply in many parts, before the request is published.
     /// - Parameters:
-    ///   - buffer: parts held for a consumer that has not taken them yet; past it the stream
-    ///     fails with ``Failure/overflow`` rather than grow.
-    /// - Returns: the parts as they arrive; the sequence throws ``Failure/idle`` after a gap of
-    ///   `idleMilliseconds`, ``Failure/timeout`` past `timeoutMilliseconds` in all.
-    public func openStream(id: String, idleMilliseconds: Int, timeoutMilliseconds: Int, buffer: Int = 1024) -> AsyncThrowingStream<Delivery, any Error> {
-        let (stream, continuation) = AsyncThrowingStream.makeStream(of: Delivery.self, throwing: (any Error).self, bufferingPolicy: .bufferingOldest(buffer))
+    ///   - bufferBytes: bytes of parts held for a reader that has not taken them yet (the reader
+    ///     reports what it takes through ``StreamSlot/taken(_:)``); past it the stream fails
+    ///     with ``Failure/overflow`` rather than grow.
+    /// - Returns: the parts as they arrive, which throw ``Failure/idle`` after a gap of
+    ///   `idleMilliseconds` and ``Failure/timeout`` past `timeoutMilliseconds` in all; and the
+    ///   slot, to report parts taken.
+    public func openStream(
+        id: String,
+        idleMilliseconds: Int,
+        timeoutMilliseconds: Int,
+        bufferBytes: Int = 8 << 20
+    ) -> (parts: AsyncThrowingStream<Delivery, any Error>, slot: StreamSlot) {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: Delivery.self, throwing: (any Error).self, bufferingPolicy: .unbounded)
         let now = NIODeadline.now().uptimeNanoseconds
         let slot = StreamSlot(
             continuation: continuation,
             idleNanoseconds: UInt64(idleMilliseconds) * 1_000_000,
             deadline: now + UInt64(timeoutMilliseconds) * 1_000_000,
-            now: now
+            now: now,
+            limitBytes: bufferBytes
         )
         state.withLock { $0.streams[id] = slot }
         continuation.onTermination = { [weak self] _ in
             self?.state.withLock { _ = $0.streams.removeValue(forKey: id) }
         }
-        return stream
+        return (stream, slot)
     }
 
     /// Ends a stream, with an error or (nil) normally after its final part.

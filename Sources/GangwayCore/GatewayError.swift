@@ -107,5 +107,10 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         GatewayError(code: .timeout, detail: "the stream of route '\(route)' ran past its timeout")
     }
 
+    /// The worker produced parts faster than the client read them, past the stream's buffer.
+    public static func streamOverflow(route: String) -> GatewayError {
+        GatewayError(code: .badReply, detail: "the stream of route '\(route)' outran the client: more than its buffer was waiting to be sent")
+    }
+
     public static let shuttingDown = GatewayError(code: .shuttingDown, detail: "this edge is shutting down; retry on another")
 }

@@ -20,7 +20,7 @@ public struct GatherClient: Sendable {
         let spec = route.gather ?? Route.GatherSpec()
         let correlationID = client.nextCorrelationID()
         let correlator = client.correlator
-        let replies = correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        let (replies, slot) = correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
         let message = client.makeMessage(request, correlationID: correlationID)
         do {
             try client.bus.publish(message) { result in
@@ -41,6 +41,7 @@ public struct GatherClient: Sendable {
         var collected: [Delivery] = []
         do {
             for try await reply in replies {
+                slot.taken(reply)
                 collected.append(reply)
                 if let enough = spec.enough, collected.count >= enough { break }
             }

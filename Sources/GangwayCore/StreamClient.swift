@@ -35,7 +35,7 @@ public struct StreamClient: Sendable {
         try await client.checkConsumers(request)
         let correlationID = client.nextCorrelationID()
         let correlator = client.correlator
-        let stream = correlator.openStream(id: correlationID, idleMilliseconds: idleMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        let (stream, slot) = correlator.openStream(id: correlationID, idleMilliseconds: idleMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
         var message = client.makeMessage(request, correlationID: correlationID)
         message.properties.headers["x-idle-timeout"] = .int(Int64(idleMilliseconds))
         do {
@@ -54,7 +54,7 @@ public struct StreamClient: Sendable {
             correlator.closeStream(id: correlationID)
             throw .brokerUnavailable("\(error)")
         }
-        let parts = PartStream(stream: stream, route: route.name, correlationID: correlationID, correlator: correlator)
+        let parts = PartStream(stream: stream, slot: slot, route: route.name, correlationID: correlationID, correlator: correlator)
         let first: Delivery
         do {
             guard let delivery = try await parts.nextDelivery() else {
@@ -86,7 +86,7 @@ public struct StreamClient: Sendable {
         case Correlator.Failure.timeout: return .streamTimeout(route: routeName)
         case Correlator.Failure.unroutable(let reason): return .noConsumer(route: routeName, reason: reason)
         case Correlator.Failure.unavailable(let reason): return .brokerUnavailable(reason)
-        case Correlator.Failure.overflow: return .badReply(route: routeName, reason: "the stream outran its buffer")
+        case Correlator.Failure.overflow: return .streamOverflow(route: routeName)
         default: return .brokerUnavailable("\(error)")
         }
     }
@@ -99,6 +99,7 @@ public struct StreamClient: Sendable {
     /// handed it once; nothing else touches it.
     public final class PartStream: @unchecked Sendable {
         private var base: AsyncThrowingStream<Delivery, any Error>.AsyncIterator
+        private let slot: Correlator.StreamSlot
         private var reorderer = PartReorderer<Delivery>()
         private var ready: [Delivery] = []
         private var front: [(ByteBuffer, String?)] = []
@@ -107,8 +108,9 @@ public struct StreamClient: Sendable {
         let correlationID: String
         let correlator: Correlator
 
-        init(stream: AsyncThrowingStream<Delivery, any Error>, route: String, correlationID: String, correlator: Correlator) {
+        init(stream: AsyncThrowingStream<Delivery, any Error>, slot: Correlator.StreamSlot, route: String, correlationID: String, correlator: Correlator) {
             self.base = stream.makeAsyncIterator()
+            self.slot = slot
             self.route = route
             self.correlationID = correlationID
             self.correlator = correlator
@@ -151,6 +153,7 @@ public struct StreamClient: Sendable {
                     throw StreamClient.map(error, routeName: route)
                 }
                 guard let d else { return nil }
+                slot.taken(d)
                 let headers = d.properties.headers
                 // A plain reply (no x-part) is a stream of one part.
                 let index = headers[WireContract.Header.part].map { $0.intValue.map(Int.init) ?? -1 } ?? 0
