@@ -62,22 +62,26 @@ enum DemoWorkers {
         }
     }
 
-    /// Streams `n` numbered JSON parts (`?n=10&delay_ms=100`, defaults 10 and 100), one at a
-    /// time, stopping early when the client goes away.
+    /// Streams `n` numbered JSON parts (`?n=10&delay_ms=100&pad=0`, defaults 10, 100 and 0;
+    /// `pad` adds that many bytes of padding to each part), one at a time, stopping early when
+    /// the client goes away.
     static func count() -> Worker.StreamHandler {
         { request, writer in
             var n = 10
             var delay = 100
+            var pad = 0
             for pair in request.query.split(separator: "&") {
                 let kv = pair.split(separator: "=", maxSplits: 1)
                 guard kv.count == 2, let v = Int(kv[1]), v >= 0 else { continue }
                 if kv[0] == "n" { n = min(v, 100_000) }
                 if kv[0] == "delay_ms" { delay = min(v, 60_000) }
+                if kv[0] == "pad" { pad = min(v, 1 << 20) }
             }
+            let padding = String(repeating: "x", count: pad)
             for i in 0..<n {
                 if delay > 0 && i > 0 { try await Task.sleep(for: .milliseconds(delay)) }
                 try Task.checkCancellation()
-                try await writer.write(ByteBuffer(string: #"{"n":\#(i),"of":\#(n)}"#), contentType: "application/json", final: i == n - 1)
+                try await writer.write(ByteBuffer(string: pad == 0 ? #"{"n":\#(i),"of":\#(n)}"# : #"{"n":\#(i),"of":\#(n),"pad":"\#(padding)"}"#), contentType: "application/json", final: i == n - 1)
             }
         }
     }

@@ -127,3 +127,21 @@ def test_amqps_with_a_verified_certificate_round_trips_and_a_wrong_ca_is_refused
     finally:
         stack.stop()
         broker.stop()
+
+
+def test_a_worker_stopped_with_sigterm_finishes_what_it_holds(stack):
+    edge = stack.start_edge()
+    worker = stack.start_worker("echo", extra=["--delay-ms", "800"])
+    result = {}
+
+    def call():
+        result["r"] = requests.post(edge.base + "/v1/echo", data="in flight", timeout=10)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    os.killpg(worker.pid, signal.SIGTERM)
+    t.join(timeout=10)
+    assert result["r"].status_code == 200 and result["r"].text == "in flight"
+    assert worker.wait(timeout=10) == 0
+    assert "worker.stopped" in open(worker.log_path).read()

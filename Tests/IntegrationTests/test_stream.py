@@ -112,3 +112,20 @@ def test_the_first_part_reaches_the_client_before_the_last_is_made(stack):
     assert arrivals[0] < 0.6, arrivals
     assert arrivals[-1] > 1.7, arrivals
     assert arrivals[-1] - arrivals[0] > 1.5
+
+
+def test_a_client_that_does_not_read_is_cut_off_at_the_buffer_bound(stack):
+    edge = stack.start_edge()
+    stack.start_worker("count", queue=stack.queue["count"])
+    # 6000 parts of ~8 KiB: ~48 MiB, far past socket buffers plus the 8 MiB stream buffer.
+    r = requests.post(edge.base + "/v1/count?n=6000&delay_ms=0&pad=8192", headers={"accept": "application/x-ndjson"}, stream=True)
+    time.sleep(4)  # read nothing while the worker produces everything
+    lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert len(lines) < 6000
+    assert "error" in lines[-1], lines[-1].keys()
+    assert lines[-1]["error"]["status"] == 502
+    assert "outran the client" in lines[-1]["error"]["detail"]
+    assert [p["n"] for p in lines[:-1]] == list(range(len(lines) - 1))
+    # The edge lives on and serves the next stream.
+    r = requests.post(edge.base + "/v1/count?n=3&delay_ms=0", headers={"accept": "application/x-ndjson"})
+    assert [json.loads(line)["n"] for line in r.text.splitlines()] == [0, 1, 2]
