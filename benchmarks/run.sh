@@ -11,36 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-64}
-export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
-
-work=$(mktemp -d /tmp/gangway-bench-XXXXXX)
-chmod 755 "$work"  # the broker runs as the rabbitmq user and must reach its directory
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  scripts/broker.sh stop "$work/broker" || true
-}
-trap cleanup EXIT
-
-echo "building (release)..." >&2
-swift build -c release --product gangway >/dev/null
+source benchmarks/lib.sh
 gcc -O2 -o "$work/raw_rpc" benchmarks/raw_rpc.c -lrabbitmq
-bin=$(swift build -c release --show-bin-path)/gangway
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-while [ $((port + 20000)) -gt 65535 ]; do
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-done
-scripts/broker.sh start "$work/broker" "$port" >/dev/null
-export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
-http_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 "$bin" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & pids+=($!)
 "$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "localhost:$http_port/readyz" >/dev/null && break
-  sleep 0.1
-done
+wait_ready
 curl -sf -X POST "localhost:$http_port/v1/echo" -d warmup >/dev/null
 
 echo "raw broker round trip (${CONNECTIONS} in flight, ${SECONDS_PER_RUN}s)..." >&2

@@ -10,38 +10,14 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-64}
 PARTS=${3:-100000}
-export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
-
-work=$(mktemp -d /tmp/gangway-bench-XXXXXX)
-chmod 755 "$work"  # the broker runs as the rabbitmq user and must reach its directory
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  scripts/broker.sh stop "$work/broker" || true
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-echo "building (release)..." >&2
-swift build -c release --product gangway >/dev/null
-bin=$(swift build -c release --show-bin-path)/gangway
-
-port=$(free_port)
-while [ $((port + 20000)) -gt 65535 ]; do port=$(free_port); done
-scripts/broker.sh start "$work/broker" "$port" >/dev/null
-export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
+source benchmarks/lib.sh
 export GANGWAY_ROUTES=benchmarks/routes.yaml
-http_port=$(free_port)
 
 for w in time profile orders count; do
   "$bin" worker "$w" --prefetch 128 --log-level warning > "$work/worker-$w.log" 2>&1 & pids+=($!)
 done
 "$bin" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "localhost:$http_port/readyz" >/dev/null && break
-  sleep 0.1
-done
+wait_ready
 sleep 1
 curl -sf "localhost:$http_port/v1/three" >/dev/null
 

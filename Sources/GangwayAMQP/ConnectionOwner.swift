@@ -542,12 +542,12 @@ final class ConnectionOwner: @unchecked Sendable {
     private func inspect(queue: String, on state: amqp_connection_state_t) throws -> QueueInfo? {
         if !inspectChannelOpen {
             amqp_channel_open(state, Self.inspectChannel)
-            try check(amqp_get_rpc_reply(state), "channel.open")
+            try check(amqp_get_rpc_reply(state), "channel.open", channel: Self.inspectChannel)
             inspectChannelOpen = true
         }
         let ok = amqp_queue_declare(state, Self.inspectChannel, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table)
         do {
-            try check(amqp_get_rpc_reply(state), "queue.declare passive \(queue)")
+            try check(amqp_get_rpc_reply(state), "queue.declare passive \(queue)", channel: Self.inspectChannel)
         } catch let error as AMQPError where error.serverReplyCode == 404 {
             inspectChannelOpen = false
             return nil
@@ -562,7 +562,7 @@ final class ConnectionOwner: @unchecked Sendable {
     // MARK: Helpers
 
     /// Turns an RPC reply into an error; answers the broker's close with close-ok.
-    private func check(_ reply: amqp_rpc_reply_t, _ what: String) throws {
+    private func check(_ reply: amqp_rpc_reply_t, _ what: String, channel: amqp_channel_t = publishChannel) throws {
         switch reply.reply_type {
         case AMQP_RESPONSE_NORMAL:
             return
@@ -578,10 +578,8 @@ final class ConnectionOwner: @unchecked Sendable {
                 throw AMQPError.connectionLost("\(what): broker closed the connection: \(m.reply_code) \(CDecode.string(m.reply_text))")
             case GW_CHANNEL_CLOSE:
                 let m = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-                // The channel that failed is the one the RPC ran on; answer on both candidates
-                // is wrong, so the callers pass which one through `inspectChannelOpen`.
+                // The broker closed the channel the RPC ran on; it waits for our close-ok.
                 var ok = amqp_channel_close_ok_t()
-                let channel = inspectChannelOpen && what.hasPrefix("queue.declare passive") ? Self.inspectChannel : Self.publishChannel
                 amqp_send_method(state, channel, GW_CHANNEL_CLOSE_OK, &ok)
                 throw AMQPError.serverClosed(code: m.reply_code, text: "\(what): \(CDecode.string(m.reply_text))")
             default:

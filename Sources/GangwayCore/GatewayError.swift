@@ -63,8 +63,9 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         GatewayError(code: .methodNotAllowed, detail: "\(method) is not allowed on \(path); allowed: \(allow.joined(separator: ", "))", allow: allow)
     }
 
-    public static func payloadTooLarge(limit: Int) -> GatewayError {
-        GatewayError(code: .payloadTooLarge, detail: "the request body exceeds this route's limit of \(limit) bytes")
+    public static func payloadTooLarge(limit: Int?) -> GatewayError {
+        guard let limit else { return GatewayError(code: .payloadTooLarge, detail: "the request body is too large") }
+        return GatewayError(code: .payloadTooLarge, detail: "the request body exceeds this route's limit of \(limit) bytes")
     }
 
     public static func headersTooLarge(_ detail: String) -> GatewayError {

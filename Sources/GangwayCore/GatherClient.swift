@@ -23,20 +23,10 @@ public struct GatherClient: Sendable {
         let (replies, slot) = correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
         let message = client.makeMessage(request, correlationID: correlationID)
         do {
-            try client.bus.publish(message) { result in
-                switch result {
-                case .success(.confirmed): break
-                case .success(.returned(let code, let text)):
-                    correlator.closeStream(id: correlationID, with: .unroutable("no queue is bound to receive it (\(code) \(text))"))
-                case .success(.nacked):
-                    correlator.closeStream(id: correlationID, with: .unavailable("the broker refused the message"))
-                case .failure(let error):
-                    correlator.closeStream(id: correlationID, with: .unavailable("\(error)"))
-                }
-            }
+            try client.publish(message) { failure in correlator.closeStream(id: correlationID, with: failure) }
         } catch {
             correlator.closeStream(id: correlationID)
-            throw .brokerUnavailable("\(error)")
+            throw error
         }
         var collected: [Delivery] = []
         do {

@@ -37,23 +37,13 @@ public final class RequestReplyClient: Sendable {
             throw .brokerUnavailable("correlation id collision")
         }
         // The confirm is not awaited: the reply is the real answer, and a return (no queue
-        // bound) or nack arrives before the reply could. The owner thread fails the slot.
+        // bound) or nack arrives before the reply could; the publisher's thread fails the slot.
         let correlator = self.correlator
         do {
-            try bus.publish(message) { result in
-                switch result {
-                case .success(.confirmed): break
-                case .success(.returned(let code, let text)):
-                    correlator.fail(id: correlationID, with: .unroutable("the broker could not route it (\(code) \(text))"))
-                case .success(.nacked):
-                    correlator.fail(id: correlationID, with: .unavailable("the broker refused the message"))
-                case .failure(let error):
-                    correlator.fail(id: correlationID, with: .unavailable("\(error)"))
-                }
-            }
+            try publish(message) { failure in correlator.fail(id: correlationID, with: failure) }
         } catch {
             correlator.cancel(id: correlationID)
-            throw .brokerUnavailable("\(error)")
+            throw error
         }
         let delivery: Delivery
         do {
@@ -123,6 +113,26 @@ public final class RequestReplyClient: Sendable {
         case .present: return
         case .none: throw .noConsumer(route: request.route.name, reason: "queue '\(queue)' has no consumers")
         case .missingQueue: throw .noConsumer(route: request.route.name, reason: "queue '\(queue)' does not exist")
+        }
+    }
+
+    /// Publishes a request without awaiting its confirm; `onFailure` hears (on the publisher's
+    /// thread) of a return, a nack or a lost connection. Throws at once when it cannot be sent.
+    func publish(_ message: OutboundMessage, onFailure: @escaping @Sendable (Correlator.Failure) -> Void) throws(GatewayError) {
+        do {
+            try bus.publish(message) { result in
+                switch result {
+                case .success(.confirmed): break
+                case .success(.returned(let code, let text)):
+                    onFailure(.unroutable("the broker could not route it (\(code) \(text))"))
+                case .success(.nacked):
+                    onFailure(.unavailable("the broker refused the message"))
+                case .failure(let error):
+                    onFailure(.unavailable("\(error)"))
+                }
+            }
+        } catch {
+            throw .brokerUnavailable("\(error)")
         }
     }
 

@@ -39,20 +39,10 @@ public struct StreamClient: Sendable {
         var message = client.makeMessage(request, correlationID: correlationID)
         message.properties.headers["x-idle-timeout"] = .int(Int64(idleMilliseconds))
         do {
-            try client.bus.publish(message) { result in
-                switch result {
-                case .success(.confirmed): break
-                case .success(.returned(let code, let text)):
-                    correlator.closeStream(id: correlationID, with: .unroutable("the broker could not route it (\(code) \(text))"))
-                case .success(.nacked):
-                    correlator.closeStream(id: correlationID, with: .unavailable("the broker refused the message"))
-                case .failure(let error):
-                    correlator.closeStream(id: correlationID, with: .unavailable("\(error)"))
-                }
-            }
+            try client.publish(message) { failure in correlator.closeStream(id: correlationID, with: failure) }
         } catch {
             correlator.closeStream(id: correlationID)
-            throw .brokerUnavailable("\(error)")
+            throw error
         }
         let parts = PartStream(stream: stream, slot: slot, route: route.name, correlationID: correlationID, correlator: correlator)
         let first: Delivery

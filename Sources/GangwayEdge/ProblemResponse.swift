@@ -11,8 +11,8 @@ enum ProblemResponse {
         if !error.allow.isEmpty { headers[.allow] = error.allow.joined(separator: ", ") }
         if error.status == 503 { headers[.retryAfter] = "1" }
         let body = """
-            {"type":\(JSON.quote(error.type)),"title":\(JSON.quote(error.title)),"status":\(error.status),\
-            "detail":\(JSON.quote(error.detail)),"instance":\(JSON.quote(instance)),"request_id":\(JSON.quote(requestID))}
+            {"type":\(JSONString.quote(error.type)),"title":\(JSONString.quote(error.title)),"status":\(error.status),\
+            "detail":\(JSONString.quote(error.detail)),"instance":\(JSONString.quote(instance)),"request_id":\(JSONString.quote(requestID))}
             """
         return Response(
             status: .init(code: error.status),
@@ -33,35 +33,12 @@ enum ProblemResponse {
             let gatewayError: GatewayError =
                 switch status {
                 case 404: .notFound(path: instance)
-                case 413: .payloadTooLarge(limit: 0)
+                case 413: .payloadTooLarge(limit: nil)
                 default: .badRequest(e.body ?? e.status.reasonPhrase)
                 }
             return make(gatewayError, instance: instance, requestID: requestID)
         default:
             return make(.badRequest("the request could not be processed"), instance: instance, requestID: requestID)
         }
-    }
-}
-
-/// Just enough JSON writing for problem bodies and health reports, without Foundation.
-enum JSON {
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        out.reserveCapacity(s.utf8.count + 2)
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        out += "\""
-        return out
     }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Shared by the benchmark scripts: a work directory, a private broker, release binaries, and
+# cleanup of everything they start. Source it; it sets work, bin, port, http_port and
+# GANGWAY_AMQP_URL, and appends background pids to pids.
+export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
+
+work=$(mktemp -d /tmp/gangway-bench-XXXXXX)
+chmod 755 "$work"  # the broker runs as the rabbitmq user and must reach its directory
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/broker.sh stop "$work/broker" || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "building (release)..." >&2
+swift build -c release --product gangway >/dev/null
+bin=$(swift build -c release --show-bin-path)/gangway
+
+port=$(free_port)
+while [ $((port + 20000)) -gt 65535 ]; do port=$(free_port); done
+scripts/broker.sh start "$work/broker" "$port" >/dev/null
+export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
+http_port=$(free_port)
+
+# Waits until the edge on $http_port is ready.
+wait_ready() {
+  for _ in $(seq 1 100); do
+    curl -sf "localhost:$http_port/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the edge did not become ready; see $work/edge.log" >&2
+  return 1
+}
