@@ -34,6 +34,12 @@ public enum WireContract {
         public static let error = "x-error"
     }
 
+    /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on scalars,
+    /// because "\r\n" is one `Character`, equal to neither "\r" nor "\n".
+    public static func isSingleLine(_ text: String) -> Bool {
+        !text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
+    }
+
     /// Wall-clock milliseconds since the epoch: the unit of `x-deadline`.
     public static func epochMilliseconds() -> Int64 {
         var ts = timespec()

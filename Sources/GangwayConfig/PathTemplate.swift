@@ -63,22 +63,25 @@ public struct KeyTemplate: Sendable, Hashable, CustomStringConvertible {
     let pieces: [Piece]
     public let description: String
 
-    public init(_ text: String) throws(PathTemplate.ParseError) {
+    /// - Parameters:
+    ///   - opener: what starts a placeholder: `{` in routing keys (`users.{id}`), `${` in body
+    ///     templates, where JSON's own braces must stay literal (`{"owner": "${owner}"}`).
+    public init(_ text: String, opener: String = "{") throws(PathTemplate.ParseError) {
         var pieces: [Piece] = []
         var rest = text[...]
-        while let open = rest.firstIndex(of: "{") {
-            if open > rest.startIndex { pieces.append(.text(String(rest[..<open]))) }
-            guard let close = rest[open...].firstIndex(of: "}") else {
-                throw PathTemplate.ParseError(description: "unclosed '{' in '\(text)'")
+        while let open = rest.firstRange(of: opener) {
+            if open.lowerBound > rest.startIndex { pieces.append(.text(String(rest[..<open.lowerBound]))) }
+            guard let close = rest[open.upperBound...].firstIndex(of: "}") else {
+                throw PathTemplate.ParseError(description: "unclosed '\(opener)' in '\(text)'")
             }
-            let name = String(rest[rest.index(after: open)..<close])
+            let name = String(rest[open.upperBound..<close])
             guard PathTemplate.isIdentifier(name) else {
                 throw PathTemplate.ParseError(description: "parameter name '\(name)' in '\(text)' must be letters, digits and '_'")
             }
             pieces.append(.parameter(name))
             rest = rest[rest.index(after: close)...]
         }
-        if rest.contains("}") { throw PathTemplate.ParseError(description: "unmatched '}' in '\(text)'") }
+        if opener == "{" && rest.contains("}") { throw PathTemplate.ParseError(description: "unmatched '}' in '\(text)'") }
         if !rest.isEmpty { pieces.append(.text(String(rest))) }
         self.pieces = pieces
         self.description = text
@@ -89,6 +92,18 @@ public struct KeyTemplate: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var isConstant: Bool { parameterNames.isEmpty }
+
+    /// Fills in the parameters, each passed through `escape` (e.g. JSON escaping for a body).
+    public func render(_ parameters: [String: String], escape: (String) -> String) -> String {
+        var out = ""
+        for piece in pieces {
+            switch piece {
+            case .text(let t): out += t
+            case .parameter(let n): out += escape(parameters[n] ?? "")
+            }
+        }
+        return out
+    }
 
     /// Fills in the parameters. Values were checked by the route table to hold no routing
     /// wildcards or separators.

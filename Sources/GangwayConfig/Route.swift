@@ -116,6 +116,10 @@ public struct AggregateSpec: Sendable, Hashable {
         public var route: Route
         /// Send the client's request body to this leg.
         public var forwardBody: Bool
+        /// Or send this body, with `${name}` filled from path parameters and `use` values
+        /// (JSON-escaped, so a template can place them inside JSON strings).
+        public var bodyTemplate: KeyTemplate?
+        public var bodyContentType: String
         /// Statuses at or above 400 that still count as an answer, e.g. 404.
         public var acceptedStatuses: Set<Int>
         /// Response headers of this leg kept on the merged response as `<key>-<name>`.
@@ -128,6 +132,8 @@ public struct AggregateSpec: Sendable, Hashable {
             key: String,
             route: Route,
             forwardBody: Bool = true,
+            bodyTemplate: KeyTemplate? = nil,
+            bodyContentType: String = "application/json",
             acceptedStatuses: Set<Int> = [],
             keepHeaders: Set<String> = [],
             uses: [String: Reference] = [:]
@@ -135,6 +141,8 @@ public struct AggregateSpec: Sendable, Hashable {
             self.key = key
             self.route = route
             self.forwardBody = forwardBody
+            self.bodyTemplate = bodyTemplate
+            self.bodyContentType = bodyContentType
             self.acceptedStatuses = acceptedStatuses
             self.keepHeaders = keepHeaders
             self.uses = uses

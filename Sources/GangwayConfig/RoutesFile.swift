@@ -37,6 +37,7 @@ public enum RoutesFile {
     ]
     private static let legKeys: Set<String> = [
         "key", "exchange", "routing_key", "queue", "timeout", "forward_headers", "body", "accept_status", "keep_headers", "use",
+        "body_template", "body_content_type",
     ]
 
     /// - Parameters:
@@ -331,6 +332,10 @@ public enum RoutesFile {
         var accepted: Set<Int> = []
         var keep: Set<String> = []
         var uses: [String: AggregateSpec.Reference] = [:]
+        var bodyTemplate: KeyTemplate?
+        var bodyTemplateNode: Node?
+        var bodyContentType = "application/json"
+        var bodyNode: Node?
         for (k, _, v) in pairs {
             switch k {
             case "key":
@@ -358,7 +363,17 @@ public enum RoutesFile {
                 if let h = headers(v, r) { forward = h }
             case "keep_headers":
                 if let h = headers(v, r) { keep = h }
+            case "body_template":
+                bodyTemplateNode = v
+                if let text = r.string(v, "body_template") {
+                    do { bodyTemplate = try KeyTemplate(text, opener: "${") } catch { r.problem(v, error.description) }
+                }
+            case "body_content_type":
+                if let text = r.string(v, "body_content_type") {
+                    if text.isEmpty || !WireContract.isSingleLine(text) { r.problem(v, "body_content_type must be a media type") } else { bodyContentType = text }
+                }
             case "body":
+                bodyNode = v
                 switch r.string(v, "body") {
                 case "forward": forwardBody = true
                 case "none": forwardBody = false
@@ -400,6 +415,13 @@ public enum RoutesFile {
                 r.problem(routingKeyNode, "routing_key uses {\(p)}, which is neither a path parameter nor named in 'use'")
             }
         }
+        if let bodyTemplate, let path = parent.path {
+            if bodyNode != nil { r.problem(bodyNode, "a leg takes 'body' or 'body_template', not both") }
+            let known = Set(path.parameterNames).union(uses.keys)
+            for p in bodyTemplate.parameterNames where !known.contains(p) {
+                r.problem(bodyTemplateNode, "body_template uses {\(p)}, which is neither a path parameter nor named in 'use'")
+            }
+        }
         if queue == nil, let routingKey {
             queue = servingQueue(exchange: exchange, routingKey: routingKey, topology: topology, node: routingKeyNode, r)
         }
@@ -415,7 +437,10 @@ public enum RoutesFile {
             forwardHeaders: forward,
             maxBodyBytes: 0
         )
-        return AggregateSpec.Leg(key: key, route: route, forwardBody: forwardBody, acceptedStatuses: accepted, keepHeaders: keep, uses: uses)
+        return AggregateSpec.Leg(
+            key: key, route: route, forwardBody: forwardBody, bodyTemplate: bodyTemplate, bodyContentType: bodyContentType,
+            acceptedStatuses: accepted, keepHeaders: keep, uses: uses
+        )
     }
 
     private static func exchange(_ v: Node, _ r: NodeReader, _ topology: Topology) -> String? {

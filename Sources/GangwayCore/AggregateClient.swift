@@ -31,47 +31,58 @@ public struct AggregateClient: Sendable {
         guard let spec = request.route.aggregate else { throw .badRequest("not an aggregate route") }
         let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
         var outcomes: [String: Outcome] = [:]
-        await withTaskGroup(of: (String, Outcome).self) { group in
-            var started: Set<String> = []
-            func startReady() {
-                for leg in spec.legs where !started.contains(leg.key) {
-                    let dependencies = Set(leg.uses.values.map(\.leg))
-                    guard dependencies.allSatisfy({ outcomes[$0] != nil }) else { continue }
-                    started.insert(leg.key)
-                    let inputs = Self.inputs(for: leg, from: outcomes)
-                    group.addTask {
-                        switch inputs {
-                        case .failure(let reason):
-                            return (leg.key, .failed(status: 502, reason: reason.description))
-                        case .success(let values):
-                            return (leg.key, await self.run(leg, request: request, extra: values, deadline: deadline))
-                        }
+        var pending: [(key: String, pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
+        var started: Set<String> = []
+        // Publishing does not wait, so this task publishes every leg that can start, then takes
+        // replies; a chained leg starts as soon as the legs it reads from have answered. No
+        // child task per leg: all legs are in flight at once all the same.
+        while outcomes.count < spec.legs.count {
+            for leg in spec.legs where !started.contains(leg.key) {
+                guard leg.uses.values.allSatisfy({ outcomes[$0.leg] != nil }) else { continue }
+                started.insert(leg.key)
+                switch Self.inputs(for: leg, from: outcomes) {
+                case .failure(let reason):
+                    outcomes[leg.key] = .failed(status: 502, reason: reason.description)
+                case .success(let values):
+                    do {
+                        pending.append((leg.key, try await start(leg, request: request, extra: values, deadline: deadline), leg))
+                    } catch {
+                        outcomes[leg.key] = .failed(status: error.status, reason: "\(error.status) \(error.title): \(error.detail)")
                     }
                 }
             }
-            startReady()
-            for await (key, outcome) in group {
-                outcomes[key] = outcome
-                startReady()
-            }
+            guard !pending.isEmpty else { continue }
+            // Take first the reply that unblocks a chained leg, if any.
+            let waitedOn = Set(spec.legs.filter { !started.contains($0.key) }.flatMap { $0.uses.values.map(\.leg) })
+            let index = pending.firstIndex { waitedOn.contains($0.key) } ?? 0
+            let next = pending.remove(at: index)
+            outcomes[next.key] = await finish(next.pending, leg: next.leg)
         }
         return try merge(spec: spec, route: request.route.name, outcomes: outcomes)
     }
 
-    private func run(_ leg: AggregateSpec.Leg, request: GatewayRequest, extra: [String: String], deadline: NIODeadline) async -> Outcome {
+    private func start(_ leg: AggregateSpec.Leg, request: GatewayRequest, extra: [String: String], deadline: NIODeadline) async throws(GatewayError) -> RequestReplyClient.Pending {
         let remaining = Int((deadline - NIODeadline.now()).nanoseconds / 1_000_000)
-        guard remaining > 0 else { return .failed(status: 504, reason: "timeout before the leg could start") }
+        guard remaining > 0 else { throw .timeout(route: leg.route.name, milliseconds: 0) }
         var route = leg.route
         route.timeoutMilliseconds = min(route.timeoutMilliseconds, remaining)
         var legRequest = request
         legRequest.route = route
         legRequest.parameters.merge(extra) { _, new in new }
-        if !leg.forwardBody {
+        if let template = leg.bodyTemplate {
+            legRequest.body = ByteBuffer(string: template.render(legRequest.parameters, escape: JSONString.escapeContents))
+            legRequest.headers.removeAll { $0.name == "content-type" || $0.name == "content-encoding" }
+            legRequest.headers.append(("content-type", leg.bodyContentType))
+        } else if !leg.forwardBody {
             legRequest.body = ByteBuffer()
             legRequest.headers.removeAll { $0.name == "content-type" || $0.name == "content-encoding" }
         }
+        return try await client.start(legRequest)
+    }
+
+    private func finish(_ pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg) async -> Outcome {
         do {
-            let reply = try await client.send(legRequest)
+            let reply = try await client.finish(pending)
             if reply.status >= 400 && !leg.acceptedStatuses.contains(reply.status) {
                 return .failed(status: reply.status, reason: "status \(reply.status)")
             }

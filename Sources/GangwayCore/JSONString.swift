@@ -3,8 +3,13 @@
 public enum JSONString {
     /// `s` as a quoted JSON string, escaping quotes, backslashes and control characters.
     public static func quote(_ s: String) -> String {
-        var out = "\""
-        out.reserveCapacity(s.utf8.count + 2)
+        "\"" + escapeContents(s) + "\""
+    }
+
+    /// `s` escaped for the inside of a JSON string, without the quotes.
+    public static func escapeContents(_ s: String) -> String {
+        var out = ""
+        out.reserveCapacity(s.utf8.count)
         for scalar in s.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -18,7 +23,6 @@ public enum JSONString {
             default: out.unicodeScalars.append(scalar)
             }
         }
-        out += "\""
         return out
     }
 }

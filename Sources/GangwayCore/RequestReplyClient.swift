@@ -29,6 +29,18 @@ public final class RequestReplyClient: Sendable {
     /// - Throws: ``GatewayError``: 503 when nobody serves the route or the broker is down,
     ///   504 at the deadline, 502 for a malformed reply.
     public func send(_ request: GatewayRequest) async throws(GatewayError) -> GatewayReply {
+        try await finish(try await start(request))
+    }
+
+    /// A request on its way: published, its reply not yet taken.
+    public struct Pending: Sendable {
+        let correlationID: String
+        let route: Route
+    }
+
+    /// Checks for consumers, opens the reply slot and publishes; does not wait for the reply.
+    /// - Throws: ``GatewayError``: 503 when nobody serves the route or the broker is down.
+    public func start(_ request: GatewayRequest) async throws(GatewayError) -> Pending {
         let route = request.route
         try await checkConsumers(request)
         let correlationID = nextCorrelationID()
@@ -45,9 +57,17 @@ public final class RequestReplyClient: Sendable {
             correlator.cancel(id: correlationID)
             throw error
         }
+        return Pending(correlationID: correlationID, route: route)
+    }
+
+    /// Waits for a started request's reply and checks it against the contract.
+    /// - Throws: ``GatewayError``: 503 when it turned out unroutable or the broker went away,
+    ///   504 at the deadline, 502 for a malformed reply.
+    public func finish(_ pending: Pending) async throws(GatewayError) -> GatewayReply {
+        let route = pending.route
         let delivery: Delivery
         do {
-            delivery = try await correlator.wait(id: correlationID)
+            delivery = try await correlator.wait(id: pending.correlationID)
         } catch Correlator.Failure.timeout {
             throw .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
         } catch Correlator.Failure.unavailable(let reason) {
@@ -157,21 +177,16 @@ public final class RequestReplyClient: Sendable {
             guard !name.isEmpty, name.unicodeScalars.allSatisfy(RoutesFile.isTokenCharacter) else {
                 throw .badReply(route: route, reason: "'\(key)' is not a valid header name")
             }
-            guard let text = value.stringValue, !Self.hasLineBreak(text) else {
+            guard let text = value.stringValue, WireContract.isSingleLine(text) else {
                 throw .badReply(route: route, reason: "header '\(key)' must be a single line of text")
             }
             if hopByHop.contains(name) || name == "content-type" { continue }
             headers.append((name, text))
         }
-        if let ct = props.contentType, Self.hasLineBreak(ct) {
+        if let ct = props.contentType, !WireContract.isSingleLine(ct) {
             throw .badReply(route: route, reason: "content_type must be a single line")
         }
         return GatewayReply(status: status, headers: headers, contentType: props.contentType, contentEncoding: props.contentEncoding, body: delivery.body)
-    }
-
-    /// Checked on scalars: "\r\n" is one `Character`, equal to neither "\r" nor "\n".
-    static func hasLineBreak(_ text: String) -> Bool {
-        text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
     }
 
 }

@@ -2,6 +2,12 @@ import GangwayAMQPCore
 import GangwayConfig
 import Testing
 
+extension String {
+    fileprivate func replacingOccurrences(_ a: String, _ b: String) -> String {
+        split(separator: a, omittingEmptySubsequences: false).joined(separator: b)
+    }
+}
+
 @Suite("Route matching and templates")
 struct RouteTableTests {
     func route(_ method: String, _ path: String, key: String = "k", name: String? = nil) throws -> Route {
@@ -87,6 +93,14 @@ struct RouteTableTests {
     @Test("malformed templates are refused with a reason", arguments: ["v1/x", "/v1//x", "/v1/x/", "/v1/{id", "/v1/a{id}", "/v1/{1d}", "/v1/{id}/{id}", "/v1/{}"])
     func badTemplates(_ text: String) {
         #expect(throws: PathTemplate.ParseError.self) { try PathTemplate(text) }
+    }
+
+    @Test("body templates take ${name} and leave JSON braces alone")
+    func bodyTemplate() throws {
+        let t = try KeyTemplate(#"{"a": "${x}", "b": {"c": "${y}"}}"#, opener: "${")
+        #expect(t.parameterNames == ["x", "y"])
+        #expect(t.render(["x": #"q"uote"#, "y": "2"], escape: { $0.replacingOccurrences("\"", "\\\"") }) == #"{"a": "q\"uote", "b": {"c": "2"}}"#)
+        #expect(throws: PathTemplate.ParseError.self) { try KeyTemplate("${open", opener: "${") }
     }
 
     @Test("malformed key templates are refused", arguments: ["a.{id", "a.id}", "a.{9}"])

@@ -124,3 +124,31 @@ struct AggregateTests {
         #expect(error?.detail.contains("no value at /profile/owner/id") == true)
     }
 }
+
+@Suite("Aggregate leg bodies from a template")
+struct AggregateTemplateTests {
+    @Test("a body template gets chained values JSON-escaped, with its own content type")
+    func template() async throws {
+        let correlator = Correlator()
+        let bus = AnsweringBus(correlator: correlator, answers: ["p": (200, "application/json", #"{"name": "A \"B\""}"#), "o": (200, "application/json", "{}")])
+        let client = AggregateClient(client: RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e"))
+        let path = try PathTemplate("/v1/dash")
+        let first = AggregateSpec.Leg(key: "profile", route: Route(name: "d.p", method: "", path: path, exchange: "x", routingKey: try KeyTemplate("p"), timeoutMilliseconds: 1000, maxBodyBytes: 0))
+        let second = AggregateSpec.Leg(
+            key: "orders",
+            route: Route(name: "d.o", method: "", path: path, exchange: "x", routingKey: try KeyTemplate("o"), timeoutMilliseconds: 1000, maxBodyBytes: 0),
+            bodyTemplate: try KeyTemplate(#"{"owner": "${who}"}"#, opener: "${"),
+            uses: ["who": try #require(AggregateSpec.Reference("/profile/name"))]
+        )
+        let route = Route(
+            name: "d", method: "GET", path: path, shape: .aggregate, exchange: "x", routingKey: try KeyTemplate(""), timeoutMilliseconds: 1000,
+            maxBodyBytes: 0, aggregate: AggregateSpec(legs: [first, second], policy: .all)
+        )
+        let request = GatewayRequest(route: route, parameters: [:], method: "GET", path: "/v1/dash", query: "", headers: [("content-type", "text/plain")], body: ByteBuffer(string: "client body"), requestID: "r", traceparent: "t")
+        _ = try await client.send(request)
+        let sent = bus.seen.withLock { $0 }
+        #expect(String(buffer: sent[1].body) == #"{"owner": "A \"B\""}"#)
+        #expect(sent[1].properties.contentType == "application/json")
+        #expect(String(buffer: sent[0].body) == "client body")
+    }
+}

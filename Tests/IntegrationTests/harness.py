@@ -174,6 +174,10 @@ routes:
         body: none
         use: {{id: /first/id}}
         keep_headers: [x-seen-params]
+      - key: third
+        routing_key: {self.queue['echo']}
+        use: {{id: /first/id}}
+        body_template: '{{"about": "${{id}}", "kind": "chained"}}'
   - name: count
     method: POST
     path: /v1/count

@@ -72,6 +72,8 @@ def test_a_chained_leg_takes_a_value_from_the_earlier_reply(stack):
     assert body["first"] == {"id": "abc-9"}
     # The second leg got no body (body: none), and a pika echo of nothing is an empty string.
     assert body["second"] == ""
+    # The third leg's body was made from the template with the value from the first.
+    assert body["third"] == {"about": "abc-9", "kind": "chained"}
     # A value that would change a routing key is refused for that leg.
     r = requests.post(edge.base + "/v1/agg-chain", data=json.dumps({"id": "a.b"}), headers={"content-type": "application/json"})
     assert r.status_code == 502
