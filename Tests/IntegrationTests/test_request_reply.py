@@ -212,3 +212,34 @@ def test_a_failing_handler_becomes_a_500_problem(stack):
     assert r.json()["status"] == 500
     # The worker keeps serving.
     assert requests.post(edge.base + "/v1/echo", data="fine").text == "fine"
+
+
+def test_a_worker_drops_a_request_whose_deadline_has_passed(stack):
+    """Published straight to the queue with pika: an expired x-deadline gets acked, not answered."""
+    import pika
+
+    stack.start_edge()  # declares the topology
+    stack.start_worker("echo")
+    connection = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    channel = connection.channel()
+    reply_queue = channel.queue_declare(queue="", exclusive=True).method.queue
+    now_ms = int(time.time() * 1000)
+    for cid, deadline in (("expired", now_ms - 1000), ("fresh", now_ms + 5000)):
+        channel.basic_publish(
+            exchange="gangway.rpc",
+            routing_key=stack.queue["echo"],
+            properties=pika.BasicProperties(correlation_id=cid, reply_to=reply_queue, headers={"x-deadline": deadline}),
+            body=cid.encode(),
+        )
+    replies = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and len(replies) < 2:
+        method, props, body = channel.basic_get(reply_queue, auto_ack=True)
+        if method:
+            replies.append((props.correlation_id, body))
+        else:
+            time.sleep(0.05)
+    connection.close()
+    assert replies == [("fresh", b"fresh")]
+    # The expired one was acknowledged, not left in the queue or redelivered.
+    assert stack.broker.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "--quiet", "--no-table-headers").stdout.count(f"{stack.queue['echo']}\t0\t0") == 1
