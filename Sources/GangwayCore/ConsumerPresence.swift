@@ -23,11 +23,19 @@ public final class ConsumerPresence: Sendable {
     private let bus: any MessageBus
     private let cache = Mutex<[String: Entry]>([:])
     public let positiveTTL: Duration
+    /// Queue names remembered at most. A route whose queue name has a path parameter in it
+    /// (`users.{id}`) would otherwise add one entry per value for ever; when full, the cache
+    /// starts over, which costs one passive declare per queue.
+    public let capacity: Int
 
-    public init(bus: any MessageBus, positiveTTL: Duration = .milliseconds(500)) {
+    public init(bus: any MessageBus, positiveTTL: Duration = .milliseconds(500), capacity: Int = 10_000) {
         self.bus = bus
         self.positiveTTL = positiveTTL
+        self.capacity = capacity
     }
+
+    /// Queue names remembered now.
+    public var count: Int { cache.withLock { $0.count } }
 
     public func check(queue: String) async -> Presence {
         let now = NIODeadline.now().uptimeNanoseconds
@@ -41,7 +49,10 @@ public final class ConsumerPresence: Sendable {
                 cache.withLock { _ = $0.removeValue(forKey: queue) }
                 return .missingQueue
             }
-            cache.withLock { $0[queue] = Entry(consumers: count, checkedAt: now) }
+            cache.withLock { entries in
+                if entries.count >= capacity && entries[queue] == nil { entries.removeAll(keepingCapacity: true) }
+                entries[queue] = Entry(consumers: count, checkedAt: now)
+            }
             return count > 0 ? .present : .none
         } catch {
             // The broker could not be asked; let the publish itself find out.
