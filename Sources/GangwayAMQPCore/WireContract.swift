@@ -10,6 +10,8 @@ public enum WireContract {
     public static let appID = "gangway"
     public static let defaultRPCExchange = "gangway.rpc"
     public static let eventsExchange = "gangway.events"
+    /// Topic exchange of job events: routing key `job.<id>.<kind>`, header `x-seq`.
+    public static let eventsExchangeSpec = ExchangeSpec(name: "gangway.events", type: "topic")
     /// Fanout exchange of cancel messages (`x-cancel: <correlation id>`); every worker binds a
     /// queue of its own to it.
     public static let cancelExchange = ExchangeSpec(name: "gangway.cancel", type: "fanout")
@@ -31,6 +33,8 @@ public enum WireContract {
         public static let contractVersion = "x-gangway-version"
         public static let cancel = "x-cancel"
         public static let replier = "x-replier"
+        public static let jobID = "x-job-id"
+        public static let seq = "x-seq"
         public static let error = "x-error"
     }
 

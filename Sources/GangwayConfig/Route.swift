@@ -7,6 +7,7 @@ public struct Route: Sendable, Hashable {
         case aggregate
         case stream
         case gather
+        case job
     }
 
     /// When a `gather` stops collecting replies (besides its deadline).

@@ -19,12 +19,16 @@ public struct Edge: Sendable {
         public var serverName: String
         /// HTTP event-loop threads; `nil` uses one per core.
         public var eventLoopThreads: Int?
+        /// Seconds between heartbeat comments on idle event streams: well under the common
+        /// 4-minute idle timeout of proxies.
+        public var sseHeartbeatSeconds: Int
 
-        public init(host: String = "0.0.0.0", port: Int = 8080, serverName: String = "gangway", eventLoopThreads: Int? = nil) {
+        public init(host: String = "0.0.0.0", port: Int = 8080, serverName: String = "gangway", eventLoopThreads: Int? = nil, sseHeartbeatSeconds: Int = 15) {
             self.host = host
             self.port = port
             self.serverName = serverName
             self.eventLoopThreads = eventLoopThreads
+            self.sseHeartbeatSeconds = sseHeartbeatSeconds
         }
     }
 
@@ -40,6 +44,7 @@ public struct Edge: Sendable {
         bus: any MessageBus,
         client: RequestReplyClient,
         correlator: Correlator,
+        jobs: JobHub,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
@@ -52,6 +57,7 @@ public struct Edge: Sendable {
                 aggregate: AggregateHandler(client: AggregateClient(client: client)),
                 stream: StreamHandler(client: StreamClient(client: client)),
                 gather: GatherHandler(client: GatherClient(client: client)),
+                job: JobHandler(client: JobClient(client: client, hub: jobs), heartbeatSeconds: configuration.sseHeartbeatSeconds),
                 reservedPaths: [healthPath, readyPath]
             )
         )

@@ -13,6 +13,7 @@ struct RouteDispatchMiddleware: RouterMiddleware {
     let aggregate: AggregateHandler
     let stream: StreamHandler
     let gather: GatherHandler
+    let job: JobHandler
     /// Paths the edge serves itself; never shadowed by a route.
     let reservedPaths: Set<String>
 
@@ -20,6 +21,9 @@ struct RouteDispatchMiddleware: RouterMiddleware {
         let path = request.uri.path
         if reservedPaths.contains(path) {
             return try await next(request, context)
+        }
+        if let response = try await job.handleBuiltIn(request, context: context) {
+            return response
         }
         switch routes.match(method: request.method.rawValue, path: path) {
         case .matched(let route, let parameters):
@@ -32,6 +36,8 @@ struct RouteDispatchMiddleware: RouterMiddleware {
                 return try await stream.handle(request, context: context, route: route, parameters: parameters)
             case .gather:
                 return try await gather.handle(request, context: context, route: route, parameters: parameters)
+            case .job:
+                return try await job.submit(request, context: context, route: route, parameters: parameters)
             }
         case .methodNotAllowed(let allowed):
             throw GatewayError.methodNotAllowed(method: request.method.rawValue, path: path, allow: allowed)

@@ -40,9 +40,15 @@ public struct Worker: Service {
     /// task) when the client goes away.
     public typealias StreamHandler = @Sendable (WorkerRequest, PartWriter) async throws -> Void
 
+    /// Runs a job: report with the context; return the result (JSON) or throw. Events
+    /// `job.<id>.progress|log|done|failed` go out with `x-seq` 1, 2, 3…; the job is acked only
+    /// after its final event is confirmed, so a worker that dies mid-job has it redelivered.
+    public typealias JobHandler = @Sendable (WorkerRequest, JobContext) async throws -> ByteBuffer
+
     enum Kind: Sendable {
         case reply(Handler)
         case stream(StreamHandler)
+        case job(JobHandler)
     }
 
     public let configuration: Configuration
@@ -54,6 +60,11 @@ public struct Worker: Service {
     /// A worker that answers each request with one reply.
     public init(configuration: Configuration, logger: Logger, handler: @escaping Handler) {
         self.init(configuration: configuration, logger: logger, kind: .reply(handler))
+    }
+
+    /// A worker that runs jobs and reports on them as events.
+    public init(configuration: Configuration, logger: Logger, jobHandler: @escaping JobHandler) {
+        self.init(configuration: configuration, logger: logger, kind: .job(jobHandler))
     }
 
     /// A worker that answers each request with a stream of parts.
@@ -68,7 +79,7 @@ public struct Worker: Service {
         logger[metadataKey: "worker.queue"] = "\(configuration.queue)"
         self.logger = logger
         self.connection = AMQPConnection(
-            configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange)),
+            configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec)),
             logger: logger
         )
     }
@@ -124,6 +135,9 @@ public struct Worker: Service {
             handler = h
         case .stream(let h):
             await stream(delivery, request: request, handler: h)
+            return
+        case .job(let h):
+            await job(delivery, request: request, handler: h)
             return
         }
         var reply: WorkerReply
@@ -190,6 +204,27 @@ public struct Worker: Service {
             logger.warning("worker.handler.failed", metadata: ["request.id": "\(request.requestID)", "error": "\(error)"])
             if !writer.isFinished { try? await writer.fail("the worker failed while streaming") }
             connection.ack(delivery)
+        }
+    }
+}
+
+extension Worker {
+    private func job(_ delivery: Delivery, request: WorkerRequest, handler: @escaping JobHandler) async {
+        let id = request.header(WireContract.Header.jobID) ?? delivery.properties.messageID ?? ""
+        let context = JobContext(jobID: id, connection: connection, appID: configuration.name)
+        do {
+            let result = try await handler(request, context)
+            try await context.emit("done", String(buffer: result).isEmpty ? "null" : String(buffer: result))
+            connection.ack(delivery)
+        } catch {
+            logger.warning("worker.job.failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
+            do {
+                try await context.emit("failed", #"{"error":\#(JobContext.quote("\(error)"))}"#)
+                connection.ack(delivery)
+            } catch {
+                // Not acked: the job comes back once this connection is gone.
+                logger.warning("worker.job.report.failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
+            }
         }
     }
 }

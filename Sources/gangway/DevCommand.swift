@@ -45,7 +45,7 @@ struct DevCommand: AsyncParsableCommand {
                 print(
                     """
 
-                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo, time, profile, orders and count.
+                    Gangway is running: edge on http://localhost:\(port), broker \(url), demo workers echo, time, profile, orders, count and render.
                     Try:
                       curl -s -X POST http://localhost:\(port)/v1/echo -H 'content-type: text/plain' -d 'hello gangway'
                       curl -s http://localhost:\(port)/v1/time
@@ -68,6 +68,9 @@ struct DevCommand: AsyncParsableCommand {
         }
         services.append(
             Worker(configuration: .init(url: url, queue: "demo.count", topology: configuration.topology), logger: logger, streamHandler: DemoWorkers.count())
+        )
+        services.append(
+            Worker(configuration: .init(url: url, queue: "jobs.render", topology: configuration.topology), logger: logger, jobHandler: DemoWorkers.render())
         )
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

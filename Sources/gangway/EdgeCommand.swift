@@ -25,6 +25,9 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "HTTP port. Default: $GANGWAY_HTTP_PORT or 8080; 0 picks a free port.")
     var port: Int?
 
+    @Option(help: "Seconds between heartbeat comments on idle event streams.")
+    var sseHeartbeat = 15
+
     @Option(help: "HTTP event-loop threads. Default: one per core.")
     var threads: Int?
 
@@ -40,7 +43,7 @@ struct EdgeCommand: AsyncParsableCommand {
         let services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: host, port: port, eventLoopThreads: threads),
+            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120))),
             instanceID: instance,
             logger: logger,
             onServerRunning: { port in

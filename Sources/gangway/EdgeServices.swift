@@ -18,17 +18,24 @@ enum EdgeServices {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> [any Service] {
         let replyQueue = "gangway.reply.\(instanceID)"
+        let eventQueue = "gangway.events.\(instanceID)"
         let correlator = Correlator()
+        let jobs = JobHub()
         let publisher = AMQPConnection(
             // Cancel messages go to gangway.cancel: make sure it exists, or a cancel would close
             // the publishing channel.
-            configuration: .init(url: url, name: "edge.publish", topology: configuration.topology.ensuring(WireContract.cancelExchange)),
+            configuration: .init(
+                url: url,
+                name: "edge.publish",
+                topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec)
+            ),
             logger: logger
         )
         let consumer = AMQPConnection(
             configuration: .init(
                 url: url,
                 name: "edge.consume",
+                topology: Topology(exchanges: [WireContract.eventsExchangeSpec]),
                 onStateChange: { up in
                     // The exclusive reply queue died with the connection: no reply can arrive.
                     if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
@@ -46,6 +53,20 @@ enum EdgeServices {
         ) { delivery in
             correlator.deliver(delivery)
         }
+        // Job events for this edge's hub: any edge can answer for any job.
+        consumer.consume(
+            .init(
+                queue: eventQueue,
+                declare: QueueSpec(name: eventQueue, durable: false, exclusive: true, autoDelete: true),
+                bindings: [BindingSpec(source: WireContract.eventsExchange, destination: eventQueue, routingKey: "job.#")],
+                prefetch: 0,
+                autoAck: true
+            )
+        ) { delivery in
+            let parts = delivery.routingKey.split(separator: ".")
+            guard parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue else { return }
+            jobs.record(jobID: String(parts[1]), kind: String(parts[2]), seq: Int(seq), body: delivery.body)
+        }
         let bus = AMQPMessageBus(publisher: publisher, consumer: consumer, replyQueue: replyQueue)
         let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: instanceID)
         let app = Edge.makeApplication(
@@ -54,6 +75,7 @@ enum EdgeServices {
             bus: bus,
             client: client,
             correlator: correlator,
+            jobs: jobs,
             logger: logger,
             onServerRunning: onServerRunning
         )

@@ -8,7 +8,7 @@ struct WorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Run a demo worker.",
-        subcommands: [Echo.self, Time.self, Profile.self, Orders.self, Count.self]
+        subcommands: [Echo.self, Time.self, Profile.self, Orders.self, Count.self, Render.self]
     )
 
     struct Common: ParsableArguments {
@@ -24,6 +24,10 @@ struct WorkerCommand: AsyncParsableCommand {
 
         func run(queue: String, handler: @escaping Worker.Handler) async throws {
             try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, handler: handler) }
+        }
+
+        func run(queue: String, jobHandler: @escaping Worker.JobHandler) async throws {
+            try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, jobHandler: jobHandler) }
         }
 
         func run(queue: String, streamHandler: @escaping Worker.StreamHandler) async throws {
@@ -106,6 +110,21 @@ struct WorkerCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await common.run(queue: queue, streamHandler: DemoWorkers.count())
+        }
+    }
+}
+
+extension WorkerCommand {
+    struct Render: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run demo render jobs, reporting progress (?steps=5&delay_ms=500).")
+
+        @OptionGroup var common: Common
+
+        @Option(help: "Queue to consume.")
+        var queue = "jobs.render"
+
+        func run() async throws {
+            try await common.run(queue: queue, jobHandler: DemoWorkers.render())
         }
     }
 }

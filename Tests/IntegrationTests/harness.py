@@ -70,7 +70,7 @@ class Broker:
 class Stack:
     """Configuration files with queue names unique to one test, an edge and its workers."""
 
-    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika", "count", "g1", "g2", "g3")):
+    def __init__(self, broker, tmpdir, routes_extra="", queues=("echo", "time", "slow", "nobody", "pika", "count", "g1", "g2", "g3", "render")):
         self.broker = broker
         self.tmp = str(tmpdir)
         self.suffix = uuid.uuid4().hex[:8]
@@ -201,6 +201,17 @@ routes:
     routing_key: scatter.all
     first: 1
     timeout: 1500ms
+  - name: job-render
+    method: POST
+    path: /v1/jobs/render
+    shape: job
+    routing_key: {self.queue['render']}
+  - name: job-nowhere
+    method: POST
+    path: /v1/jobs/nowhere
+    shape: job
+    exchange: ""
+    routing_key: it.no.such.queue.{self.suffix}
   - name: pika-stream
     method: POST
     path: /v1/pika-stream
@@ -225,9 +236,9 @@ routes:
         self.procs.append(p)
         return p
 
-    def start_edge(self, port=None, url=None, wait=True):
+    def start_edge(self, port=None, url=None, wait=True, extra=()):
         port = port or free_port()
-        args = [gangway_bin(), "edge", "--port", str(port)]
+        args = [gangway_bin(), "edge", "--port", str(port), *extra]
         if url:
             args += ["--amqp-url", url]
         p = self.spawn(args, "edge")

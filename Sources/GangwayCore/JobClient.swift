@@ -1,0 +1,70 @@
+import GangwayAMQPCore
+import GangwayConfig
+import NIOCore
+
+/// The job shape: a request becomes a persistent message on a durable queue, answered at once
+/// with its id once the broker has confirmed it; progress comes later as events.
+public struct JobClient: Sendable {
+    let client: RequestReplyClient
+    public let hub: JobHub
+
+    public init(client: RequestReplyClient, hub: JobHub) {
+        self.client = client
+        self.hub = hub
+    }
+
+    /// Publishes the job and waits for the broker's confirm: a returned id means the broker
+    /// has it. Then announces it on `gangway.events` (`job.<id>.queued`, `x-seq` 0) so that
+    /// every edge knows it.
+    /// - Throws: ``GatewayError``: 503 when nothing is bound to take it or the broker refused
+    ///   it or is unreachable.
+    public func submit(_ request: GatewayRequest) async throws(GatewayError) -> String {
+        let id = RandomID.hex128()
+        var message = client.makeMessage(request, correlationID: id)
+        message.properties.deliveryMode = 2
+        message.properties.replyTo = nil
+        message.properties.expiration = nil
+        message.properties.headers[WireContract.Header.deadline] = nil
+        message.properties.headers[WireContract.Header.jobID] = .string(id)
+        do {
+            switch try await client.bus.publish(message) {
+            case .confirmed: break
+            case .returned(let code, let text):
+                throw GatewayError.noConsumer(route: request.route.name, reason: "no queue takes the job (\(code) \(text))")
+            case .nacked:
+                throw GatewayError.brokerUnavailable("the broker refused the job")
+            }
+        } catch let error as GatewayError {
+            throw error
+        } catch {
+            throw .brokerUnavailable("\(error)")
+        }
+        let body = ByteBuffer(string: #"{"id":"\#(id)","status":"queued"}"#)
+        hub.record(jobID: id, kind: "queued", seq: 0, body: body)
+        let queued = OutboundMessage(
+            exchange: WireContract.eventsExchange,
+            routingKey: "job.\(id).queued",
+            properties: AMQPProperties(
+                contentType: "application/json",
+                headers: [WireContract.Header.seq: .int(0), WireContract.Header.jobID: .string(id)],
+                deliveryMode: 2,
+                messageID: "\(id).0",
+                appID: WireContract.appID
+            ),
+            body: body
+        )
+        // The job is safe already; other edges learn of it from this or from its first event.
+        _ = try? await client.bus.publish(queued)
+        return id
+    }
+}
+
+enum RandomID {
+    static func hex128() -> String {
+        func hex(_ v: UInt64) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
+        return hex(.random(in: .min ... .max)) + hex(.random(in: .min ... .max))
+    }
+}

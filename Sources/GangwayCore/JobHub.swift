@@ -1,0 +1,162 @@
+import GangwayAMQPCore
+import NIOCore
+import Synchronization
+
+// JSON reading of progress events; off the request pass-through path.
+import Foundation
+
+/// What one edge knows of jobs, learnt from the events on `gangway.events` (`job.<id>.<kind>`
+/// with `x-seq`), and the SSE clients following them.
+///
+/// Every edge consumes the events through a queue of its own, so any edge can answer for any
+/// job. History is bounded per job (``historyLimit`` events) and in jobs (``jobLimit``, the
+/// oldest forgotten first). A follower whose buffer fills (a client that does not read) is cut
+/// off rather than allowed to grow memory.
+public final class JobHub: Sendable {
+    public struct Event: Sendable {
+        public var seq: Int
+        public var kind: String
+        public var body: ByteBuffer
+    }
+
+    public struct Status: Sendable {
+        public var id: String
+        public var status: String
+        public var percent: Double?
+        public var message: String?
+        public var result: ByteBuffer?
+        public var error: ByteBuffer?
+        public var created: Int64
+        public var updated: Int64
+        public var lastSeq: Int
+
+        public var isFinished: Bool { status == "succeeded" || status == "failed" || status == "cancelled" }
+    }
+
+    /// A follower's view: the history after its Last-Event-ID, then live events.
+    public struct Follow: Sendable {
+        /// The follower asked to resume from an event older than the kept history.
+        public var reset: Bool
+        public var history: [Event]
+        public var live: AsyncStream<Event>
+        public var finished: Bool
+    }
+
+    struct Follower: Sendable {
+        let continuation: AsyncStream<Event>.Continuation
+    }
+
+    struct Job {
+        var status: Status
+        var events: [Event] = []
+        var droppedBefore = 0
+        var followers: [Int: Follower] = [:]
+    }
+
+    struct State {
+        var jobs: [String: Job] = [:]
+        var order: [String] = []
+        var nextFollower = 0
+    }
+
+    private let state = Mutex(State())
+    public let historyLimit: Int
+    public let jobLimit: Int
+    public let followerBuffer: Int
+
+    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000, followerBuffer: Int = 1024) {
+        self.historyLimit = historyLimit
+        self.jobLimit = jobLimit
+        self.followerBuffer = followerBuffer
+    }
+
+    /// Records an event; called on the consumer thread. `seq` 0 is the edge's own "queued"
+    /// notice: it creates the job but is no event for followers. Repeated or older sequence
+    /// numbers (a redelivered job reporting again) are ignored.
+    public func record(jobID: String, kind: String, seq: Int, body: ByteBuffer) {
+        let now = WireContract.epochMilliseconds()
+        var progress: (Double?, String?) = (nil, nil)
+        if kind == "progress", let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] {
+            progress = ((json["percent"] as? NSNumber)?.doubleValue, json["message"] as? String)
+        }
+        let (followers, event, finished): ([Follower], Event?, Bool) = state.withLock { s in
+            if s.jobs[jobID] == nil {
+                s.jobs[jobID] = Job(status: Status(id: jobID, status: "queued", created: now, updated: now, lastSeq: 0))
+                s.order.append(jobID)
+                if s.order.count > jobLimit {
+                    let old = s.order.removeFirst()
+                    if let gone = s.jobs.removeValue(forKey: old) { gone.followers.values.forEach { $0.continuation.finish() } }
+                }
+            }
+            guard seq > 0, var job = s.jobs[jobID], seq > job.status.lastSeq else { return ([], nil, false) }
+            let event = Event(seq: seq, kind: kind, body: body)
+            job.status.lastSeq = seq
+            job.status.updated = now
+            switch kind {
+            case "progress":
+                job.status.status = "running"
+                if let p = progress.0 { job.status.percent = p }
+                if let m = progress.1 { job.status.message = m }
+            case "log":
+                if job.status.status == "queued" { job.status.status = "running" }
+            case "done":
+                job.status.status = "succeeded"
+                job.status.percent = 100
+                job.status.result = body
+            case "failed":
+                job.status.status = "failed"
+                job.status.error = body
+            case "cancelled":
+                job.status.status = "cancelled"
+            default:
+                break
+            }
+            job.events.append(event)
+            if job.events.count > historyLimit {
+                job.events.removeFirst(job.events.count - historyLimit)
+                job.droppedBefore = job.events.first?.seq ?? 0
+            }
+            let finished = job.status.isFinished
+            s.jobs[jobID] = job
+            return (Array(job.followers.values), event, finished)
+        }
+        guard let event else { return }
+        for follower in followers {
+            if case .dropped = follower.continuation.yield(event) {
+                // The client is not reading: cut it off.
+                follower.continuation.finish()
+            } else if finished {
+                follower.continuation.finish()
+            }
+        }
+    }
+
+    public func status(of jobID: String) -> Status? {
+        state.withLock { $0.jobs[jobID]?.status }
+    }
+
+    /// Starts following a job: the history after `lastEventID`, then live events; `nil` for an
+    /// unknown job.
+    public func follow(jobID: String, lastEventID: Int?) -> Follow? {
+        let (stream, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingOldest(followerBuffer))
+        let follow: Follow? = state.withLock { s in
+            guard var job = s.jobs[jobID] else { return nil }
+            let after = lastEventID ?? 0
+            let reset = lastEventID != nil && job.droppedBefore > 0 && after < job.droppedBefore - 1
+            let history = reset ? job.events : job.events.filter { $0.seq > after }
+            let finished = job.status.isFinished
+            if !finished {
+                s.nextFollower += 1
+                let id = s.nextFollower
+                job.followers[id] = Follower(continuation: continuation)
+                s.jobs[jobID] = job
+                continuation.onTermination = { [weak self] _ in
+                    self?.state.withLock { _ = $0.jobs[jobID]?.followers.removeValue(forKey: id) }
+                }
+            }
+            return Follow(reset: reset, history: history, live: stream, finished: finished)
+        }
+        if follow?.finished ?? true { continuation.finish() }
+        return follow
+    }
+}

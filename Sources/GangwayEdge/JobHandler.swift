@@ -1,0 +1,112 @@
+import GangwayConfig
+import GangwayCore
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// Jobs: `POST <job route>` → 202 + Location; `GET /v1/jobs/{id}` → status;
+/// `GET /v1/jobs/{id}/events` → Server-Sent Events with history, `Last-Event-ID` resume,
+/// heartbeats, and the end of the stream after `done` or `failed`.
+struct JobHandler: Sendable {
+    let client: JobClient
+    /// Seconds between heartbeat comments on an idle event stream.
+    let heartbeatSeconds: Int
+    static let prefix = "/v1/jobs/"
+
+    func submit(_ request: Request, context: GatewayRequestContext, route: Route, parameters: [String: String]) async throws -> Response {
+        let gatewayRequest = try await GatewayRequest.make(from: request, context: context, route: route, parameters: parameters)
+        let id = try await client.submit(gatewayRequest)
+        let status = Self.prefix + id
+        let events = status + "/events"
+        let body = #"{"id":"\#(id)","status":"queued","status_url":"\#(status)","events_url":"\#(events)"}"#
+        return Response(
+            status: .accepted,
+            headers: [
+                .location: status, .retryAfter: "1", .contentType: "application/json",
+                HTTPField.Name("Link")!: "<\(events)>; rel=\"monitor\"",
+            ],
+            body: .init(byteBuffer: ByteBuffer(string: body))
+        )
+    }
+
+    /// Handles `GET /v1/jobs/{id}` and `GET /v1/jobs/{id}/events`; nil for other paths.
+    func handleBuiltIn(_ request: Request, context: GatewayRequestContext) async throws -> Response? {
+        let path = request.uri.path
+        guard request.method == .get, path.hasPrefix(Self.prefix) else { return nil }
+        let rest = path.dropFirst(Self.prefix.count).split(separator: "/", omittingEmptySubsequences: false)
+        guard let id = rest.first.map(String.init), Self.isJobID(id) else { return nil }
+        if rest.count == 1 { return status(id) }
+        if rest.count == 2 && rest[1] == "events" { return try events(id, request: request) }
+        return nil
+    }
+
+    static func isJobID(_ s: String) -> Bool {
+        s.utf8.count == 32 && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
+    func status(_ id: String) -> Response {
+        guard let s = client.hub.status(of: id) else {
+            return ProblemResponse.make(.notFound(path: Self.prefix + id), instance: Self.prefix + id, requestID: "")
+        }
+        var json = #"{"id":"\#(s.id)","status":"\#(s.status)""#
+        json += #","percent":\#(s.percent.map { String($0) } ?? "null")"#
+        json += #","message":\#(s.message.map(JSONString.quote) ?? "null")"#
+        if let result = s.result { json += #","result":"# + String(buffer: result) }
+        if let error = s.error { json += #","error":"# + String(buffer: error) }
+        json += #","created":\#(s.created),"updated":\#(s.updated)}"#
+        return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-cache"], body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+
+    func events(_ id: String, request: Request) throws -> Response {
+        let lastEventID = (request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters.get("lastEventId")).flatMap { Int($0) }
+        guard let follow = client.hub.follow(jobID: id, lastEventID: lastEventID) else {
+            throw GatewayError.notFound(path: request.uri.path)
+        }
+        let heartbeat = heartbeatSeconds
+        let body = ResponseBody { writer in
+            try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+            if follow.reset {
+                try await writer.write(SSEEncoder.event(name: "reset", data: #"{"reason":"the requested events are older than the kept history"}"#))
+            }
+            var finished = follow.finished
+            for event in follow.history {
+                try await writer.write(SSEEncoder.event(id: String(event.seq), name: event.kind, data: String(buffer: event.body)))
+                if event.kind == "done" || event.kind == "failed" { finished = true }
+            }
+            if !finished {
+                enum Item: Sendable {
+                    case event(JobHub.Event)
+                    case heartbeat
+                }
+                let (merged, continuation) = AsyncStream.makeStream(of: Item.self, bufferingPolicy: .bufferingOldest(16))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for await event in follow.live { continuation.yield(.event(event)) }
+                        continuation.finish()
+                    }
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: .seconds(heartbeat))
+                            continuation.yield(.heartbeat)
+                        }
+                    }
+                    for await item in merged {
+                        switch item {
+                        case .heartbeat:
+                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                        case .event(let event):
+                            try await writer.write(SSEEncoder.event(id: String(event.seq), name: event.kind, data: String(buffer: event.body)))
+                        }
+                    }
+                    group.cancelAll()
+                }
+            }
+            try await writer.finish(nil)
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
+            body: body
+        )
+    }
+}

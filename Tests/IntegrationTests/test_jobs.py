@@ -1,0 +1,132 @@
+"""Jobs: 202 after the broker confirmed, status, live SSE with history and resume, any edge."""
+import os
+import signal
+import threading
+import time
+
+import requests
+import sseclient
+
+
+def submit(edge, query="steps=3&delay_ms=200"):
+    r = requests.post(edge.base + "/v1/jobs/render?" + query, data="{}", headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    return r
+
+
+def follow(edge, job_id, headers=None, query=""):
+    r = requests.get(edge.base + f"/v1/jobs/{job_id}/events{query}", headers=headers or {}, stream=True, timeout=30)
+    assert r.status_code == 200, r.text
+    return r, list(sseclient.SSEClient(r).events())
+
+
+def test_submit_answers_202_with_location_and_the_job_runs_to_done(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    r = submit(edge)
+    body = r.json()
+    job_id = body["id"]
+    assert body["status"] == "queued"
+    assert r.headers["location"] == f"/v1/jobs/{job_id}" == body["status_url"]
+    assert r.headers["link"] == f'</v1/jobs/{job_id}/events>; rel="monitor"'
+    assert body["events_url"] == f"/v1/jobs/{job_id}/events"
+    assert r.headers["retry-after"] == "1"
+    resp, events = follow(edge, job_id)
+    assert resp.headers["content-type"] == "text/event-stream"
+    assert resp.headers["cache-control"] == "no-cache"
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+    assert [e.event for e in events] == ["log", "progress", "progress", "progress", "done"]
+    status = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+    assert status["status"] == "succeeded" and status["percent"] == 100
+    assert status["result"] == {"url": f"/renders/{job_id}.png"}
+
+
+def test_a_late_subscriber_sees_the_full_history_and_last_event_id_resumes(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=3&delay_ms=50").json()["id"]
+    time.sleep(1.0)  # the job is over before anyone follows
+    _, events = follow(edge, job_id)
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+    _, events = follow(edge, job_id, headers={"Last-Event-ID": "3"})
+    assert [e.id for e in events] == ["4", "5"]
+    _, events = follow(edge, job_id, query="?lastEventId=4")
+    assert [e.id for e in events] == ["5"]
+
+
+def test_reconnecting_with_last_event_id_mid_job_gets_the_rest_exactly_once(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=6&delay_ms=300").json()["id"]
+    r = requests.get(edge.base + f"/v1/jobs/{job_id}/events", stream=True, timeout=30)
+    first = []
+    for e in sseclient.SSEClient(r).events():
+        first.append(e.id)
+        if e.id == "3":
+            break
+    r.close()
+    _, rest = follow(edge, job_id, headers={"Last-Event-ID": "3"})
+    ids = first + [e.id for e in rest]
+    assert ids == [str(i) for i in range(1, 9)], ids
+
+
+def test_a_job_submitted_on_one_edge_is_followed_on_another(stack):
+    edge_a = stack.start_edge()
+    edge_b = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge_a, "steps=3&delay_ms=300").json()["id"]
+    deadline = time.monotonic() + 3
+    while requests.get(edge_b.base + f"/v1/jobs/{job_id}").status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, events = follow(edge_b, job_id)
+    assert [e.event for e in events][-1] == "done"
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+
+
+def test_a_failing_job_reports_failed(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=2&delay_ms=50&fail=1").json()["id"]
+    _, events = follow(edge, job_id)
+    assert events[-1].event == "failed"
+    status = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+    assert status["status"] == "failed" and "render failed" in status["error"]["error"]
+
+
+def test_a_worker_killed_mid_job_has_the_job_redelivered_and_completed(stack):
+    edge = stack.start_edge()
+    doomed = stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=4&delay_ms=400").json()["id"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        s = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+        if s["status"] == "running" and (s["percent"] or 0) >= 25:
+            break
+        time.sleep(0.05)
+    os.killpg(doomed.pid, signal.SIGKILL)
+    stack.start_worker("render", queue=stack.queue["render"])
+    _, events = follow(edge, job_id)
+    assert events[-1].event == "done"
+    ids = [int(e.id) for e in events]
+    assert ids == sorted(set(ids)), "no duplicate or out-of-order ids"
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+def test_unknown_jobs_are_404_and_unroutable_jobs_are_503_never_202(stack):
+    edge = stack.start_edge()
+    assert requests.get(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
+    assert requests.get(edge.base + "/v1/jobs/" + "0" * 32 + "/events").status_code == 404
+    r = requests.post(edge.base + "/v1/jobs/nowhere", data="{}")
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_idle_event_streams_get_heartbeat_comments(stack):
+    edge = stack.start_edge(extra=["--sse-heartbeat", "1"])
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=2&delay_ms=1800").json()["id"]
+    r = requests.get(edge.base + f"/v1/jobs/{job_id}/events", stream=True, timeout=30)
+    lines = [line.decode() for line in r.iter_lines()]
+    assert lines[0] == "retry: 2000"
+    assert ": keep-alive" in lines
+    assert "event: done" in lines
