@@ -46,14 +46,25 @@ public struct ConsumerOptions: Sendable {
     /// Automatic acknowledgement (`no-ack`): the broker forgets a message once sent.
     public var autoAck: Bool
     public var exclusive: Bool
+    /// basic.consume arguments, e.g. `x-stream-offset` for a stream queue.
+    public var arguments: AMQPTable
 
-    public init(queue: String, declare: QueueSpec? = nil, bindings: [BindingSpec] = [], prefetch: UInt16 = 32, autoAck: Bool = false, exclusive: Bool = false) {
+    public init(
+        queue: String,
+        declare: QueueSpec? = nil,
+        bindings: [BindingSpec] = [],
+        prefetch: UInt16 = 32,
+        autoAck: Bool = false,
+        exclusive: Bool = false,
+        arguments: AMQPTable = [:]
+    ) {
         self.queue = queue
         self.declare = declare
         self.bindings = bindings
         self.prefetch = prefetch
         self.autoAck = autoAck
         self.exclusive = exclusive
+        self.arguments = arguments
     }
 }
 

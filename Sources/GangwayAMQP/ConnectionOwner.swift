@@ -489,7 +489,7 @@ final class ConnectionOwner: @unchecked Sendable {
         try check(amqp_get_rpc_reply(state), "basic.qos")
         amqp_basic_consume(
             state, Self.publishChannel, arena.bytes(options.queue), arena.bytes(tag), 0,
-            options.autoAck ? 1 : 0, options.exclusive ? 1 : 0, amqp_empty_table
+            options.autoAck ? 1 : 0, options.exclusive ? 1 : 0, arena.table(options.arguments)
         )
         arena.reset()
         try check(amqp_get_rpc_reply(state), "basic.consume \(options.queue)")

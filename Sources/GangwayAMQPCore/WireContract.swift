@@ -12,6 +12,13 @@ public enum WireContract {
     public static let eventsExchange = "gangway.events"
     /// Topic exchange of job events: routing key `job.<id>.<kind>`, header `x-seq`.
     public static let eventsExchangeSpec = ExchangeSpec(name: "gangway.events", type: "topic")
+    /// The stream queue that keeps job events (an hour, at most 100 MB per segment file), so
+    /// that an edge that starts replays the history it missed.
+    public static let eventLogQueue = QueueSpec(
+        name: "gangway.events.log",
+        durable: true,
+        arguments: ["x-queue-type": "stream", "x-max-age": "1h", "x-stream-max-segment-size-bytes": .int(100_000_000)]
+    )
     /// Fanout exchange of cancel messages (`x-cancel: <correlation id>`); every worker binds a
     /// queue of its own to it.
     public static let cancelExchange = ExchangeSpec(name: "gangway.cancel", type: "fanout")

@@ -18,7 +18,6 @@ enum EdgeServices {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> [any Service] {
         let replyQueue = "gangway.reply.\(instanceID)"
-        let eventQueue = "gangway.events.\(instanceID)"
         let correlator = Correlator()
         let jobs = JobHub()
         let publisher = AMQPConnection(
@@ -53,19 +52,24 @@ enum EdgeServices {
         ) { delivery in
             correlator.deliver(delivery)
         }
-        // Job events for this edge's hub: any edge can answer for any job.
+        // Job events for this edge's hub, read from the stream queue from its first offset: an
+        // edge that starts (or reconnects) replays the history it missed, and any edge can
+        // answer for any job. Replayed events the hub has seen are dropped by their x-seq.
         consumer.consume(
             .init(
-                queue: eventQueue,
-                declare: QueueSpec(name: eventQueue, durable: false, exclusive: true, autoDelete: true),
-                bindings: [BindingSpec(source: WireContract.eventsExchange, destination: eventQueue, routingKey: "job.#")],
-                prefetch: 0,
-                autoAck: true
+                queue: WireContract.eventLogQueue.name,
+                declare: WireContract.eventLogQueue,
+                bindings: [BindingSpec(source: WireContract.eventsExchange, destination: WireContract.eventLogQueue.name, routingKey: "job.#")],
+                prefetch: 1000,
+                autoAck: false,
+                arguments: ["x-stream-offset": "first"]
             )
         ) { delivery in
             let parts = delivery.routingKey.split(separator: ".")
-            guard parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue else { return }
-            jobs.record(jobID: String(parts[1]), kind: String(parts[2]), seq: Int(seq), body: delivery.body)
+            if parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue {
+                jobs.record(jobID: String(parts[1]), kind: String(parts[2]), seq: Int(seq), body: delivery.body)
+            }
+            consumer.ack(delivery)
         }
         let bus = AMQPMessageBus(publisher: publisher, consumer: consumer, replyQueue: replyQueue)
         let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: instanceID)

@@ -130,3 +130,18 @@ def test_idle_event_streams_get_heartbeat_comments(stack):
     assert lines[0] == "retry: 2000"
     assert ": keep-alive" in lines
     assert "event: done" in lines
+
+
+def test_an_edge_started_mid_job_still_serves_the_full_history(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=5&delay_ms=300").json()["id"]
+    deadline = time.monotonic() + 5
+    while requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(edge.pid, signal.SIGKILL)
+    edge.wait()
+    fresh = stack.start_edge()  # knows nothing but what the stream queue replays
+    _, events = follow(fresh, job_id)
+    assert [e.id for e in events] == [str(i) for i in range(1, 8)]
+    assert events[-1].event == "done"
