@@ -42,6 +42,7 @@ public enum WireContract {
         public static let replier = "x-replier"
         public static let jobID = "x-job-id"
         public static let seq = "x-seq"
+        public static let idempotencyKey = "x-idempotency-key"
         public static let error = "x-error"
     }
 

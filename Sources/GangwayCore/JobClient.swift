@@ -20,6 +20,24 @@ public struct JobClient: Sendable {
     ///   it or is unreachable.
     public func submit(_ request: GatewayRequest) async throws(GatewayError) -> String {
         let id = RandomID.hex128()
+        var idempotencyKey: String?
+        if let key = request.header("idempotency-key") {
+            guard !key.isEmpty, key.utf8.count <= 200, WireContract.isSingleLine(key) else {
+                throw .badRequest("Idempotency-Key must be 1 to 200 characters on one line")
+            }
+            let scoped = "\(request.route.name) \(key)"
+            if let existing = hub.claim(idempotencyKey: scoped, for: id) { return existing }
+            idempotencyKey = scoped
+        }
+        do {
+            return try await publish(request, id: id, idempotencyKey: idempotencyKey)
+        } catch {
+            if let idempotencyKey { hub.release(idempotencyKey: idempotencyKey, for: id) }
+            throw error
+        }
+    }
+
+    private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(GatewayError) -> String {
         var message = client.makeMessage(request, correlationID: id)
         message.properties.deliveryMode = 2
         message.properties.replyTo = nil
@@ -41,12 +59,17 @@ public struct JobClient: Sendable {
         }
         let body = ByteBuffer(string: #"{"id":"\#(id)","status":"queued"}"#)
         hub.record(jobID: id, kind: "queued", seq: 0, body: body)
+        var headers: AMQPTable = [WireContract.Header.seq: .int(0), WireContract.Header.jobID: .string(id)]
+        if let idempotencyKey {
+            hub.remember(idempotencyKey: idempotencyKey, for: id)
+            headers[WireContract.Header.idempotencyKey] = .string(idempotencyKey)
+        }
         let queued = OutboundMessage(
             exchange: WireContract.eventsExchange,
             routingKey: "job.\(id).queued",
             properties: AMQPProperties(
                 contentType: "application/json",
-                headers: [WireContract.Header.seq: .int(0), WireContract.Header.jobID: .string(id)],
+                headers: headers,
                 deliveryMode: 2,
                 messageID: "\(id).0",
                 appID: WireContract.appID

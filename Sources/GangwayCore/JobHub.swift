@@ -51,12 +51,15 @@ public final class JobHub: Sendable {
         var events: [Event] = []
         var droppedBefore = 0
         var followers: [Int: Follower] = [:]
+        var idempotencyKey: String?
     }
 
     struct State {
         var jobs: [String: Job] = [:]
         var order: [String] = []
         var nextFollower = 0
+        /// `<route> <Idempotency-Key>` → job id, for jobs still remembered.
+        var idempotency: [String: String] = [:]
     }
 
     private let state = Mutex(State())
@@ -85,7 +88,10 @@ public final class JobHub: Sendable {
                 s.order.append(jobID)
                 if s.order.count > jobLimit {
                     let old = s.order.removeFirst()
-                    if let gone = s.jobs.removeValue(forKey: old) { gone.followers.values.forEach { $0.continuation.finish() } }
+                    if let gone = s.jobs.removeValue(forKey: old) {
+                        gone.followers.values.forEach { $0.continuation.finish() }
+                        if let key = gone.idempotencyKey { s.idempotency[key] = nil }
+                    }
                 }
             }
             guard seq > 0, var job = s.jobs[jobID], seq > job.status.lastSeq else { return ([], nil, false) }
@@ -128,6 +134,32 @@ public final class JobHub: Sendable {
             } else if finished {
                 follower.continuation.finish()
             }
+        }
+    }
+
+    /// Claims an idempotency key for a job about to be submitted.
+    /// - Returns: the job that holds the key already (submitted here or announced by another
+    ///   edge), or nil when `jobID` now holds it.
+    public func claim(idempotencyKey key: String, for jobID: String) -> String? {
+        state.withLock { s in
+            if let existing = s.idempotency[key] { return existing }
+            s.idempotency[key] = jobID
+            return nil
+        }
+    }
+
+    /// Gives a key back after the submission failed.
+    public func release(idempotencyKey key: String, for jobID: String) {
+        state.withLock { s in
+            if s.idempotency[key] == jobID { s.idempotency[key] = nil }
+        }
+    }
+
+    /// Records which key a job was submitted under (from its queued notice on any edge).
+    public func remember(idempotencyKey key: String, for jobID: String) {
+        state.withLock { s in
+            if s.idempotency[key] == nil { s.idempotency[key] = jobID }
+            s.jobs[jobID]?.idempotencyKey = key
         }
     }
 

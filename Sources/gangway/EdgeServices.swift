@@ -67,7 +67,11 @@ enum EdgeServices {
         ) { delivery in
             let parts = delivery.routingKey.split(separator: ".")
             if parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue {
-                jobs.record(jobID: String(parts[1]), kind: String(parts[2]), seq: Int(seq), body: delivery.body)
+                let jobID = String(parts[1])
+                jobs.record(jobID: jobID, kind: String(parts[2]), seq: Int(seq), body: delivery.body)
+                if let key = delivery.properties.headers[WireContract.Header.idempotencyKey]?.stringValue {
+                    jobs.remember(idempotencyKey: key, for: jobID)
+                }
             }
             consumer.ack(delivery)
         }

@@ -73,4 +73,17 @@ struct JobHubTests {
         for id in ["a", "b", "c"] { hub.record(jobID: id, kind: "queued", seq: 0, body: body("{}")) }
         #expect(hub.status(of: "a") == nil && hub.status(of: "b") != nil && hub.status(of: "c") != nil)
     }
+
+    @Test("an idempotency key is claimed once; a failed submission gives it back")
+    func idempotency() {
+        let hub = JobHub()
+        #expect(hub.claim(idempotencyKey: "r k", for: "j1") == nil)
+        #expect(hub.claim(idempotencyKey: "r k", for: "j2") == "j1")
+        hub.release(idempotencyKey: "r k", for: "j2")
+        #expect(hub.claim(idempotencyKey: "r k", for: "j3") == "j1")
+        hub.release(idempotencyKey: "r k", for: "j1")
+        #expect(hub.claim(idempotencyKey: "r k", for: "j3") == nil)
+        hub.remember(idempotencyKey: "r other", for: "j9")
+        #expect(hub.claim(idempotencyKey: "r other", for: "j10") == "j9")
+    }
 }

@@ -145,3 +145,22 @@ def test_an_edge_started_mid_job_still_serves_the_full_history(stack):
     _, events = follow(fresh, job_id)
     assert [e.id for e in events] == [str(i) for i in range(1, 8)]
     assert events[-1].event == "done"
+
+
+def test_idempotency_key_returns_the_same_job_on_this_edge_and_on_another(stack):
+    edge_a = stack.start_edge()
+    edge_b = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    headers = {"idempotency-key": "order-77", "content-type": "application/json"}
+    url = "/v1/jobs/render?steps=2&delay_ms=100"
+    first = requests.post(edge_a.base + url, data="{}", headers=headers)
+    again = requests.post(edge_a.base + url, data="{}", headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    time.sleep(0.5)  # the queued notice reaches the other edge through the event stream
+    elsewhere = requests.post(edge_b.base + url, data="{}", headers=headers)
+    assert elsewhere.json()["id"] == first.json()["id"]
+    other = requests.post(edge_a.base + url, data="{}", headers={"idempotency-key": "order-78"})
+    assert other.json()["id"] != first.json()["id"]
+    bad = requests.post(edge_a.base + url, data="{}", headers={"idempotency-key": "x" * 300})
+    assert bad.status_code == 400
