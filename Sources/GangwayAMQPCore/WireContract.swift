@@ -12,6 +12,11 @@ public enum WireContract {
     public static let eventsExchange = "gangway.events"
     /// Topic exchange of job events: routing key `job.<id>.<kind>`, header `x-seq`.
     public static let eventsExchangeSpec = ExchangeSpec(name: "gangway.events", type: "topic")
+    /// Where job queues dead-letter a job that failed too many deliveries (`x-delivery-limit`
+    /// on a quorum queue); an edge reports each as `job.<id>.failed`.
+    public static let deadJobsExchange = ExchangeSpec(name: "gangway.jobs.dlx", type: "fanout")
+    public static let deadJobsQueue = QueueSpec(name: "gangway.jobs.dead", durable: true, arguments: ["x-queue-type": "quorum"])
+
     /// The stream queue that keeps job events (an hour, at most 100 MB per segment file), so
     /// that an edge that starts replays the history it missed.
     public static let eventLogQueue = QueueSpec(

@@ -90,25 +90,30 @@ enum DemoWorkers {
         var description: String { "the render failed (asked for with ?fail=1)" }
     }
 
-    /// A demo job: renders in `steps` steps (`?steps=5&delay_ms=500&fail=0`), reporting
-    /// progress and a log line for each, and returns `{"url": …}`.
+    /// A demo job: renders in `steps` steps (`?steps=5&delay_ms=500&fail=0&poison=0`),
+    /// reporting progress and a log line for each, and returns `{"url": …}`. `fail=1` throws at
+    /// the last step (a failed job); `poison=1` kills the worker process after the first step,
+    /// every time (a poison job, dead-lettered after its queue's delivery limit).
     static func render() -> Worker.JobHandler {
         { request, job in
             var steps = 5
             var delay = 500
             var fail = false
+            var poison = false
             for pair in request.query.split(separator: "&") {
                 let kv = pair.split(separator: "=", maxSplits: 1)
                 guard kv.count == 2, let v = Int(kv[1]), v >= 0 else { continue }
                 if kv[0] == "steps" { steps = max(1, min(v, 1000)) }
                 if kv[0] == "delay_ms" { delay = min(v, 60_000) }
                 if kv[0] == "fail" { fail = v != 0 }
+                if kv[0] == "poison" { poison = v != 0 }
             }
             try await job.log("render started: \(steps) steps")
             for i in 1...steps {
                 try await Task.sleep(for: .milliseconds(delay))
                 if fail && i == steps { throw RenderFailure() }
                 try await job.progress(Double(i * 100 / steps), "step \(i) of \(steps)")
+                if poison { exit(70) }
             }
             return ByteBuffer(string: #"{"url":"/renders/\#(job.jobID).png"}"#)
         }

@@ -34,7 +34,7 @@ enum EdgeServices {
             configuration: .init(
                 url: url,
                 name: "edge.consume",
-                topology: Topology(exchanges: [WireContract.eventsExchangeSpec]),
+                topology: Topology(exchanges: [WireContract.eventsExchangeSpec, WireContract.deadJobsExchange]),
                 onStateChange: { up in
                     // The exclusive reply queue died with the connection: no reply can arrive.
                     if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
@@ -87,7 +87,8 @@ enum EdgeServices {
             logger: logger,
             onServerRunning: onServerRunning
         )
-        return [publisher, consumer, CorrelatorService(correlator: correlator), app]
+        let deadJobs = DeadJobReporter(consumer: consumer, publisher: publisher, hub: jobs, logger: logger)
+        return [publisher, consumer, CorrelatorService(correlator: correlator), deadJobs, app]
     }
 }
 

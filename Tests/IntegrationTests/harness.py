@@ -82,8 +82,12 @@ class Stack:
         queues = [
             {"name": name, "vhost": "/", "durable": True, "auto_delete": False,
              "arguments": {"x-queue-type": "classic"}}
-            for name in self.queue.values()
+            for key, name in self.queue.items() if key != "render"
         ]
+        # Jobs: a quorum queue that dead-letters a job after 5 deliveries.
+        queues.append({"name": self.queue["render"], "vhost": "/", "durable": True, "auto_delete": False,
+                       "arguments": {"x-queue-type": "quorum", "x-delivery-limit": 4,
+                                     "x-dead-letter-exchange": "gangway.jobs.dlx"}})
         self.scatter = f"it.scatter.{self.suffix}"
         bindings = [
             {"source": "gangway.rpc", "vhost": "/", "destination": name, "destination_type": "queue",

@@ -7,6 +7,8 @@ import time
 import requests
 import sseclient
 
+from harness import gangway_bin
+
 
 def submit(edge, query="steps=3&delay_ms=200"):
     r = requests.post(edge.base + "/v1/jobs/render?" + query, data="{}", headers={"content-type": "application/json"})
@@ -104,6 +106,9 @@ def test_a_worker_killed_mid_job_has_the_job_redelivered_and_completed(stack):
             break
         time.sleep(0.05)
     os.killpg(doomed.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while stack.consumer_count(stack.queue["render"]) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the broker notices the dead connection
     stack.start_worker("render", queue=stack.queue["render"])
     _, events = follow(edge, job_id)
     assert events[-1].event == "done"
@@ -164,3 +169,26 @@ def test_idempotency_key_returns_the_same_job_on_this_edge_and_on_another(stack)
     assert other.json()["id"] != first.json()["id"]
     bad = requests.post(edge_a.base + url, data="{}", headers={"idempotency-key": "x" * 300})
     assert bad.status_code == 400
+
+
+def test_a_poison_job_is_dead_lettered_after_five_deliveries_and_reported_failed(stack):
+    edge = stack.start_edge()
+    job_id = submit(edge, "steps=3&delay_ms=50&poison=1").json()["id"]
+    deliveries = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "failed":
+            break
+        worker = stack.spawn([gangway_bin(), "worker", "render", "--queue", stack.queue["render"]], "poisoned")
+        try:
+            worker.wait(timeout=10)  # it dies on the job (exit 70)
+            deliveries += 1
+        except Exception:
+            worker.kill()
+            break
+    status = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+    assert status["status"] == "failed", status
+    assert status["error"]["reason"] == "delivery_limit", status
+    assert deliveries == 5  # x-delivery-limit 4: dead-lettered on the fifth failed delivery
+    _, events = follow(edge, job_id)
+    assert events[-1].event == "failed"
