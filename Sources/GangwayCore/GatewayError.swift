@@ -14,6 +14,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case shuttingDown = "shutting-down"
         case headersTooLarge = "headers-too-large"
         case legsFailed = "legs-failed"
+        case conflict = "conflict"
     }
 
     let code: Code
@@ -31,6 +32,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .payloadTooLarge: return 413
         case .headersTooLarge: return 431
         case .badRequest: return 400
+        case .conflict: return 409
         case .noConsumer, .brokerUnavailable, .shuttingDown: return 503
         case .timeout: return 504
         case .badReply, .legsFailed: return 502
@@ -44,6 +46,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .payloadTooLarge: return "Payload Too Large"
         case .headersTooLarge: return "Request Header Fields Too Large"
         case .badRequest: return "Bad Request"
+        case .conflict: return "Conflict"
         case .noConsumer: return "No Consumer"
         case .brokerUnavailable: return "Broker Unavailable"
         case .shuttingDown: return "Shutting Down"
@@ -74,6 +77,10 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public static func badRequest(_ detail: String) -> GatewayError {
         GatewayError(code: .badRequest, detail: detail)
+    }
+
+    public static func conflict(_ detail: String) -> GatewayError {
+        GatewayError(code: .conflict, detail: detail)
     }
 
     public static func noConsumer(route: String, reason: String) -> GatewayError {

@@ -82,6 +82,26 @@ public struct JobClient: Sendable {
     }
 }
 
+extension JobClient {
+    /// Asks the worker running a job to stop: a cancel message on `gangway.cancel` that the
+    /// worker SDK turns into Task cancellation; the worker then reports `job.<id>.cancelled`.
+    /// - Returns: false for an unknown or finished job.
+    public func cancel(jobID: String) async throws(GatewayError) -> Bool {
+        guard let status = hub.status(of: jobID), !status.isFinished else { return false }
+        let message = OutboundMessage(
+            exchange: WireContract.cancelExchange.name,
+            routingKey: "",
+            properties: AMQPProperties(headers: [WireContract.Header.cancel: .string(jobID)], correlationID: jobID, appID: WireContract.appID)
+        )
+        do {
+            _ = try await client.bus.publish(message)
+        } catch {
+            throw .brokerUnavailable("\(error)")
+        }
+        return true
+    }
+}
+
 enum RandomID {
     static func hex128() -> String {
         func hex(_ v: UInt64) -> String {

@@ -32,12 +32,27 @@ struct JobHandler: Sendable {
     /// Handles `GET /v1/jobs/{id}` and `GET /v1/jobs/{id}/events`; nil for other paths.
     func handleBuiltIn(_ request: Request, context: GatewayRequestContext) async throws -> Response? {
         let path = request.uri.path
-        guard request.method == .get, path.hasPrefix(Self.prefix) else { return nil }
+        guard request.method == .get || request.method == .delete, path.hasPrefix(Self.prefix) else { return nil }
         let rest = path.dropFirst(Self.prefix.count).split(separator: "/", omittingEmptySubsequences: false)
         guard let id = rest.first.map(String.init), Self.isJobID(id) else { return nil }
+        if request.method == .delete {
+            guard rest.count == 1 else { return nil }
+            return try await cancel(id)
+        }
         if rest.count == 1 { return status(id) }
         if rest.count == 2 && rest[1] == "events" { return try events(id, request: request) }
         return nil
+    }
+
+    /// `DELETE /v1/jobs/{id}`: 202 once the cancel request is out; 404 for an unknown job,
+    /// 409 for one that has finished.
+    func cancel(_ id: String) async throws -> Response {
+        guard client.hub.status(of: id) != nil else { throw GatewayError.notFound(path: Self.prefix + id) }
+        guard try await client.cancel(jobID: id) else {
+            throw GatewayError.conflict("job \(id) has finished; there is nothing to cancel")
+        }
+        let body = #"{"id":"\#(id)","status":"cancelling","status_url":"\#(Self.prefix + id)"}"#
+        return Response(status: .accepted, headers: [.location: Self.prefix + id, .contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
     static func isJobID(_ s: String) -> Bool {

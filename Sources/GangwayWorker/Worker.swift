@@ -212,29 +212,46 @@ extension Worker {
     private func job(_ delivery: Delivery, request: WorkerRequest, handler: @escaping JobHandler) async {
         let id = request.header(WireContract.Header.jobID) ?? delivery.properties.messageID ?? ""
         let context = JobContext(jobID: id, connection: connection, appID: configuration.name)
+        // A task of its own so that `DELETE /v1/jobs/{id}` (a cancel message) can cancel it;
+        // awaited right here, so it never outlives this delivery.
+        let task = Task { try await handler(request, context) }
+        inFlight.insert(id, task)
+        defer { inFlight.remove(id) }
         do {
-            let result = try await handler(request, context)
+            let result = try await withTaskCancellationHandler {
+                try await task.value
+            } onCancel: {
+                task.cancel()
+            }
             try await context.emit("done", String(buffer: result).isEmpty ? "null" : String(buffer: result))
             connection.ack(delivery)
+        } catch where task.isCancelled {
+            logger.info("worker.cancelled", metadata: ["job.id": "\(id)"])
+            await finish(delivery, context, kind: "cancelled", #"{"reason":"cancelled on request"}"#)
         } catch {
             logger.warning("worker.job.failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            do {
-                try await context.emit("failed", #"{"error":\#(JobContext.quote("\(error)"))}"#)
-                connection.ack(delivery)
-            } catch {
-                // Not acked: the job comes back once this connection is gone.
-                logger.warning("worker.job.report.failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            }
+            await finish(delivery, context, kind: "failed", #"{"error":\#(JobContext.quote("\(error)"))}"#)
+        }
+    }
+
+    /// Reports the final event, then acks; unacked if the report fails, so the job comes back.
+    private func finish(_ delivery: Delivery, _ context: JobContext, kind: String, _ json: String) async {
+        do {
+            try await context.emit(kind, json)
+            connection.ack(delivery)
+        } catch {
+            logger.warning("worker.job.report.failed", metadata: ["job.id": "\(context.jobID)", "error": "\(error)"])
         }
     }
 }
 
-/// Streams in progress by correlation id, so that a cancel message can reach them.
+/// Streams and jobs in progress by correlation or job id, so that a cancel message can reach
+/// them.
 final class InFlight: Sendable {
-    private let tasks = Mutex<[String: Task<Void, any Error>]>([:])
+    private let tasks = Mutex<[String: @Sendable () -> Void]>([:])
 
-    func insert(_ id: String, _ task: Task<Void, any Error>) {
-        tasks.withLock { $0[id] = task }
+    func insert<Success: Sendable>(_ id: String, _ task: Task<Success, any Error>) {
+        tasks.withLock { $0[id] = { task.cancel() } }
     }
 
     func remove(_ id: String) {
@@ -242,6 +259,6 @@ final class InFlight: Sendable {
     }
 
     func cancel(_ id: String) {
-        tasks.withLock { $0[id] }?.cancel()
+        tasks.withLock { $0[id] }?()
     }
 }

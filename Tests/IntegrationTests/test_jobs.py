@@ -192,3 +192,22 @@ def test_a_poison_job_is_dead_lettered_after_five_deliveries_and_reported_failed
     assert deliveries == 5  # x-delivery-limit 4: dead-lettered on the fifth failed delivery
     _, events = follow(edge, job_id)
     assert events[-1].event == "failed"
+
+
+def test_delete_cancels_a_running_job_through_the_worker(stack):
+    edge = stack.start_edge()
+    worker = stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=20&delay_ms=300").json()["id"]
+    deadline = time.monotonic() + 5
+    while requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = requests.delete(edge.base + f"/v1/jobs/{job_id}")
+    assert r.status_code == 202, r.text
+    _, events = follow(edge, job_id)
+    assert events[-1].event == "cancelled"
+    assert len(events) < 20
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    assert "worker.cancelled" in open(worker.log_path).read()
+    # A finished job cannot be cancelled; an unknown one is not found.
+    assert requests.delete(edge.base + f"/v1/jobs/{job_id}").status_code == 409
+    assert requests.delete(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
