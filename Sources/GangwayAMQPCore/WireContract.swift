@@ -48,6 +48,7 @@ public enum WireContract {
         public static let jobID = "x-job-id"
         public static let seq = "x-seq"
         public static let idempotencyKey = "x-idempotency-key"
+        public static let resultRedirect = "x-result-redirect"
         public static let error = "x-error"
     }
 

@@ -56,6 +56,8 @@ public struct Route: Sendable, Hashable {
     public var idleTimeoutMilliseconds: Int
     /// For `gather`: when to stop collecting.
     public var gather: GatherSpec?
+    /// For `job`: a finished job's status answers `303 See Other` to `/v1/jobs/{id}/result`.
+    public var resultRedirect: Bool = false
 
     public init(
         name: String,

@@ -33,7 +33,7 @@ public enum RoutesFile {
     private static let defaultKeys: Set<String> = ["exchange", "timeout", "max_body", "forward_headers"]
     private static let routeKeys: Set<String> = [
         "name", "method", "path", "shape", "exchange", "routing_key", "queue", "timeout", "max_body", "forward_headers",
-        "policy", "legs", "idle_timeout", "expect", "first",
+        "policy", "legs", "idle_timeout", "expect", "first", "result_redirect",
     ]
     private static let legKeys: Set<String> = [
         "key", "exchange", "routing_key", "queue", "timeout", "forward_headers", "body", "accept_status", "keep_headers", "use",
@@ -142,8 +142,13 @@ public enum RoutesFile {
         var idleMs: Int?
         var gatherNodes: [Node] = []
         var gather = Route.GatherSpec()
+        var resultRedirect = false
+        var resultRedirectNode: Node?
         for (k, _, v) in pairs {
             switch k {
+            case "result_redirect":
+                resultRedirectNode = v
+                resultRedirect = r.bool(v, "result_redirect") ?? false
             case "expect", "first":
                 gatherNodes.append(v)
                 if let text = r.string(v, k), let n = Int(text), (1...10_000).contains(n) {
@@ -230,6 +235,9 @@ public enum RoutesFile {
                 queue = servingQueue(exchange: exchange, routingKey: routingKey, topology: topology, node: routingKeyNode, r)
             }
         }
+        if shape != .job, let resultRedirectNode {
+            r.problem(resultRedirectNode, "'result_redirect' applies to job routes only")
+        }
         if shape != .gather, let first = gatherNodes.first {
             r.problem(first, "'expect' and 'first' apply to gather routes only")
         }
@@ -239,7 +247,7 @@ public enum RoutesFile {
             r.problem(idleNode, "'idle_timeout' applies to stream routes only")
         }
         guard r.problems.count == before, let method, let path, let routingKey else { return nil }
-        return Route(
+        var route = Route(
             name: name ?? "\(method) \(path)",
             method: method,
             path: path,
@@ -255,6 +263,8 @@ public enum RoutesFile {
             idleTimeoutMilliseconds: idleMs ?? min(10_000, timeoutMs),
             gather: shape == .gather ? gather : nil
         )
+        route.resultRedirect = resultRedirect
+        return route
     }
 
     private static func checkParameters(_ key: KeyTemplate, _ what: String, known: Set<String>, path: PathTemplate, node: Node?, _ r: NodeReader) {

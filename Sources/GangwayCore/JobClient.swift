@@ -64,6 +64,10 @@ public struct JobClient: Sendable {
             hub.remember(idempotencyKey: idempotencyKey, for: id)
             headers[WireContract.Header.idempotencyKey] = .string(idempotencyKey)
         }
+        if request.route.resultRedirect {
+            hub.setResultRedirect(for: id)
+            headers[WireContract.Header.resultRedirect] = .bool(true)
+        }
         let queued = OutboundMessage(
             exchange: WireContract.eventsExchange,
             routingKey: "job.\(id).queued",

@@ -29,6 +29,8 @@ public final class JobHub: Sendable {
         public var created: Int64
         public var updated: Int64
         public var lastSeq: Int
+        /// The job's route answers a finished job's status with a redirect to its result.
+        public var resultRedirect = false
 
         public var isFinished: Bool { status == "succeeded" || status == "failed" || status == "cancelled" }
     }
@@ -153,6 +155,11 @@ public final class JobHub: Sendable {
         state.withLock { s in
             if s.idempotency[key] == jobID { s.idempotency[key] = nil }
         }
+    }
+
+    /// Records that a job's route redirects a finished job's status to its result.
+    public func setResultRedirect(for jobID: String) {
+        state.withLock { $0.jobs[jobID]?.status.resultRedirect = true }
     }
 
     /// Records which key a job was submitted under (from its queued notice on any edge).

@@ -40,6 +40,7 @@ struct JobHandler: Sendable {
             return try await cancel(id)
         }
         if rest.count == 1 { return status(id) }
+        if rest.count == 2 && rest[1] == "result" { return try result(id) }
         if rest.count == 2 && rest[1] == "events" { return try events(id, request: request) }
         return nil
     }
@@ -59,9 +60,20 @@ struct JobHandler: Sendable {
         s.utf8.count == 32 && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
     }
 
+    /// `GET /v1/jobs/{id}/result`: the result of a succeeded job.
+    func result(_ id: String) throws -> Response {
+        guard let s = client.hub.status(of: id), s.status == "succeeded", let result = s.result else {
+            throw GatewayError.notFound(path: Self.prefix + id + "/result")
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: result))
+    }
+
     func status(_ id: String) -> Response {
         guard let s = client.hub.status(of: id) else {
             return ProblemResponse.make(.notFound(path: Self.prefix + id), instance: Self.prefix + id, requestID: "")
+        }
+        if s.resultRedirect && s.status == "succeeded" {
+            return Response(status: .seeOther, headers: [.location: Self.prefix + id + "/result"])
         }
         var json = #"{"id":"\#(s.id)","status":"\#(s.status)""#
         json += #","percent":\#(s.percent.map { String($0) } ?? "null")"#

@@ -72,6 +72,9 @@ enum EdgeServices {
                 if let key = delivery.properties.headers[WireContract.Header.idempotencyKey]?.stringValue {
                     jobs.remember(idempotencyKey: key, for: jobID)
                 }
+                if delivery.properties.headers[WireContract.Header.resultRedirect]?.boolValue == true {
+                    jobs.setResultRedirect(for: jobID)
+                }
             }
             consumer.ack(delivery)
         }

@@ -210,6 +210,12 @@ routes:
     path: /v1/jobs/render
     shape: job
     routing_key: {self.queue['render']}
+  - name: job-redirect
+    method: POST
+    path: /v1/jobs/render-redirect
+    shape: job
+    routing_key: {self.queue['render']}
+    result_redirect: true
   - name: job-nowhere
     method: POST
     path: /v1/jobs/nowhere

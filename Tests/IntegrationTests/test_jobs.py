@@ -211,3 +211,20 @@ def test_delete_cancels_a_running_job_through_the_worker(stack):
     # A finished job cannot be cancelled; an unknown one is not found.
     assert requests.delete(edge.base + f"/v1/jobs/{job_id}").status_code == 409
     assert requests.delete(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
+
+
+def test_a_finished_job_redirects_to_its_result_when_the_route_says_so(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    r = requests.post(edge.base + "/v1/jobs/render-redirect?steps=1&delay_ms=50", data="{}")
+    job_id = r.json()["id"]
+    follow(edge, job_id)  # until done
+    status = requests.get(edge.base + f"/v1/jobs/{job_id}", allow_redirects=False)
+    assert status.status_code == 303
+    assert status.headers["location"] == f"/v1/jobs/{job_id}/result"
+    result = requests.get(edge.base + f"/v1/jobs/{job_id}")  # followed
+    assert result.json() == {"url": f"/renders/{job_id}.png"}
+    # Routes without result_redirect keep answering the status itself.
+    other = submit(edge, "steps=1&delay_ms=50").json()["id"]
+    follow(edge, other)
+    assert requests.get(edge.base + f"/v1/jobs/{other}", allow_redirects=False).status_code == 200
