@@ -61,6 +61,7 @@ let package = Package(
         .target(
             name: "GangwayEdge",
             dependencies: [
+                "GangwayAMQPCore",
                 "GangwayCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

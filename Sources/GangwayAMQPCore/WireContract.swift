@@ -1,3 +1,4 @@
+import NIOCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -50,6 +51,26 @@ public enum WireContract {
         public static let idempotencyKey = "x-idempotency-key"
         public static let resultRedirect = "x-result-redirect"
         public static let error = "x-error"
+    }
+
+    /// A job event: `job.<id>.<kind>` on `gangway.events`, persistent, JSON, with `x-seq`.
+    public static func jobEvent(jobID: String, kind: String, seq: Int, json: String, appID: String, extraHeaders: AMQPTable = [:]) -> OutboundMessage {
+        var headers = extraHeaders
+        headers[Header.seq] = .int(Int64(seq))
+        headers[Header.jobID] = .string(jobID)
+        return OutboundMessage(
+            exchange: eventsExchange,
+            routingKey: "job.\(jobID).\(kind)",
+            properties: AMQPProperties(
+                contentType: "application/json",
+                headers: headers,
+                deliveryMode: 2,
+                messageID: "\(jobID).\(seq)",
+                timestamp: UInt64(epochMilliseconds() / 1000),
+                appID: appID
+            ),
+            body: ByteBuffer(string: json)
+        )
     }
 
     /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on scalars,

@@ -135,13 +135,13 @@ public struct AggregateClient: Sendable {
             guard case .answered(let reply, let isJSON)? = outcomes[leg.key] else { continue }
             if !first { body.writeStaticString(",") }
             first = false
-            body.writeString(Self.quote(leg.key))
+            body.writeString(JSONString.quote(leg.key))
             body.writeStaticString(":")
             if isJSON {
                 var part = reply.body
                 body.writeBuffer(&part)
             } else {
-                body.writeString(Self.quote(String(buffer: reply.body)))
+                body.writeString(JSONString.quote(String(buffer: reply.body)))
             }
             for (name, value) in reply.headers where leg.keepHeaders.contains(name) {
                 headers.append(("\(leg.key)-\(name)", value))
@@ -152,7 +152,7 @@ public struct AggregateClient: Sendable {
             body.writeStaticString("\"errors\":{")
             for (i, f) in failures.enumerated() {
                 if i > 0 { body.writeStaticString(",") }
-                body.writeString("\(Self.quote(f.key)):{\"status\":\(f.status),\"detail\":\(Self.quote(f.reason))}")
+                body.writeString("\(JSONString.quote(f.key)):{\"status\":\(f.status),\"detail\":\(JSONString.quote(f.reason))}")
             }
             body.writeStaticString("}")
             headers.append(("x-gangway-partial", "true"))
@@ -191,7 +191,4 @@ public struct AggregateClient: Sendable {
         }
     }
 
-    static func quote(_ s: String) -> String {
-        JSONString.quote(s)
-    }
 }

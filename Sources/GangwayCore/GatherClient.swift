@@ -59,12 +59,12 @@ public struct GatherClient: Sendable {
             let reply = try RequestReplyClient.decodeReply(delivery, route: route)
             let replier = delivery.properties.headers[WireContract.Header.replier]?.stringValue ?? delivery.properties.appID ?? ""
             if i > 0 { body.writeStaticString(",") }
-            body.writeString(#"{"replier":\#(AggregateClient.quote(replier)),"status":\#(reply.status),"body":"#)
+            body.writeString(#"{"replier":\#(JSONString.quote(replier)),"status":\#(reply.status),"body":"#)
             if AggregateClient.isJSON(reply.contentType), AggregateClient.parse(reply.body) != nil {
                 var part = reply.body
                 body.writeBuffer(&part)
             } else {
-                body.writeString(AggregateClient.quote(String(buffer: reply.body)))
+                body.writeString(JSONString.quote(String(buffer: reply.body)))
             }
             body.writeStaticString("}")
         }

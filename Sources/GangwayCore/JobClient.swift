@@ -57,9 +57,9 @@ public struct JobClient: Sendable {
         } catch {
             throw .brokerUnavailable("\(error)")
         }
-        let body = ByteBuffer(string: #"{"id":"\#(id)","status":"queued"}"#)
-        hub.record(jobID: id, kind: "queued", seq: 0, body: body)
-        var headers: AMQPTable = [WireContract.Header.seq: .int(0), WireContract.Header.jobID: .string(id)]
+        let json = #"{"id":"\#(id)","status":"queued"}"#
+        hub.record(jobID: id, kind: "queued", seq: 0, body: ByteBuffer(string: json))
+        var headers: AMQPTable = [:]
         if let idempotencyKey {
             hub.remember(idempotencyKey: idempotencyKey, for: id)
             headers[WireContract.Header.idempotencyKey] = .string(idempotencyKey)
@@ -68,18 +68,7 @@ public struct JobClient: Sendable {
             hub.setResultRedirect(for: id)
             headers[WireContract.Header.resultRedirect] = .bool(true)
         }
-        let queued = OutboundMessage(
-            exchange: WireContract.eventsExchange,
-            routingKey: "job.\(id).queued",
-            properties: AMQPProperties(
-                contentType: "application/json",
-                headers: headers,
-                deliveryMode: 2,
-                messageID: "\(id).0",
-                appID: WireContract.appID
-            ),
-            body: body
-        )
+        let queued = WireContract.jobEvent(jobID: id, kind: "queued", seq: 0, json: json, appID: WireContract.appID, extraHeaders: headers)
         // The job is safe already; other edges learn of it from this or from its first event.
         _ = try? await client.bus.publish(queued)
         return id

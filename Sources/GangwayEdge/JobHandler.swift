@@ -1,3 +1,4 @@
+import GangwayAMQPCore
 import GangwayConfig
 import GangwayCore
 import HTTPTypes

@@ -1,3 +1,4 @@
+import GangwayAMQPCore
 import GangwayCore
 import Hummingbird
 import NIOCore

@@ -32,32 +32,10 @@ public final class JobContext: Sendable {
             s += 1
             return s
         }
-        let message = OutboundMessage(
-            exchange: WireContract.eventsExchange,
-            routingKey: "job.\(jobID).\(kind)",
-            properties: AMQPProperties(
-                contentType: "application/json",
-                headers: [WireContract.Header.seq: .int(Int64(n)), WireContract.Header.jobID: .string(jobID)],
-                deliveryMode: 2,
-                messageID: "\(jobID).\(n)",
-                timestamp: UInt64(WireContract.epochMilliseconds() / 1000),
-                appID: appID
-            ),
-            body: ByteBuffer(string: json)
-        )
-        _ = try await connection.publish(message)
+        _ = try await connection.publish(WireContract.jobEvent(jobID: jobID, kind: kind, seq: n, json: json, appID: appID))
     }
 
     static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += " "
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+        JSONString.quote(s)
     }
 }

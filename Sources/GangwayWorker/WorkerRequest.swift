@@ -65,28 +65,11 @@ public struct WorkerReply: Sendable {
 
     /// An RFC 9457 problem reply.
     public static func problem(status: Int, title: String, detail: String) -> WorkerReply {
-        func q(_ s: String) -> String {
-            "\"" + s.replacingEscapes() + "\""
-        }
+        let q = JSONString.quote
         return WorkerReply(
             status: status,
             contentType: "application/problem+json",
             body: ByteBuffer(string: #"{"type":"about:blank","title":\#(q(title)),"status":\#(status),"detail":\#(q(detail))}"#)
         )
-    }
-}
-
-extension String {
-    fileprivate func replacingEscapes() -> String {
-        var out = ""
-        for s in unicodeScalars {
-            switch s {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where s.value < 0x20: out += " "
-            default: out.unicodeScalars.append(s)
-            }
-        }
-        return out
     }
 }

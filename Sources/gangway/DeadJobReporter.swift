@@ -51,18 +51,7 @@ struct DeadJobReporter: Service {
         let seq = (hub.status(of: jobID)?.lastSeq ?? 0) + 1
         let detail = "dead-lettered (\(reason)): no worker finished the job within its queue's delivery limit"
         let body = #"{"error":\#(JSONString.quote(detail)),"reason":\#(JSONString.quote(reason))}"#
-        let event = OutboundMessage(
-            exchange: WireContract.eventsExchange,
-            routingKey: "job.\(jobID).failed",
-            properties: AMQPProperties(
-                contentType: "application/json",
-                headers: [WireContract.Header.seq: .int(Int64(seq)), WireContract.Header.jobID: .string(jobID)],
-                deliveryMode: 2,
-                messageID: "\(jobID).\(seq)",
-                appID: WireContract.appID
-            ),
-            body: ByteBuffer(string: body)
-        )
+        let event = WireContract.jobEvent(jobID: jobID, kind: "failed", seq: seq, json: body, appID: WireContract.appID)
         do {
             _ = try await publisher.publish(event)
             consumer.ack(delivery)
