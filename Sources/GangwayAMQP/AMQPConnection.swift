@@ -201,6 +201,27 @@ public final class AMQPConnection: Sendable {
         _ = enqueue(.cancelConsumer(tag: tag), needsConnection: true, rejectWhenBlocked: false)
     }
 
+    /// Binds a consumer's queue with one more binding, now and after every reconnect (the
+    /// binding becomes part of the consumer's options).
+    /// - Throws: when the broker refused it or is unreachable; the binding is then still
+    ///   recorded, and ``removeBinding(_:fromConsumer:)`` takes it back.
+    public func addBinding(_ binding: BindingSpec, toConsumer tag: String) async throws {
+        shared.withLock { state in
+            if state.consumers[tag]?.options.bindings.contains(binding) == false {
+                state.consumers[tag]?.options.bindings.append(binding)
+            }
+        }
+        try await declare(Topology(bindings: [binding]))
+    }
+
+    /// Removes one of a consumer's bindings, now and for later reconnects.
+    public func removeBinding(_ binding: BindingSpec, fromConsumer tag: String) async throws {
+        shared.withLock { state in
+            state.consumers[tag]?.options.bindings.removeAll { $0 == binding }
+        }
+        try await unbind(binding)
+    }
+
     /// Acknowledges a delivery. Dropped if the delivery came on an earlier connection: the broker
     /// has requeued it already.
     public func ack(_ delivery: Delivery, multiple: Bool = false) {

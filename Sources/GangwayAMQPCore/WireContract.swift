@@ -25,6 +25,9 @@ public enum WireContract {
         durable: true,
         arguments: ["x-queue-type": "stream", "x-max-age": "1h", "x-stream-max-segment-size-bytes": .int(100_000_000)]
     )
+    /// Topic exchange of published events (`POST /v1/topics/<topic>`, routing key = topic),
+    /// apart from job events so that a subscriber's `#` never sees them.
+    public static let topicsExchange = ExchangeSpec(name: "gangway.topics", type: "topic")
     /// Fanout exchange of cancel messages (`x-cancel: <correlation id>`); every worker binds a
     /// queue of its own to it.
     public static let cancelExchange = ExchangeSpec(name: "gangway.cancel", type: "fanout")

@@ -10,8 +10,8 @@ import Foundation
 ///
 /// Every edge consumes the events through a queue of its own, so any edge can answer for any
 /// job. History is bounded per job (``historyLimit`` events) and in jobs (``jobLimit``, the
-/// oldest forgotten first). A follower whose buffer fills (a client that does not read) is cut
-/// off rather than allowed to grow memory.
+/// oldest forgotten first). Live events go to each follower's ``SSEOutbox``, which cuts off a
+/// client that does not read rather than let it grow memory.
 public final class JobHub: Sendable {
     public struct Event: Sendable {
         public var seq: Int
@@ -35,17 +35,19 @@ public final class JobHub: Sendable {
         public var isFinished: Bool { status == "succeeded" || status == "failed" || status == "cancelled" }
     }
 
-    /// A follower's view: the history after its Last-Event-ID, then live events.
+    /// A follower's view: the history after its Last-Event-ID; live events go to its outbox.
     public struct Follow: Sendable {
         /// The follower asked to resume from an event older than the kept history.
         public var reset: Bool
         public var history: [Event]
-        public var live: AsyncStream<Event>
+        /// The job has finished: the history is all there is, and the outbox is not followed.
         public var finished: Bool
+        /// For ``JobHub/unfollow(jobID:follower:)``.
+        public var follower: Int
     }
 
     struct Follower: Sendable {
-        let continuation: AsyncStream<Event>.Continuation
+        let outbox: SSEOutbox
     }
 
     struct Job {
@@ -67,12 +69,10 @@ public final class JobHub: Sendable {
     private let state = Mutex(State())
     public let historyLimit: Int
     public let jobLimit: Int
-    public let followerBuffer: Int
 
-    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000, followerBuffer: Int = 1024) {
+    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000) {
         self.historyLimit = historyLimit
         self.jobLimit = jobLimit
-        self.followerBuffer = followerBuffer
     }
 
     /// Records an event; called on the consumer thread. `seq` 0 is the edge's own "queued"
@@ -91,7 +91,7 @@ public final class JobHub: Sendable {
                 if s.order.count > jobLimit {
                     let old = s.order.removeFirst()
                     if let gone = s.jobs.removeValue(forKey: old) {
-                        gone.followers.values.forEach { $0.continuation.finish() }
+                        gone.followers.values.forEach { $0.outbox.finish() }
                         if let key = gone.idempotencyKey { s.idempotency[key] = nil }
                     }
                 }
@@ -128,15 +128,18 @@ public final class JobHub: Sendable {
             s.jobs[jobID] = job
             return (Array(job.followers.values), event, finished)
         }
-        guard let event else { return }
+        guard let event, !followers.isEmpty else { return }
+        let encoded = Self.encode(event)
         for follower in followers {
-            if case .dropped = follower.continuation.yield(event) {
-                // The client is not reading: cut it off.
-                follower.continuation.finish()
-            } else if finished {
-                follower.continuation.finish()
-            }
+            // An outbox that overflows ends itself and has its client cut off.
+            follower.outbox.push(encoded)
+            if finished { follower.outbox.finish() }
         }
+    }
+
+    /// One event as Server-Sent Events: `id: <seq>`, `event: <kind>`, `data: <body>`.
+    public static func encode(_ event: Event) -> ByteBuffer {
+        SSEEncoder.event(id: String(event.seq), name: event.kind, data: String(buffer: event.body))
     }
 
     /// Claims an idempotency key for a job about to be submitted.
@@ -174,28 +177,27 @@ public final class JobHub: Sendable {
         state.withLock { $0.jobs[jobID]?.status }
     }
 
-    /// Starts following a job: the history after `lastEventID`, then live events; `nil` for an
+    /// Starts following a job: returns the history after `lastEventID`, and sends live events
+    /// to `outbox` until the job finishes or ``unfollow(jobID:follower:)``; `nil` for an
     /// unknown job.
-    public func follow(jobID: String, lastEventID: Int?) -> Follow? {
-        let (stream, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingOldest(followerBuffer))
-        let follow: Follow? = state.withLock { s in
+    public func follow(jobID: String, lastEventID: Int?, outbox: SSEOutbox) -> Follow? {
+        state.withLock { s in
             guard var job = s.jobs[jobID] else { return nil }
             let after = lastEventID ?? 0
             let reset = lastEventID != nil && job.droppedBefore > 0 && after < job.droppedBefore - 1
             let history = reset ? job.events : job.events.filter { $0.seq > after }
             let finished = job.status.isFinished
+            s.nextFollower += 1
             if !finished {
-                s.nextFollower += 1
-                let id = s.nextFollower
-                job.followers[id] = Follower(continuation: continuation)
+                job.followers[s.nextFollower] = Follower(outbox: outbox)
                 s.jobs[jobID] = job
-                continuation.onTermination = { [weak self] _ in
-                    self?.state.withLock { _ = $0.jobs[jobID]?.followers.removeValue(forKey: id) }
-                }
             }
-            return Follow(reset: reset, history: history, live: stream, finished: finished)
+            return Follow(reset: reset, history: history, finished: finished, follower: s.nextFollower)
         }
-        if follow?.finished ?? true { continuation.finish() }
-        return follow
+    }
+
+    /// Stops sending a job's events to a follower.
+    public func unfollow(jobID: String, follower: Int) {
+        state.withLock { _ = $0.jobs[jobID]?.followers.removeValue(forKey: follower) }
     }
 }

@@ -22,13 +22,27 @@ public struct Edge: Sendable {
         /// Seconds between heartbeat comments on idle event streams: well under the common
         /// 4-minute idle timeout of proxies.
         public var sseHeartbeatSeconds: Int
+        /// Largest body `POST /v1/topics/{topic}` accepts.
+        public var topicMaxBodyBytes: Int
+        /// Serve the demo page at `GET /` when no route takes `/`.
+        public var demoPage: Bool
 
-        public init(host: String = "0.0.0.0", port: Int = 8080, serverName: String = "gangway", eventLoopThreads: Int? = nil, sseHeartbeatSeconds: Int = 15) {
+        public init(
+            host: String = "0.0.0.0",
+            port: Int = 8080,
+            serverName: String = "gangway",
+            eventLoopThreads: Int? = nil,
+            sseHeartbeatSeconds: Int = 15,
+            topicMaxBodyBytes: Int = 1 << 20,
+            demoPage: Bool = true
+        ) {
             self.host = host
             self.port = port
             self.serverName = serverName
             self.eventLoopThreads = eventLoopThreads
             self.sseHeartbeatSeconds = sseHeartbeatSeconds
+            self.topicMaxBodyBytes = topicMaxBodyBytes
+            self.demoPage = demoPage
         }
     }
 
@@ -45,6 +59,8 @@ public struct Edge: Sendable {
         client: RequestReplyClient,
         correlator: Correlator,
         jobs: JobHub,
+        topics: TopicHub,
+        eventStreams: SSEClients,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
@@ -57,13 +73,19 @@ public struct Edge: Sendable {
                 aggregate: AggregateHandler(client: AggregateClient(client: client)),
                 stream: StreamHandler(client: StreamClient(client: client)),
                 gather: GatherHandler(client: GatherClient(client: client)),
-                job: JobHandler(client: JobClient(client: client, hub: jobs), heartbeatSeconds: configuration.sseHeartbeatSeconds),
+                job: JobHandler(client: JobClient(client: client, hub: jobs), clients: eventStreams),
+                topics: TopicHandler(hub: topics, bus: bus, clients: eventStreams, maxBodyBytes: configuration.topicMaxBodyBytes),
+                demoPage: configuration.demoPage,
                 reservedPaths: [healthPath, readyPath]
             )
         )
         router.get(RouterPath(healthPath)) { _, _ in
             // Counters an operator wants at a glance; /metrics comes with the metrics work.
-            let body = #"{"status":"ok","pending_requests":\#(correlator.pending),"unknown_replies":\#(correlator.unknownReplies)}"#
+            let body = """
+                {"status":"ok","pending_requests":\(correlator.pending),"unknown_replies":\(correlator.unknownReplies),\
+                "event_streams":\(eventStreams.count),"event_streams_cut_off":\(eventStreams.cutOff),\
+                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count)}
+                """
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         router.get(RouterPath(readyPath)) { _, _ in

@@ -1,4 +1,5 @@
 import Hummingbird
+import NIOCore
 
 /// Per-request state that the edge's middleware fills in, in order.
 public struct GatewayRequestContext: RequestContext {
@@ -9,7 +10,11 @@ public struct GatewayRequestContext: RequestContext {
     /// W3C `traceparent` for the hop to the worker.
     public var traceparent: String = ""
 
+    /// The client's connection: event streams close it to cut off a client that does not read.
+    public let channel: (any Channel)?
+
     public init(source: Source) {
         self.coreContext = .init(source: source)
+        self.channel = source.channel
     }
 }

@@ -10,8 +10,8 @@ import NIOCore
 /// heartbeats, and the end of the stream after `done` or `failed`.
 struct JobHandler: Sendable {
     let client: JobClient
-    /// Seconds between heartbeat comments on an idle event stream.
-    let heartbeatSeconds: Int
+    /// The edge's open event streams (heartbeats, buffer bound).
+    let clients: SSEClients
     static let prefix = "/v1/jobs/"
 
     func submit(_ request: Request, context: GatewayRequestContext, route: Route, parameters: [String: String]) async throws -> Response {
@@ -42,7 +42,7 @@ struct JobHandler: Sendable {
         }
         if rest.count == 1 { return status(id) }
         if rest.count == 2 && rest[1] == "result" { return try result(id) }
-        if rest.count == 2 && rest[1] == "events" { return try events(id, request: request) }
+        if rest.count == 2 && rest[1] == "events" { return try events(id, request: request, context: context) }
         return nil
     }
 
@@ -85,56 +85,23 @@ struct JobHandler: Sendable {
         return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-cache"], body: .init(byteBuffer: ByteBuffer(string: json)))
     }
 
-    func events(_ id: String, request: Request) throws -> Response {
+    func events(_ id: String, request: Request, context: GatewayRequestContext) throws -> Response {
         let lastEventID = (request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters.get("lastEventId")).flatMap { Int($0) }
-        guard let follow = client.hub.follow(jobID: id, lastEventID: lastEventID) else {
+        let outbox = clients.open()
+        guard let follow = client.hub.follow(jobID: id, lastEventID: lastEventID, outbox: outbox) else {
+            clients.close(outbox)
             throw GatewayError.notFound(path: request.uri.path)
         }
-        let heartbeat = heartbeatSeconds
-        let body = ResponseBody { writer in
-            try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
-            if follow.reset {
-                try await writer.write(SSEEncoder.event(name: "reset", data: #"{"reason":"the requested events are older than the kept history"}"#))
-            }
-            var finished = follow.finished
-            for event in follow.history {
-                try await writer.write(SSEEncoder.event(id: String(event.seq), name: event.kind, data: String(buffer: event.body)))
-                if event.kind == "done" || event.kind == "failed" { finished = true }
-            }
-            if !finished {
-                enum Item: Sendable {
-                    case event(JobHub.Event)
-                    case heartbeat
-                }
-                let (merged, continuation) = AsyncStream.makeStream(of: Item.self, bufferingPolicy: .bufferingOldest(16))
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        for await event in follow.live { continuation.yield(.event(event)) }
-                        continuation.finish()
-                    }
-                    group.addTask {
-                        while !Task.isCancelled {
-                            try await Task.sleep(for: .seconds(heartbeat))
-                            continuation.yield(.heartbeat)
-                        }
-                    }
-                    for await item in merged {
-                        switch item {
-                        case .heartbeat:
-                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
-                        case .event(let event):
-                            try await writer.write(SSEEncoder.event(id: String(event.seq), name: event.kind, data: String(buffer: event.body)))
-                        }
-                    }
-                    group.cancelAll()
-                }
-            }
-            try await writer.finish(nil)
+        var preamble: [ByteBuffer] = []
+        if follow.reset {
+            preamble.append(SSEEncoder.event(name: "reset", data: #"{"reason":"the requested events are older than the kept history"}"#))
         }
-        return Response(
-            status: .ok,
-            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
-            body: body
-        )
+        preamble += follow.history.map(JobHub.encode)
+        // A finished job's history is all there is.
+        if follow.finished { outbox.finish() }
+        let hub = client.hub
+        return EventStreamResponse.make(outbox: outbox, clients: clients, context: context, preamble: preamble) {
+            hub.unfollow(jobID: id, follower: follow.follower)
+        }
     }
 }

@@ -14,6 +14,9 @@ struct RouteDispatchMiddleware: RouterMiddleware {
     let stream: StreamHandler
     let gather: GatherHandler
     let job: JobHandler
+    let topics: TopicHandler
+    /// Serve the demo page at `GET /` when no route takes it.
+    let demoPage: Bool
     /// Paths the edge serves itself; never shadowed by a route.
     let reservedPaths: Set<String>
 
@@ -23,6 +26,9 @@ struct RouteDispatchMiddleware: RouterMiddleware {
             return try await next(request, context)
         }
         if let response = try await job.handleBuiltIn(request, context: context) {
+            return response
+        }
+        if let response = try await topics.handleBuiltIn(request, context: context) {
             return response
         }
         switch routes.match(method: request.method.rawValue, path: path) {
@@ -44,6 +50,9 @@ struct RouteDispatchMiddleware: RouterMiddleware {
         case .badParameter(let name, let reason):
             throw GatewayError.badRequest("path parameter '\(name)' \(reason)")
         case .notFound:
+            if demoPage && path == "/" && request.method == .get {
+                return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: DemoPage.html))
+            }
             throw GatewayError.notFound(path: path)
         }
     }

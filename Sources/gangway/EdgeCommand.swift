@@ -28,6 +28,18 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "Seconds between heartbeat comments on idle event streams.")
     var sseHeartbeat = 15
 
+    @Option(help: "Bytes an event-stream client may fall behind before it is cut off.")
+    var sseBufferBytes = 256 * 1024
+
+    @Option(help: "Seconds a topic pattern stays bound after its last subscriber left (resume without a gap).")
+    var topicLinger = 30
+
+    @Option(help: "Topic events kept for Last-Event-ID resumption.")
+    var topicHistory = 10_000
+
+    @Flag(inversion: .prefixedNo, help: "Serve the demo page at GET / when no route takes /.")
+    var demoPage = true
+
     @Option(help: "HTTP event-loop threads. Default: one per core.")
     var threads: Int?
 
@@ -43,8 +55,10 @@ struct EdgeCommand: AsyncParsableCommand {
         let services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120))),
+            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)), demoPage: demoPage),
             instanceID: instance,
+            eventStreamBufferBytes: max(1024, sseBufferBytes),
+            topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
             logger: logger,
             onServerRunning: { port in
                 logger.info("edge.listening", metadata: ["http.port": "\(port)", "amqp.url": "\(url)", "edge.instance": "\(instance)"])

@@ -5,6 +5,7 @@ import GangwayCore
 import GangwayEdge
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Everything one edge runs, in start order; graceful shutdown goes in reverse, so the HTTP
 /// server drains in-flight requests while the broker connections are still up.
@@ -14,6 +15,8 @@ enum EdgeServices {
         configuration: GangwayConfiguration,
         http: Edge.Configuration,
         instanceID: String,
+        eventStreamBufferBytes: Int = 256 * 1024,
+        topics topicConfiguration: TopicHub.Configuration = .init(),
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> [any Service] {
@@ -21,12 +24,15 @@ enum EdgeServices {
         let correlator = Correlator()
         let jobs = JobHub()
         let publisher = AMQPConnection(
-            // Cancel messages go to gangway.cancel: make sure it exists, or a cancel would close
-            // the publishing channel.
+            // Cancel messages go to gangway.cancel and published events to gangway.topics: make
+            // sure they exist, or a publish there would close the publishing channel.
             configuration: .init(
                 url: url,
                 name: "edge.publish",
-                topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec)
+                topology: configuration.topology
+                    .ensuring(WireContract.cancelExchange)
+                    .ensuring(WireContract.eventsExchangeSpec)
+                    .ensuring(WireContract.topicsExchange)
             ),
             logger: logger
         )
@@ -34,7 +40,7 @@ enum EdgeServices {
             configuration: .init(
                 url: url,
                 name: "edge.consume",
-                topology: Topology(exchanges: [WireContract.eventsExchangeSpec, WireContract.deadJobsExchange]),
+                topology: Topology(exchanges: [WireContract.eventsExchangeSpec, WireContract.deadJobsExchange, WireContract.topicsExchange]),
                 onStateChange: { up in
                     // The exclusive reply queue died with the connection: no reply can arrive.
                     if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
@@ -78,6 +84,31 @@ enum EdgeServices {
             }
             consumer.ack(delivery)
         }
+        // Topic events for this edge's subscribers: an exclusive queue, bound per pattern by the
+        // hub as subscribers come and go (the bindings are declared again after a reconnect).
+        let topicQueue = "gangway.topics.\(instanceID)"
+        let eventStreams = SSEClients(bufferLimit: eventStreamBufferBytes)
+        let topicTag = ManagedTag()
+        let topics = TopicHub(
+            binder: AMQPTopicBinder(connection: consumer, queue: topicQueue, consumerTag: topicTag),
+            instanceID: instanceID,
+            configuration: topicConfiguration
+        )
+        topicTag.value = consumer.consume(
+            .init(
+                queue: topicQueue,
+                declare: QueueSpec(name: topicQueue, durable: false, exclusive: true, autoDelete: true),
+                prefetch: 0,
+                autoAck: true
+            )
+        ) { delivery in
+            topics.deliver(
+                topic: delivery.routingKey,
+                messageID: delivery.properties.messageID,
+                contentType: delivery.properties.contentType,
+                body: delivery.body
+            )
+        }
         let bus = AMQPMessageBus(publisher: publisher, consumer: consumer, replyQueue: replyQueue)
         let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: instanceID)
         let app = Edge.makeApplication(
@@ -87,11 +118,48 @@ enum EdgeServices {
             client: client,
             correlator: correlator,
             jobs: jobs,
+            topics: topics,
+            eventStreams: eventStreams,
             logger: logger,
             onServerRunning: onServerRunning
         )
         let deadJobs = DeadJobReporter(consumer: consumer, publisher: publisher, hub: jobs, logger: logger)
-        return [publisher, consumer, CorrelatorService(correlator: correlator), deadJobs, app]
+        // Event streams come last: on graceful shutdown they end first, so the server can drain.
+        let streams = EventStreamService(topics: topics, clients: eventStreams, heartbeatSeconds: http.sseHeartbeatSeconds)
+        return [publisher, consumer, CorrelatorService(correlator: correlator), deadJobs, app, streams]
+    }
+}
+
+/// The hub's bindings as bindings of the edge's topic queue on `gangway.topics`.
+struct AMQPTopicBinder: TopicBinder {
+    let connection: AMQPConnection
+    let queue: String
+    let consumerTag: ManagedTag
+
+    func binding(_ pattern: TopicPattern) -> BindingSpec {
+        BindingSpec(source: WireContract.topicsExchange.name, destination: queue, routingKey: pattern.text)
+    }
+
+    func bind(_ pattern: TopicPattern) async throws {
+        do {
+            try await connection.addBinding(binding(pattern), toConsumer: consumerTag.value)
+        } catch {
+            try? await connection.removeBinding(binding(pattern), fromConsumer: consumerTag.value)
+            throw error
+        }
+    }
+
+    func unbind(_ pattern: TopicPattern) async throws {
+        try await connection.removeBinding(binding(pattern), fromConsumer: consumerTag.value)
+    }
+}
+
+/// A consumer tag known only after the consumer that uses it is registered.
+final class ManagedTag: Sendable {
+    private let storage = Mutex("")
+    var value: String {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
     }
 }
 

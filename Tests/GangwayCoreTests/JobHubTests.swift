@@ -5,6 +5,18 @@ import Testing
 @Suite("Job hub: status, history, followers")
 struct JobHubTests {
     func body(_ s: String) -> ByteBuffer { ByteBuffer(string: s) }
+    func outbox(_ limit: Int = 1 << 20) -> SSEOutbox { SSEOutbox(limit: limit) }
+
+    /// Everything an outbox delivers until it ends, and how it ended.
+    func drain(_ outbox: SSEOutbox) async -> (String, SSEOutbox.End) {
+        var text = ""
+        while true {
+            switch await outbox.next() {
+            case .bytes(let buffers): buffers.forEach { text += String(buffer: $0) }
+            case .end(let end): return (text, end)
+            }
+        }
+    }
 
     @Test("events drive the status; the queued notice creates the job without an event")
     func status() {
@@ -24,7 +36,7 @@ struct JobHubTests {
     func dedupe() {
         let hub = JobHub()
         for seq in [1, 2, 1, 2, 3] { hub.record(jobID: "j", kind: "log", seq: seq, body: body("{}")) }
-        let follow = hub.follow(jobID: "j", lastEventID: nil)
+        let follow = hub.follow(jobID: "j", lastEventID: nil, outbox: outbox())
         #expect(follow?.history.map(\.seq) == [1, 2, 3])
     }
 
@@ -32,39 +44,42 @@ struct JobHubTests {
     func historyBound() {
         let hub = JobHub(historyLimit: 3)
         for seq in 1...6 { hub.record(jobID: "j", kind: "log", seq: seq, body: body("{}")) }
-        let full = hub.follow(jobID: "j", lastEventID: nil)
+        let full = hub.follow(jobID: "j", lastEventID: nil, outbox: outbox())
         #expect(full?.history.map(\.seq) == [4, 5, 6] && full?.reset == false)
-        let old = hub.follow(jobID: "j", lastEventID: 1)
+        let old = hub.follow(jobID: "j", lastEventID: 1, outbox: outbox())
         #expect(old?.reset == true && old?.history.map(\.seq) == [4, 5, 6])
-        let recent = hub.follow(jobID: "j", lastEventID: 4)
+        let recent = hub.follow(jobID: "j", lastEventID: 4, outbox: outbox())
         #expect(recent?.reset == false && recent?.history.map(\.seq) == [5, 6])
     }
 
-    @Test("a live follower gets new events and its stream ends after done")
+    @Test("a live follower gets new events, encoded as SSE, and its stream ends after done")
     func live() async {
         let hub = JobHub()
         hub.record(jobID: "j", kind: "log", seq: 1, body: body("{}"))
-        guard let follow = hub.follow(jobID: "j", lastEventID: 1) else {
+        let box = outbox()
+        guard let follow = hub.follow(jobID: "j", lastEventID: 1, outbox: box) else {
             Issue.record("unknown job")
             return
         }
         #expect(follow.history.isEmpty && !follow.finished)
         hub.record(jobID: "j", kind: "progress", seq: 2, body: body(#"{"percent":50}"#))
         hub.record(jobID: "j", kind: "done", seq: 3, body: body("{}"))
-        var seen: [Int] = []
-        for await event in follow.live { seen.append(event.seq) }
-        #expect(seen == [2, 3])
+        let (text, end) = await drain(box)
+        #expect(text == "id: 2\nevent: progress\ndata: {\"percent\":50}\n\nid: 3\nevent: done\ndata: {}\n\n")
+        #expect(end == .finished)
     }
 
-    @Test("a follower that does not read is cut off at its buffer, not grown")
+    @Test("a follower that does not read is cut off at its byte bound, not grown")
     func slowFollower() async {
-        let hub = JobHub(followerBuffer: 4)
+        let hub = JobHub()
         hub.record(jobID: "j", kind: "log", seq: 1, body: body("{}"))
-        guard let follow = hub.follow(jobID: "j", lastEventID: 1) else { return }
+        let box = outbox(100)
+        guard let follow = hub.follow(jobID: "j", lastEventID: 1, outbox: box) else { return }
         for seq in 2...20 { hub.record(jobID: "j", kind: "log", seq: seq, body: body("{}")) }
-        var seen = 0
-        for await _ in follow.live { seen += 1 }
-        #expect(seen == 4)
+        #expect(box.end == .overflow && box.queuedBytes == 0)
+        let (text, end) = await drain(box)
+        #expect(text.isEmpty && end == .overflow)
+        hub.unfollow(jobID: "j", follower: follow.follower)
     }
 
     @Test("the oldest jobs are forgotten past the job limit")

@@ -1,0 +1,88 @@
+import GangwayCore
+import NIOCore
+import Synchronization
+import Testing
+
+@Suite("SSE outbox: byte-bounded per-client queue")
+struct SSEOutboxTests {
+    func bytes(_ n: Int) -> ByteBuffer { ByteBuffer(repeating: UInt8(ascii: "x"), count: n) }
+
+    @Test("everything queued is taken at once, in order")
+    func batches() async {
+        let box = SSEOutbox(limit: 1000)
+        box.push(ByteBuffer(string: "a"))
+        box.push(ByteBuffer(string: "b"))
+        #expect(box.queuedBytes == 2)
+        guard case .bytes(let batch) = await box.next() else {
+            Issue.record("no bytes")
+            return
+        }
+        #expect(batch.map { String(buffer: $0) } == ["a", "b"])
+        #expect(box.queuedBytes == 0)
+    }
+
+    @Test("a waiting writer is woken by a push; finish ends after the queued bytes")
+    func wake() async {
+        let box = SSEOutbox(limit: 1000)
+        async let first = box.next()
+        try? await Task.sleep(for: .milliseconds(20))
+        box.push(ByteBuffer(string: "late"))
+        guard case .bytes(let batch) = await first else {
+            Issue.record("no bytes")
+            return
+        }
+        #expect(batch.map { String(buffer: $0) } == ["late"])
+        box.push(ByteBuffer(string: "last"))
+        box.finish()
+        #expect(box.push(ByteBuffer(string: "after")) == false)
+        guard case .bytes(let tail) = await box.next() else {
+            Issue.record("queued bytes lost at finish")
+            return
+        }
+        #expect(tail.map { String(buffer: $0) } == ["last"])
+        guard case .end(.finished) = await box.next() else {
+            Issue.record("no end")
+            return
+        }
+    }
+
+    @Test("passing the byte bound ends the outbox, drops its bytes and calls the overflow handler once")
+    func overflow() async {
+        let box = SSEOutbox(limit: 100)
+        let calls = Mutex(0)
+        box.onOverflow { calls.withLock { $0 += 1 } }
+        #expect(box.push(bytes(60)))
+        #expect(box.push(bytes(40)))
+        #expect(box.push(bytes(1)) == false)
+        #expect(box.push(bytes(1)) == false)
+        #expect(box.end == .overflow && box.queuedBytes == 0)
+        #expect(calls.withLock { $0 } == 1)
+        guard case .end(.overflow) = await box.next() else {
+            Issue.record("overflow not reported to the writer")
+            return
+        }
+        let late = Mutex(0)
+        box.onOverflow { late.withLock { $0 += 1 } }
+        #expect(late.withLock { $0 } == 1)
+    }
+
+    @Test("heartbeats reach every open stream; closing an overflowed stream counts a cut-off")
+    func registry() async {
+        let clients = SSEClients(bufferLimit: 40)
+        let a = clients.open()
+        let b = clients.open()
+        #expect(clients.count == 2)
+        clients.heartbeat()
+        guard case .bytes(let beat) = await a.next() else {
+            Issue.record("no heartbeat")
+            return
+        }
+        #expect(beat.map { String(buffer: $0) } == [": keep-alive\n\n"])
+        clients.heartbeat()
+        clients.heartbeat()
+        #expect(b.end == .overflow)
+        clients.close(a)
+        clients.close(b)
+        #expect(clients.count == 0 && clients.cutOff == 1)
+    }
+}

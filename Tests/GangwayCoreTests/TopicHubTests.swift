@@ -1,0 +1,118 @@
+import GangwayAMQPCore
+@testable import GangwayCore
+import NIOCore
+import Synchronization
+import Testing
+
+@Suite("Topic hub: reference-counted bindings, fan-out, resume")
+struct TopicHubTests {
+    final class RecordingBinder: TopicBinder {
+        let calls = Mutex<[String]>([])
+        let failing = Mutex(false)
+        func bind(_ pattern: TopicPattern) async throws {
+            if failing.withLock({ $0 }) { throw CancellationError() }
+            calls.withLock { $0.append("bind \(pattern)") }
+        }
+        func unbind(_ pattern: TopicPattern) async throws {
+            calls.withLock { $0.append("unbind \(pattern)") }
+        }
+        var log: [String] { calls.withLock { $0 } }
+    }
+
+    func patterns(_ texts: String...) -> [TopicPattern] { texts.map { TopicPattern($0)! } }
+
+    /// Runs `body` with the hub's operation loop running.
+    func withHub(linger: Int64 = 0, history: Int = 100, _ body: (TopicHub, RecordingBinder) async throws -> Void) async throws {
+        let binder = RecordingBinder()
+        let hub = TopicHub(binder: binder, instanceID: "e1", configuration: .init(historyLimit: history, lingerMilliseconds: linger))
+        let runner = Task { await hub.run() }
+        defer { runner.cancel() }
+        try await body(hub, binder)
+    }
+
+    /// What is queued in an outbox now (never waits).
+    func text(_ outbox: SSEOutbox) async -> String {
+        guard outbox.queuedBytes > 0, case .bytes(let buffers) = await outbox.next() else { return "" }
+        return buffers.map { String(buffer: $0) }.joined()
+    }
+
+    @Test("one binding per pattern however many subscribe; events reach only matching subscribers")
+    func fanOut() async throws {
+        try await withHub(linger: 60_000) { hub, binder in
+            let a = SSEOutbox(limit: 1 << 20)
+            let b = SSEOutbox(limit: 1 << 20)
+            let c = SSEOutbox(limit: 1 << 20)
+            _ = try await hub.subscribe(patterns("orders.*"), lastEventID: nil, outbox: a)
+            _ = try await hub.subscribe(patterns("orders.*", "audit.#"), lastEventID: nil, outbox: b)
+            _ = try await hub.subscribe(patterns("audit.#"), lastEventID: nil, outbox: c)
+            #expect(binder.log == ["bind orders.*", "bind audit.#"])
+            hub.deliver(topic: "orders.created", messageID: "m1", contentType: "application/json", body: ByteBuffer(string: #"{"n":1}"#))
+            hub.deliver(topic: "audit.login.ok", messageID: "m2", contentType: "text/plain", body: ByteBuffer(string: "x"))
+            hub.deliver(topic: "other", messageID: "m3", contentType: nil, body: ByteBuffer(string: "y"))
+            #expect(await text(a) == "id: m1\ndata: {\"topic\":\"orders.created\",\"data\":{\"n\":1}}\n\n")
+            #expect(await text(b) == "id: m1\ndata: {\"topic\":\"orders.created\",\"data\":{\"n\":1}}\n\nid: m2\ndata: {\"topic\":\"audit.login.ok\",\"data\":\"x\"}\n\n")
+            #expect(await text(c) == "id: m2\ndata: {\"topic\":\"audit.login.ok\",\"data\":\"x\"}\n\n")
+        }
+    }
+
+    @Test("the last subscriber leaving unbinds after the linger time, not before")
+    func linger() async throws {
+        try await withHub(linger: 1000) { hub, binder in
+            let s1 = try await hub.subscribe(patterns("a.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1024))
+            let s2 = try await hub.subscribe(patterns("a.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1024))
+            hub.unsubscribe(s1.id)
+            let now = WireContract.epochMilliseconds()
+            await hub.sweep(now: now + 5000)
+            #expect(hub.boundPatterns == ["a.*"])
+            hub.unsubscribe(s2.id)
+            await hub.sweep(now: now + 500)
+            #expect(hub.boundPatterns == ["a.*"])
+            await hub.sweep(now: now + 5000)
+            #expect(hub.boundPatterns.isEmpty)
+            #expect(binder.log == ["bind a.*", "unbind a.*"])
+        }
+    }
+
+    @Test("a failed bind subscribes nothing and the error reaches the caller")
+    func bindFailure() async throws {
+        try await withHub { hub, binder in
+            binder.failing.withLock { $0 = true }
+            await #expect(throws: (any Error).self) {
+                try await hub.subscribe(patterns("a.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1024))
+            }
+            #expect(hub.subscriberCount == 0 && hub.boundPatterns.isEmpty)
+        }
+    }
+
+    @Test("resume replays exactly what followed the last id; an unknown id, or one from before the binding, gets a reset")
+    func resume() async throws {
+        try await withHub(linger: 60_000) { hub, _ in
+            let first = try await hub.subscribe(patterns("t.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1 << 20))
+            for i in 1...5 { hub.deliver(topic: "t.x", messageID: "e\(i)", contentType: "text/plain", body: ByteBuffer(string: "\(i)")) }
+            hub.unsubscribe(first.id)
+            let again = try await hub.subscribe(patterns("t.*"), lastEventID: "e3", outbox: SSEOutbox(limit: 1 << 20))
+            #expect(!again.reset)
+            #expect(again.replay.map { String(buffer: $0) } == ["e4", "e5"].enumerated().map { "id: \($1)\ndata: {\"topic\":\"t.x\",\"data\":\"\($0 + 4)\"}\n\n" })
+            let unknown = try await hub.subscribe(patterns("t.*"), lastEventID: "nope", outbox: SSEOutbox(limit: 1024))
+            #expect(unknown.reset && unknown.replay.isEmpty)
+            // u.* was not bound when e2 went by: what it might have missed is unknown.
+            let widened = try await hub.subscribe(patterns("t.*", "u.*"), lastEventID: "e2", outbox: SSEOutbox(limit: 1024))
+            #expect(widened.reset)
+        }
+    }
+
+    @Test("history is bounded in count; ids missing or repeated get an edge id")
+    func historyBound() async throws {
+        try await withHub(history: 2) { hub, _ in
+            _ = try await hub.subscribe(patterns("#"), lastEventID: nil, outbox: SSEOutbox(limit: 1 << 20))
+            hub.deliver(topic: "a", messageID: nil, contentType: nil, body: ByteBuffer(string: "1"))
+            hub.deliver(topic: "a", messageID: "bad id", contentType: nil, body: ByteBuffer(string: "2"))
+            hub.deliver(topic: "a", messageID: "m", contentType: nil, body: ByteBuffer(string: "3"))
+            hub.deliver(topic: "a", messageID: "m", contentType: nil, body: ByteBuffer(string: "4"))
+            let gone = try await hub.subscribe(patterns("#"), lastEventID: "e1-1", outbox: SSEOutbox(limit: 1024))
+            #expect(gone.reset)
+            let kept = try await hub.subscribe(patterns("#"), lastEventID: "m", outbox: SSEOutbox(limit: 1024))
+            #expect(!kept.reset && kept.replay.map { String(buffer: $0) } == ["id: e1-4\ndata: {\"topic\":\"a\",\"data\":4}\n\n"])
+        }
+    }
+}
