@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Gangway needs on Debian/Ubuntu: rabbitmq-c and OpenSSL headers to build,
-# RabbitMQ to run a local broker, and the outside clients the tests drive it with.
+# RabbitMQ to run a local broker, and the outside clients the tests drive it with
+# (curl, wrk, pika, sseclient-py, and headless Chromium through selenium).
 # The Swift 6 toolchain itself is expected on PATH (swift.org builds; /opt/swift here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-packages=(rabbitmq-server librabbitmq-dev libssl-dev curl wrk python3 python3-pip openssl)
+packages=(rabbitmq-server librabbitmq-dev libssl-dev curl wrk python3 python3-pip openssl chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
