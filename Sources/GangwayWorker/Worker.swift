@@ -214,6 +214,12 @@ extension Worker {
         let context = JobContext(jobID: id, connection: connection, appID: configuration.name)
         // A task of its own so that `DELETE /v1/jobs/{id}` (a cancel message) can cancel it;
         // awaited right here, so it never outlives this delivery.
+        // Cancelled while it waited in the queue: report it cancelled without running it.
+        if inFlight.takeEarlyCancel(id) {
+            logger.info("worker.cancelled.before.start", metadata: ["job.id": "\(id)"])
+            await finish(delivery, context, kind: "cancelled", #"{"reason":"cancelled on request before it started"}"#)
+            return
+        }
         let task = Task { try await handler(request, context) }
         inFlight.insert(id, task)
         defer { inFlight.remove(id) }
@@ -246,19 +252,51 @@ extension Worker {
 }
 
 /// Streams and jobs in progress by correlation or job id, so that a cancel message can reach
-/// them.
+/// them; and cancels that came for an id not (yet) here, so that a job cancelled while it waited
+/// in its queue is not run when it arrives (bounded: the newest 10,000, for an hour).
 final class InFlight: Sendable {
-    private let tasks = Mutex<[String: @Sendable () -> Void]>([:])
+    struct State {
+        var tasks: [String: @Sendable () -> Void] = [:]
+        var early: [String: Int64] = [:]
+        var earlyOrder: [String] = []
+    }
 
+    private let state = Mutex(State())
+    static let earlyLimit = 10_000
+    static let earlyMilliseconds: Int64 = 3_600_000
+
+    /// Registers a task; cancels it at once if a cancel came for it in the meantime.
     func insert<Success: Sendable>(_ id: String, _ task: Task<Success, any Error>) {
-        tasks.withLock { $0[id] = { task.cancel() } }
+        let cancelled = state.withLock { s -> Bool in
+            s.tasks[id] = { task.cancel() }
+            return s.early.removeValue(forKey: id) != nil
+        }
+        if cancelled { task.cancel() }
     }
 
     func remove(_ id: String) {
-        tasks.withLock { _ = $0.removeValue(forKey: id) }
+        state.withLock { _ = $0.tasks.removeValue(forKey: id) }
     }
 
     func cancel(_ id: String) {
-        tasks.withLock { $0[id] }?()
+        let now = WireContract.epochMilliseconds()
+        let running: (@Sendable () -> Void)? = state.withLock { s in
+            if let cancel = s.tasks[id] { return cancel }
+            if s.early.updateValue(now, forKey: id) == nil { s.earlyOrder.append(id) }
+            while s.earlyOrder.count > Self.earlyLimit || (s.earlyOrder.first.flatMap { s.early[$0] }.map { now - $0 > Self.earlyMilliseconds } ?? false) {
+                s.early[s.earlyOrder.removeFirst()] = nil
+            }
+            return nil
+        }
+        running?()
+    }
+
+    /// Whether a cancel came for `id` before it started (and forgets it).
+    func takeEarlyCancel(_ id: String) -> Bool {
+        let now = WireContract.epochMilliseconds()
+        return state.withLock { s in
+            guard let at = s.early.removeValue(forKey: id) else { return false }
+            return now - at <= Self.earlyMilliseconds
+        }
     }
 }

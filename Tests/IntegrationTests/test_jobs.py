@@ -213,6 +213,25 @@ def test_delete_cancels_a_running_job_through_the_worker(stack):
     assert requests.delete(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
 
 
+def test_delete_of_a_job_still_waiting_in_its_queue_means_it_never_runs(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"], extra=["--prefetch", "1"])
+    running = submit(edge, "steps=3&delay_ms=700").json()["id"]
+    waiting = submit(edge, "steps=3&delay_ms=100").json()["id"]
+    deadline = time.monotonic() + 5
+    while requests.get(edge.base + f"/v1/jobs/{running}").json()["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert requests.get(edge.base + f"/v1/jobs/{waiting}").json()["status"] == "queued"
+    assert requests.delete(edge.base + f"/v1/jobs/{waiting}").status_code == 202
+    _, events = follow(edge, waiting)
+    # Not a single log or progress event: it was never started.
+    assert [e.event for e in events] == ["cancelled"]
+    assert "before it started" in events[0].data
+    assert requests.get(edge.base + f"/v1/jobs/{waiting}").json()["status"] == "cancelled"
+    _, events = follow(edge, running)
+    assert events[-1].event == "done"
+
+
 def test_a_finished_job_redirects_to_its_result_when_the_route_says_so(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
