@@ -130,11 +130,9 @@ public final class JobHub: Sendable {
         }
         guard let event, !followers.isEmpty else { return }
         let encoded = Self.encode(event)
-        for follower in followers {
-            // An outbox that overflows ends itself and has its client cut off.
-            follower.outbox.push(encoded)
-            if finished { follower.outbox.finish() }
-        }
+        let outboxes = followers.map(\.outbox)
+        // An outbox that overflows ends itself and has its client cut off.
+        SSEOutbox.fanOut(encoded, to: outboxes, thenFinish: finished)
     }
 
     /// One event as Server-Sent Events: `id: <seq>`, `event: <kind>`, `data: <body>`.

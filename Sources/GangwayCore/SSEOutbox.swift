@@ -1,13 +1,18 @@
 import NIOCore
 import Synchronization
 
-/// The bytes waiting to go out to one event-stream client, bounded in bytes.
+/// The bytes on their way to one event-stream client, bounded in bytes.
 ///
-/// Producers (the broker's consumer thread, the heartbeat ticker) ``push(_:)`` encoded events;
-/// the client's response writer takes everything queued at once with ``next()``. While the
-/// writer is stuck on a client that does not read, the queue grows; past ``limit`` bytes the
-/// outbox ends with ``End/overflow``, drops what it held and calls the overflow handler (the
-/// edge closes the connection), so a slow client costs at most `limit` bytes here.
+/// Producers (the broker's consumer thread, the heartbeat ticker) ``push(_:)`` encoded events.
+/// Until a sink is attached they queue, and the client's response writer takes everything
+/// queued at once with ``next()``. Once the writer has sent what must come first, it attaches
+/// a ``Sink`` (the connection itself): each push then goes straight to it, with no task to wake,
+/// and its bytes count until the sink reports them written.
+///
+/// Either way, past ``limit`` bytes waiting (queued, or handed to the sink and not yet written
+/// because the client does not read) the outbox ends with ``End/overflow``, drops what it held
+/// and calls the overflow handler (the edge closes the connection): a slow client costs at most
+/// about `limit` bytes here.
 public final class SSEOutbox: Sendable {
     public enum End: Sendable, Equatable {
         /// The stream is complete (a job finished, the edge shuts down).
@@ -21,24 +26,54 @@ public final class SSEOutbox: Sendable {
         case end(End)
     }
 
+    /// Writes bytes to the client and calls `written` once they have left the process (or
+    /// failed to). Called in push order, possibly on any thread; must not block.
+    public typealias Sink = @Sendable (_ bytes: ByteBuffer, _ written: @escaping @Sendable () -> Void) -> Void
+
     struct State {
         var pending: [ByteBuffer] = []
         var bytes = 0
         var end: End?
         var waiter: CheckedContinuation<Next, Never>?
         var onOverflow: (@Sendable () -> Void)?
+        var sink: Sink?
+        var loop: (any EventLoop)?
     }
 
     /// Bytes that may wait for the client before it is cut off.
     public let limit: Int
     private let state = Mutex(State())
+    /// Bytes handed to the sink and not yet written.
+    private let unwritten = Atomic<Int>(0)
 
     public init(limit: Int) {
         self.limit = limit
     }
 
-    /// Bytes queued now.
-    public var queuedBytes: Int { state.withLock { $0.bytes } }
+    /// Bytes queued now, or handed to the sink and not yet written.
+    public var queuedBytes: Int { state.withLock { $0.bytes } + unwritten.load(ordering: .relaxed) }
+
+    /// From now on, sends pushed bytes (and what is queued) straight to `sink`.
+    /// - Parameter loop: where the sink is cheapest to call (the connection's event loop):
+    ///   ``fanOut(_:to:)`` pushes there.
+    public func attach(on loop: (any EventLoop)? = nil, _ sink: @escaping Sink) {
+        state.withLock { s in
+            guard s.end == nil else { return }
+            s.sink = sink
+            s.loop = loop
+            let queued = s.pending
+            s.pending = []
+            s.bytes = 0
+            // Under the lock, so that nothing pushed meanwhile overtakes them.
+            for buffer in queued { send(buffer, to: sink) }
+        }
+    }
+
+    private func send(_ buffer: ByteBuffer, to sink: Sink) {
+        let n = buffer.readableBytes
+        unwritten.add(n, ordering: .relaxed)
+        sink(buffer) { self.unwritten.subtract(n, ordering: .relaxed) }
+    }
 
     /// How the outbox ended, or nil while it is open.
     public var end: End? { state.withLock { $0.end } }
@@ -66,6 +101,18 @@ public final class SSEOutbox: Sendable {
         }
         let action: Action = state.withLock { s in
             guard s.end == nil else { return .ended }
+            if let sink = s.sink {
+                if unwritten.load(ordering: .relaxed) + buffer.readableBytes > limit {
+                    s.end = .overflow
+                    s.sink = nil
+                    s.loop = nil
+                    let handler = s.onOverflow
+                    s.onOverflow = nil
+                    return .overflow(s.waiter.take(), handler)
+                }
+                send(buffer, to: sink)
+                return .none
+            }
             if let waiter = s.waiter {
                 s.waiter = nil
                 return .wake(waiter, [buffer])
@@ -97,12 +144,38 @@ public final class SSEOutbox: Sendable {
         }
     }
 
+    /// Pushes one buffer to many outboxes: those attached to an event loop get it in one task
+    /// per loop, which writes to each of its connections in turn, so the caller's thread does
+    /// not pay for every connection and the loops share the work.
+    /// - Parameter thenFinish: the buffer is the stream's last: finish each outbox after it.
+    public static func fanOut(_ buffer: ByteBuffer, to outboxes: [SSEOutbox], thenFinish: Bool = false) {
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, outboxes: [SSEOutbox])] = [:]
+        for outbox in outboxes {
+            if let loop = outbox.state.withLock({ $0.loop }) {
+                byLoop[ObjectIdentifier(loop), default: (loop, [])].outboxes.append(outbox)
+            } else {
+                outbox.push(buffer)
+                if thenFinish { outbox.finish() }
+            }
+        }
+        for (loop, group) in byLoop.values {
+            loop.execute {
+                for outbox in group {
+                    outbox.push(buffer)
+                    if thenFinish { outbox.finish() }
+                }
+            }
+        }
+    }
+
     /// Ends the stream once what is queued has been taken.
     public func finish() {
         let waiter: CheckedContinuation<Next, Never>? = state.withLock { s in
             guard s.end == nil else { return nil }
             s.end = .finished
             s.onOverflow = nil
+            s.sink = nil
+            s.loop = nil
             let w = s.waiter
             s.waiter = nil
             return w
@@ -182,8 +255,7 @@ public final class SSEClients: Sendable {
 
     /// Queues a heartbeat comment on every open stream.
     public func heartbeat() {
-        let all = state.withLock { Array($0.outboxes.values) }
-        for outbox in all { outbox.push(Self.heartbeat) }
+        SSEOutbox.fanOut(Self.heartbeat, to: state.withLock { Array($0.outboxes.values) })
     }
 
     /// Ends every stream (graceful shutdown).

@@ -277,7 +277,7 @@ public final class TopicHub: Sendable {
             let ids = single ?? matched
             return (encoded, ids.compactMap { s.subscribers[$0] })
         }
-        for outbox in targets { outbox.push(encoded) }
+        SSEOutbox.fanOut(encoded, to: targets)
     }
 
     /// `{"topic": …, "data": …}`: a JSON body embedded as JSON, any other as a string.

@@ -2,6 +2,7 @@ import GangwayCore
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import NIOHTTPTypes
 
 /// A `text/event-stream` response fed by an ``SSEOutbox``: what comes first (the `retry:` hint,
 /// a reset notice, replayed history) is written as it is, then whatever the outbox collects,
@@ -40,12 +41,24 @@ enum EventStreamResponse {
             channel.pipeline.addHandler(ClientGoneWatcher(outbox: outbox), position: .first).whenFailure { _ in outbox.finish() }
         }
         let logger = context.logger
+        let channel = context.channel
         let body = ResponseBody { writer in
             defer {
                 onEnd()
                 clients.close(outbox)
             }
             try await writer.write(contentsOf: [retry] + preamble)
+            if let channel {
+                // From here on events go straight from the producer to the connection: no task
+                // to wake per event and client, which is most of the cost of fanning one event
+                // out to thousands of streams. The writes above are in the pipeline already, so
+                // these come after them; `finish` below comes after these.
+                outbox.attach(on: channel.eventLoop) { bytes, written in
+                    let promise = channel.eventLoop.makePromise(of: Void.self)
+                    promise.futureResult.whenComplete { _ in written() }
+                    channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
+                }
+            }
             loop: while true {
                 switch await outbox.next() {
                 case .bytes(let batch):

@@ -85,4 +85,30 @@ struct SSEOutboxTests {
         clients.close(b)
         #expect(clients.count == 0 && clients.cutOff == 1)
     }
+
+    @Test("an attached sink gets what was queued, then every push in order; unwritten bytes count toward the bound")
+    func sink() async {
+        let box = SSEOutbox(limit: 10)
+        box.push(ByteBuffer(string: "ab"))
+        let sent = Mutex<[String]>([])
+        let pendingAcks = Mutex<[@Sendable () -> Void]>([])
+        box.attach { bytes, written in
+            sent.withLock { $0.append(String(buffer: bytes)) }
+            pendingAcks.withLock { $0.append(written) }
+        }
+        #expect(box.push(ByteBuffer(string: "cd")))
+        #expect(sent.withLock { $0 } == ["ab", "cd"])
+        #expect(box.queuedBytes == 4)
+        // Written: those bytes no longer count.
+        pendingAcks.withLock { acks in acks.forEach { $0() } }
+        #expect(box.queuedBytes == 0)
+        #expect(box.push(ByteBuffer(string: "123456")))
+        #expect(box.push(ByteBuffer(string: "789")))
+        #expect(box.push(ByteBuffer(string: "XY")) == false)
+        #expect(box.end == .overflow)
+        guard case .end(.overflow) = await box.next() else {
+            Issue.record("overflow not reported to the writer")
+            return
+        }
+    }
 }
