@@ -51,6 +51,10 @@ struct DevCommand: AsyncParsableCommand {
                       curl -s http://localhost:\(port)/v1/time
                       curl -s http://localhost:\(port)/v1/dashboard
                       curl -sN -X POST 'http://localhost:\(port)/v1/stream/count?n=5' -H 'accept: application/x-ndjson'
+                      curl -si -X POST 'http://localhost:\(port)/v1/jobs/render?steps=5'    # then: curl -sN <events_url>
+                      curl -sN 'http://localhost:\(port)/v1/topics/stream?match=orders.*' &
+                      curl -s -X POST http://localhost:\(port)/v1/topics/orders.created -d '{"id":1}'
+                    Live job progress in the browser: http://localhost:\(port)/
                     Ctrl-C stops everything.
 
                     """
