@@ -67,7 +67,7 @@ print(f"deliveries: {kv['received']} of {kv['expected']} expected; streams close
 print(f"delivery latency ms: p50 {kv['p50_ms']}  p90 {kv['p90_ms']}  p99 {kv['p99_ms']}  max {kv['max_ms']}")
 print(f"edge RSS: idle {int(rss_idle)/1024:.1f} MiB, with the streams {int(rss_open)/1024:.1f} MiB, after publishing {int(rss_after)/1024:.1f} MiB"
       f" = {per_k:.2f} MiB per 1,000 open streams")
-print(f"edge CPU while publishing: {cpu:.0f}% of one core")
+print(f"edge CPU while publishing: {cpu:.0f}% of one core; the load client (reading every stream): {kv['client_cpu_pct']}%")
 def ms(text):
     v, u = re.match(r"([\d.]+)(us|ms|s)", text).groups()
     return float(v) / 1000 if u == "us" else float(v) * 1000 if u == "s" else float(v)

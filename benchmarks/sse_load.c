@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -202,6 +203,9 @@ int main(int argc, char **argv) {
     sleep(2);
 
     pthread_t pub;
+    struct rusage usage0;
+    getrusage(RUSAGE_SELF, &usage0);
+    int64_t started = now_us();
     pthread_create(&pub, NULL, publisher, params);
     int closed = 0;
     int64_t drain_until = 0;
@@ -227,6 +231,12 @@ int main(int argc, char **argv) {
         }
     }
     pthread_join(pub, NULL);
+    struct rusage usage1;
+    getrusage(RUSAGE_SELF, &usage1);
+    double cpu_s = (usage1.ru_utime.tv_sec - usage0.ru_utime.tv_sec) + (usage1.ru_stime.tv_sec - usage0.ru_stime.tv_sec)
+        + ((usage1.ru_utime.tv_usec - usage0.ru_utime.tv_usec) + (usage1.ru_stime.tv_usec - usage0.ru_stime.tv_usec)) / 1e6;
+    double wall_s = (now_us() - started) / 1e6;
+    printf("client_cpu_pct=%.0f ", cpu_s / wall_s * 100);
     unsigned long expected = atomic_load(&published) * (unsigned long)headers;
     printf("published=%lu expected=%lu received=%llu closed=%d p50_ms=%.1f p90_ms=%.1f p99_ms=%.1f max_ms=%.1f over_20s=%llu\n",
            atomic_load(&published), expected, (unsigned long long)received, closed, percentile(0.50), percentile(0.90),

@@ -1,5 +1,7 @@
 #include "CRabbitMQ.h"
 
+#include <openssl/evp.h>
+
 #include <poll.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
@@ -49,4 +51,9 @@ int gw_poll2(int sockfd, int wakefd, int timeout_ms) {
   if (sockfd >= 0 && fds[0].revents != 0) result |= 1;
   if (wake_index >= 0 && fds[wake_index].revents != 0) result |= 2;
   return result;
+}
+
+int gw_sha256(const void *data, size_t len, unsigned char *out) {
+    unsigned int n = 0;
+    return EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }

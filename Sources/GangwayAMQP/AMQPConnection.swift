@@ -56,6 +56,7 @@ public final class AMQPConnection: Sendable {
         case reject(deliveryTag: UInt64, requeue: Bool, generation: UInt64)
         case declare(Topology, CheckedContinuation<Void, any Error>)
         case unbind(BindingSpec, CheckedContinuation<Void, any Error>)
+        case purgeQueue(String, CheckedContinuation<Void, any Error>)
         case inspectQueue(String, CheckedContinuation<QueueInfo?, any Error>)
         case startConsumer(tag: String)
         case cancelConsumer(tag: String)
@@ -249,6 +250,15 @@ public final class AMQPConnection: Sendable {
     public func unbind(_ binding: BindingSpec) async throws {
         try await withCheckedThrowingContinuation { continuation in
             if let error = enqueue(.unbind(binding, continuation), needsConnection: true, rejectWhenBlocked: false) {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// Removes every ready message from a queue.
+    public func purgeQueue(_ name: String) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            if let error = enqueue(.purgeQueue(name, continuation), needsConnection: true, rejectWhenBlocked: false) {
                 continuation.resume(throwing: error)
             }
         }

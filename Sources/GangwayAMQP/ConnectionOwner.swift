@@ -143,6 +143,7 @@ final class ConnectionOwner: @unchecked Sendable {
         case .publish(_, let token): token.settle(.failure(error))
         case .declare(_, let c): c.resume(throwing: error)
         case .unbind(_, let c): c.resume(throwing: error)
+        case .purgeQueue(_, let c): c.resume(throwing: error)
         case .inspectQueue(_, let c): c.resume(throwing: error)
         case .ack, .reject, .startConsumer, .cancelConsumer: break
         }
@@ -455,6 +456,15 @@ final class ConnectionOwner: @unchecked Sendable {
         case .unbind(let binding, let continuation):
             do {
                 try unbind(binding, on: state)
+                continuation.resume()
+            } catch let error as AMQPError {
+                continuation.resume(throwing: error)
+                throw Lost(reason: error.message)
+            }
+        case .purgeQueue(let name, let continuation):
+            amqp_queue_purge(state, Self.publishChannel, amqp_cstring_bytes(name))
+            do {
+                try check(amqp_get_rpc_reply(state), "queue.purge \(name)")
                 continuation.resume()
             } catch let error as AMQPError {
                 continuation.resume(throwing: error)

@@ -7,10 +7,13 @@ import NIOCore
 public struct JobClient: Sendable {
     let client: RequestReplyClient
     public let hub: JobHub
+    let claims: (any ClaimRegistry)?
 
-    public init(client: RequestReplyClient, hub: JobHub) {
+    /// - Parameter claims: makes an `Idempotency-Key` hold across edges; without it, per edge.
+    public init(client: RequestReplyClient, hub: JobHub, claims: (any ClaimRegistry)? = nil) {
         self.client = client
         self.hub = hub
+        self.claims = claims
     }
 
     /// Publishes the job and waits for the broker's confirm: a returned id means the broker
@@ -27,14 +30,39 @@ public struct JobClient: Sendable {
             }
             let scoped = "\(request.route.name) \(key)"
             if let existing = hub.claim(idempotencyKey: scoped, for: id) { return existing }
+            if let existing = try await claimAcrossEdges(scoped, for: id) { return existing }
             idempotencyKey = scoped
         }
         do {
             return try await publish(request, id: id, idempotencyKey: idempotencyKey)
         } catch {
-            if let idempotencyKey { hub.release(idempotencyKey: idempotencyKey, for: id) }
+            if let idempotencyKey {
+                hub.release(idempotencyKey: idempotencyKey, for: id)
+                try? await claims?.releaseClaim(idempotencyKey)
+            }
             throw error
         }
+    }
+
+    /// Claims the key at the broker, where all edges meet.
+    /// - Returns: nil when `id` now holds the key; otherwise the job that holds it, learnt from
+    ///   its `queued` notice (which the winning edge sends within milliseconds of its claim).
+    private func claimAcrossEdges(_ key: String, for id: String) async throws(GatewayError) -> String? {
+        guard let claims else { return nil }
+        let won: Bool
+        do {
+            won = try await claims.claim(key, for: id)
+        } catch {
+            hub.release(idempotencyKey: key, for: id)
+            throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)")
+        }
+        if won { return nil }
+        hub.release(idempotencyKey: key, for: id)
+        for _ in 0..<60 {
+            if let existing = hub.job(forIdempotencyKey: key) { return existing }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        throw .conflict("a job with this Idempotency-Key was submitted through another edge and is not known here yet; retry shortly")
     }
 
     private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(GatewayError) -> String {

@@ -151,6 +151,11 @@ public final class JobHub: Sendable {
         }
     }
 
+    /// The job that holds an idempotency key, if this edge knows it.
+    public func job(forIdempotencyKey key: String) -> String? {
+        state.withLock { $0.idempotency[key] }
+    }
+
     /// Gives a key back after the submission failed.
     public func release(idempotencyKey key: String, for jobID: String) {
         state.withLock { s in
@@ -163,10 +168,11 @@ public final class JobHub: Sendable {
         state.withLock { $0.jobs[jobID]?.status.resultRedirect = true }
     }
 
-    /// Records which key a job was submitted under (from its queued notice on any edge).
+    /// Records which key a job was submitted under (from its queued notice on any edge). An
+    /// announced job is published: it wins over a claim still in progress here.
     public func remember(idempotencyKey key: String, for jobID: String) {
         state.withLock { s in
-            if s.idempotency[key] == nil { s.idempotency[key] = jobID }
+            s.idempotency[key] = jobID
             s.jobs[jobID]?.idempotencyKey = key
         }
     }

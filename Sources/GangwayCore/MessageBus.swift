@@ -15,3 +15,14 @@ public protocol MessageBus: Sendable {
     /// Consumers on a queue, or `nil` when the queue does not exist.
     func consumerCount(queue: String) async throws -> UInt32?
 }
+
+/// Claims that hold across every edge, decided by the broker: the first claim of a key wins,
+/// later ones learn that it is taken. Idempotency keys use it, so that the same key sent to
+/// two edges at once still makes one job.
+public protocol ClaimRegistry: Sendable {
+    /// Claims `key` for `value`.
+    /// - Returns: true when this call claimed it, false when it was claimed before.
+    func claim(_ key: String, for value: String) async throws -> Bool
+    /// Gives a claim back: what it was for did not happen.
+    func releaseClaim(_ key: String) async throws
+}

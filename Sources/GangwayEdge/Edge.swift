@@ -61,6 +61,7 @@ public struct Edge: Sendable {
         jobs: JobHub,
         topics: TopicHub,
         eventStreams: SSEClients,
+        claims: (any ClaimRegistry)? = nil,
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
@@ -73,7 +74,7 @@ public struct Edge: Sendable {
                 aggregate: AggregateHandler(client: AggregateClient(client: client)),
                 stream: StreamHandler(client: StreamClient(client: client)),
                 gather: GatherHandler(client: GatherClient(client: client)),
-                job: JobHandler(client: JobClient(client: client, hub: jobs), clients: eventStreams),
+                job: JobHandler(client: JobClient(client: client, hub: jobs, claims: claims), clients: eventStreams),
                 topics: TopicHandler(hub: topics, bus: bus, clients: eventStreams, maxBodyBytes: configuration.topicMaxBodyBytes),
                 demoPage: configuration.demoPage,
                 reservedPaths: [healthPath, readyPath]

@@ -1,6 +1,7 @@
 import GangwayAMQP
 import GangwayAMQPCore
 import GangwayCore
+import NIOCore
 
 /// The edge's ``MessageBus`` on two AMQP connections: one publishes (confirm mode), one
 /// consumes the edge's exclusive reply queue, so that neither waits on the other.
@@ -28,4 +29,44 @@ final class AMQPMessageBus: MessageBus {
     func consumerCount(queue: String) async throws -> UInt32? {
         try await publisher.inspectQueue(queue)?.consumerCount
     }
+}
+
+extension AMQPMessageBus: ClaimRegistry {
+    /// A claim is a queue that holds at most one message and refuses more
+    /// (`x-overflow: reject-publish`): the first confirmed publish wins, any later one is nacked.
+    /// The queue expires an hour after its last use, as job history does (gangway.events.log).
+    static func claimQueue(_ key: String) -> QueueSpec {
+        QueueSpec(
+            name: "gangway.claim." + Digest.sha256Hex(key).prefix(40),
+            durable: true,
+            arguments: ["x-max-length": .int(1), "x-overflow": "reject-publish", "x-expires": .int(3_600_000)]
+        )
+    }
+
+    func claim(_ key: String, for value: String) async throws -> Bool {
+        let queue = Self.claimQueue(key)
+        try await publisher.declare(Topology(queues: [queue]))
+        let message = OutboundMessage(
+            exchange: "",
+            routingKey: queue.name,
+            mandatory: true,
+            properties: AMQPProperties(contentType: "text/plain", deliveryMode: 2, appID: WireContract.appID),
+            body: ByteBuffer(string: value)
+        )
+        switch try await publisher.publish(message) {
+        case .confirmed: return true
+        case .nacked: return false
+        case .returned(let code, let text): throw ClaimQueueMissing(queue: queue.name, reason: "\(code) \(text)")
+        }
+    }
+
+    func releaseClaim(_ key: String) async throws {
+        try await publisher.purgeQueue(Self.claimQueue(key).name)
+    }
+}
+
+struct ClaimQueueMissing: Error, CustomStringConvertible {
+    let queue: String
+    let reason: String
+    var description: String { "the claim queue \(queue) vanished (\(reason))" }
 }

@@ -120,6 +120,7 @@ enum EdgeServices {
             jobs: jobs,
             topics: topics,
             eventStreams: eventStreams,
+            claims: bus,
             logger: logger,
             onServerRunning: onServerRunning
         )

@@ -100,5 +100,11 @@ struct JobHubTests {
         #expect(hub.claim(idempotencyKey: "r k", for: "j3") == nil)
         hub.remember(idempotencyKey: "r other", for: "j9")
         #expect(hub.claim(idempotencyKey: "r other", for: "j10") == "j9")
+        // Announced by another edge while this one's claim was in progress: the announced job
+        // wins, and giving back the losing claim does not forget it.
+        #expect(hub.claim(idempotencyKey: "r race", for: "mine") == nil)
+        hub.remember(idempotencyKey: "r race", for: "theirs")
+        hub.release(idempotencyKey: "r race", for: "mine")
+        #expect(hub.job(forIdempotencyKey: "r race") == "theirs")
     }
 }

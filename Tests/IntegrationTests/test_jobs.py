@@ -4,6 +4,7 @@ import signal
 import threading
 import time
 
+import pika
 import requests
 import sseclient
 
@@ -156,7 +157,7 @@ def test_idempotency_key_returns_the_same_job_on_this_edge_and_on_another(stack)
     edge_a = stack.start_edge()
     edge_b = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
-    headers = {"idempotency-key": "order-77", "content-type": "application/json"}
+    headers = {"idempotency-key": f"order-77-{stack.suffix}", "content-type": "application/json"}
     url = "/v1/jobs/render?steps=2&delay_ms=100"
     first = requests.post(edge_a.base + url, data="{}", headers=headers)
     again = requests.post(edge_a.base + url, data="{}", headers=headers)
@@ -165,10 +166,56 @@ def test_idempotency_key_returns_the_same_job_on_this_edge_and_on_another(stack)
     time.sleep(0.5)  # the queued notice reaches the other edge through the event stream
     elsewhere = requests.post(edge_b.base + url, data="{}", headers=headers)
     assert elsewhere.json()["id"] == first.json()["id"]
-    other = requests.post(edge_a.base + url, data="{}", headers={"idempotency-key": "order-78"})
+    other = requests.post(edge_a.base + url, data="{}", headers={"idempotency-key": f"order-78-{stack.suffix}"})
     assert other.json()["id"] != first.json()["id"]
     bad = requests.post(edge_a.base + url, data="{}", headers={"idempotency-key": "x" * 300})
     assert bad.status_code == 400
+
+
+def test_the_same_idempotency_key_sent_to_two_edges_at_once_makes_one_job(stack):
+    edge_a = stack.start_edge()
+    edge_b = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    url = "/v1/jobs/render?steps=1&delay_ms=0"
+    for round_ in range(10):
+        headers = {"idempotency-key": f"race-{round_}-{stack.suffix}", "content-type": "application/json"}
+        barrier = threading.Barrier(2)
+        answers = {}
+
+        def post(name, edge):
+            barrier.wait()
+            answers[name] = requests.post(edge.base + url, data="{}", headers=headers)
+
+        threads = [threading.Thread(target=post, args=(n, e)) for n, e in (("a", edge_a), ("b", edge_b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers["a"].status_code == answers["b"].status_code == 202, (answers["a"].text, answers["b"].text)
+        assert answers["a"].json()["id"] == answers["b"].json()["id"]
+        follow(edge_a, answers["a"].json()["id"])  # until done
+    # Ten keys, ten jobs published: every published job is announced once on the event log
+    # (job.<id>.queued with its key), so count the announcements that carry these keys.
+    announced = queued_notices(stack, f"-{stack.suffix}")
+    assert sorted(announced.values()) == sorted(f"job-render race-{r}-{stack.suffix}" for r in range(10)), announced
+
+
+def queued_notices(stack, key_suffix):
+    """job id → idempotency key of every queued notice on gangway.events.log whose key ends so."""
+    connection = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+    found = {}
+    deadline = time.monotonic() + 10
+    for method, properties, _ in channel.consume("gangway.events.log", arguments={"x-stream-offset": "first"}, inactivity_timeout=1):
+        if method is None or time.monotonic() > deadline:
+            break
+        key = (properties.headers or {}).get("x-idempotency-key")
+        if method.routing_key.endswith(".queued") and isinstance(key, str) and key.endswith(key_suffix):
+            found[method.routing_key.split(".")[1]] = key
+        channel.basic_ack(method.delivery_tag)
+    connection.close()
+    return found
 
 
 def test_a_poison_job_is_dead_lettered_after_five_deliveries_and_reported_failed(stack):

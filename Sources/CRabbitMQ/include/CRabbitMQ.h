@@ -23,6 +23,10 @@ void gw_eventfd_drain(int fd);
 /// Returns a bit set: 1 socket readable (or in error), 2 woken, 0 timed out, -1 on poll error.
 int gw_poll2(int sockfd, int wakefd, int timeout_ms);
 
+/// SHA-256 of `len` bytes into `out` (32 bytes), with the OpenSSL that rabbitmq-c's TLS uses.
+/// Returns 1 on success.
+int gw_sha256(const void *data, size_t len, unsigned char *out);
+
 /// Field-value accessors: Swift imports the anonymous union poorly on some toolchains.
 static inline amqp_bytes_t gw_field_bytes(const amqp_field_value_t *v) { return v->value.bytes; }
 static inline amqp_table_t gw_field_table(const amqp_field_value_t *v) { return v->value.table; }
