@@ -10,6 +10,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   scripts/broker.sh stop "$work/broker" || true
+  rm -rf "$work"
 }
 trap cleanup EXIT
 

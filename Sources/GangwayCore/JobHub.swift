@@ -9,8 +9,9 @@ import Foundation
 /// with `x-seq`), and the SSE clients following them.
 ///
 /// Every edge consumes the events through a queue of its own, so any edge can answer for any
-/// job. History is bounded per job (``historyLimit`` events) and in jobs (``jobLimit``, the
-/// oldest forgotten first). Live events go to each follower's ``SSEOutbox``, which cuts off a
+/// job. History is bounded per job (``historyLimit`` events), in jobs (``jobLimit``, the
+/// oldest forgotten first) and in age (a finished job is forgotten ``finishedAgeMilliseconds``
+/// after its last event). Live events go to each follower's ``SSEOutbox``, which cuts off a
 /// client that does not read rather than let it grow memory.
 public final class JobHub: Sendable {
     public struct Event: Sendable {
@@ -70,9 +71,22 @@ public final class JobHub: Sendable {
     public let historyLimit: Int
     public let jobLimit: Int
 
-    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000) {
+    /// Milliseconds a finished job is kept after its last event (the event log's retention).
+    public let finishedAgeMilliseconds: Int64
+
+    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000, finishedAgeMilliseconds: Int64 = 3_600_000) {
         self.historyLimit = historyLimit
         self.jobLimit = jobLimit
+        self.finishedAgeMilliseconds = finishedAgeMilliseconds
+    }
+
+    /// Forgets the oldest jobs while they are finished and past their age.
+    private func expire(_ s: inout State, now: Int64) {
+        while let first = s.order.first, let job = s.jobs[first], job.status.isFinished, now - job.status.updated > finishedAgeMilliseconds {
+            s.order.removeFirst()
+            s.jobs[first] = nil
+            if let key = job.idempotencyKey, s.idempotency[key] == first { s.idempotency[key] = nil }
+        }
     }
 
     /// Records an event; called on the consumer thread. `seq` 0 is the edge's own "queued"
@@ -85,6 +99,7 @@ public final class JobHub: Sendable {
             progress = ((json["percent"] as? NSNumber)?.doubleValue, json["message"] as? String)
         }
         let (followers, event, finished): ([Follower], Event?, Bool) = state.withLock { s in
+            expire(&s, now: now)
             if s.jobs[jobID] == nil {
                 s.jobs[jobID] = Job(status: Status(id: jobID, status: "queued", created: now, updated: now, lastSeq: 0))
                 s.order.append(jobID)

@@ -89,6 +89,17 @@ struct JobHubTests {
         #expect(hub.status(of: "a") == nil && hub.status(of: "b") != nil && hub.status(of: "c") != nil)
     }
 
+    @Test("a finished job is forgotten after its age; an unfinished one is kept")
+    func age() async throws {
+        let hub = JobHub(finishedAgeMilliseconds: 50)
+        hub.record(jobID: "done", kind: "done", seq: 1, body: body("{}"))
+        hub.record(jobID: "running", kind: "progress", seq: 1, body: body("{}"))
+        try await Task.sleep(for: .milliseconds(120))
+        hub.record(jobID: "new", kind: "queued", seq: 0, body: body("{}"))
+        #expect(hub.status(of: "done") == nil)
+        #expect(hub.status(of: "running") != nil && hub.status(of: "new") != nil)
+    }
+
     @Test("an idempotency key is claimed once; a failed submission gives it back")
     func idempotency() {
         let hub = JobHub()
