@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "GangwayConfigTests", dependencies: ["GangwayConfig", "GangwayAMQPCore"]),
         .testTarget(
             name: "GangwayCoreTests",
-            dependencies: ["GangwayCore", "GangwayConfig", "GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["GangwayCore", "GangwayConfig", "GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
         ),
     ]
 )

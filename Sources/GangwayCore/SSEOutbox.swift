@@ -54,19 +54,34 @@ public final class SSEOutbox: Sendable {
     public var queuedBytes: Int { state.withLock { $0.bytes } + unwritten.load(ordering: .relaxed) }
 
     /// From now on, sends pushed bytes (and what is queued) straight to `sink`.
-    /// - Parameter loop: where the sink is cheapest to call (the connection's event loop):
-    ///   ``fanOut(_:to:)`` pushes there.
+    /// - Parameter loop: the connection's event loop. The sink is then attached there, and
+    ///   ``fanOut(_:to:thenFinish:)`` pushes there, so that every write to the connection
+    ///   happens on its loop, in order; from this call on, ``next()`` leaves queued bytes to
+    ///   the sink and only reports the end.
     public func attach(on loop: (any EventLoop)? = nil, _ sink: @escaping Sink) {
+        guard let loop else {
+            attachNow(sink)
+            return
+        }
         state.withLock { s in
-            guard s.end == nil else { return }
-            s.sink = sink
-            s.loop = loop
+            if s.end == nil { s.loop = loop }
+        }
+        loop.execute { self.attachNow(sink) }
+    }
+
+    private func attachNow(_ sink: @escaping Sink) {
+        let queued: [ByteBuffer] = state.withLock { s in
+            // Bytes queued before a finish still go out; after an overflow nothing does.
+            guard s.end != .overflow else { return [] }
+            if s.end == nil { s.sink = sink }
             let queued = s.pending
             s.pending = []
             s.bytes = 0
-            // Under the lock, so that nothing pushed meanwhile overtakes them.
-            for buffer in queued { send(buffer, to: sink) }
+            return queued
         }
+        // Outside the lock: a write can close the connection at once, which finishes this
+        // outbox. On the loop, nothing pushed meanwhile can overtake these.
+        for buffer in queued { send(buffer, to: sink) }
     }
 
     private func send(_ buffer: ByteBuffer, to sink: Sink) {
@@ -89,12 +104,18 @@ public final class SSEOutbox: Sendable {
         if already { handler() }
     }
 
-    /// Queues bytes for the client.
+    /// Queues bytes for the client (on its loop, once attached to one).
     /// - Returns: false when the outbox has ended (now or before): the caller should forget it.
     @discardableResult
     public func push(_ buffer: ByteBuffer) -> Bool {
+        // Attached to a loop: every push happens there, so that none overtakes another.
+        if let loop = state.withLock({ $0.loop }), !loop.inEventLoop {
+            loop.execute { self.push(buffer) }
+            return state.withLock { $0.end == nil }
+        }
         enum Action {
             case none
+            case send(Sink)
             case wake(CheckedContinuation<Next, Never>, [ByteBuffer])
             case overflow(CheckedContinuation<Next, Never>?, (@Sendable () -> Void)?)
             case ended
@@ -110,10 +131,10 @@ public final class SSEOutbox: Sendable {
                     s.onOverflow = nil
                     return .overflow(s.waiter.take(), handler)
                 }
-                send(buffer, to: sink)
-                return .none
+                return .send(sink)
             }
-            if let waiter = s.waiter {
+            // Attaching to a loop: the bytes wait for the sink, not the writer.
+            if s.loop == nil, let waiter = s.waiter {
                 s.waiter = nil
                 return .wake(waiter, [buffer])
             }
@@ -131,6 +152,12 @@ public final class SSEOutbox: Sendable {
         }
         switch action {
         case .none:
+            return true
+        case .send(let sink):
+            // Outside the lock: writing can close the connection at once (the client is gone),
+            // and closing finishes this outbox. Pushes for one connection come from its event
+            // loop (``fanOut(_:to:thenFinish:)``), one at a time, so order is kept.
+            send(buffer, to: sink)
             return true
         case .wake(let waiter, let buffers):
             waiter.resume(returning: .bytes(buffers))
@@ -175,7 +202,6 @@ public final class SSEOutbox: Sendable {
             s.end = .finished
             s.onOverflow = nil
             s.sink = nil
-            s.loop = nil
             let w = s.waiter
             s.waiter = nil
             return w
@@ -187,7 +213,7 @@ public final class SSEOutbox: Sendable {
     /// One consumer at a time. Task cancellation ends the wait with `.end(.finished)`.
     public func next() async -> Next {
         let ready: Next? = state.withLock { s in
-            if !s.pending.isEmpty {
+            if !s.pending.isEmpty && s.loop == nil && s.sink == nil {
                 let out = s.pending
                 s.pending = []
                 s.bytes = 0
@@ -200,7 +226,7 @@ public final class SSEOutbox: Sendable {
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Next, Never>) in
                 let ready: Next? = state.withLock { s in
-                    if !s.pending.isEmpty {
+                    if !s.pending.isEmpty && s.loop == nil && s.sink == nil {
                         let out = s.pending
                         s.pending = []
                         s.bytes = 0

@@ -1,5 +1,7 @@
 import GangwayCore
 import NIOCore
+import Dispatch
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -110,5 +112,36 @@ struct SSEOutboxTests {
             Issue.record("overflow not reported to the writer")
             return
         }
+    }
+
+    @Test("attached on a loop: queued bytes and fanned-out pushes reach the sink there, in order, and never the writer")
+    func loopAttach() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let box = SSEOutbox(limit: 1000)
+        let sent = Mutex<[String]>([])
+        // Holds the loop until the pushes below are queued behind the attach.
+        let gate = DispatchSemaphore(value: 0)
+        loop.execute { gate.wait() }
+        box.push(ByteBuffer(string: "1"))
+        box.attach(on: loop) { bytes, written in
+            sent.withLock { $0.append(String(buffer: bytes)) }
+            written()
+        }
+        SSEOutbox.fanOut(ByteBuffer(string: "2"), to: [box])
+        box.push(ByteBuffer(string: "3"))
+        #expect(sent.withLock { $0 }.isEmpty)
+        gate.signal()
+        try await loop.submit {}.get()
+        #expect(sent.withLock { $0 } == ["1", "2", "3"])
+        SSEOutbox.fanOut(ByteBuffer(string: "4"), to: [box], thenFinish: true)
+        try await loop.submit {}.get()
+        #expect(sent.withLock { $0 } == ["1", "2", "3", "4"])
+        guard case .end(.finished) = await box.next() else {
+            Issue.record("the writer got bytes meant for the sink")
+            return
+        }
+        #expect(box.queuedBytes == 0)
+        try await group.shutdownGracefully()
     }
 }
