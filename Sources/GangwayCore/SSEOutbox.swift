@@ -209,30 +209,25 @@ public final class SSEOutbox: Sendable {
         waiter?.resume(returning: .end(.finished))
     }
 
+    /// What the writer may take now: queued bytes (unless they are the sink's), or the end.
+    private static func take(_ s: inout State) -> Next? {
+        if !s.pending.isEmpty && s.loop == nil && s.sink == nil {
+            let out = s.pending
+            s.pending = []
+            s.bytes = 0
+            return .bytes(out)
+        }
+        return s.end.map { .end($0) }
+    }
+
     /// Everything queued, waiting for some when nothing is; `.end` after the last bytes.
     /// One consumer at a time. Task cancellation ends the wait with `.end(.finished)`.
     public func next() async -> Next {
-        let ready: Next? = state.withLock { s in
-            if !s.pending.isEmpty && s.loop == nil && s.sink == nil {
-                let out = s.pending
-                s.pending = []
-                s.bytes = 0
-                return .bytes(out)
-            }
-            if let end = s.end { return .end(end) }
-            return nil
-        }
-        if let ready { return ready }
+        if let ready = state.withLock({ Self.take(&$0) }) { return ready }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Next, Never>) in
                 let ready: Next? = state.withLock { s in
-                    if !s.pending.isEmpty && s.loop == nil && s.sink == nil {
-                        let out = s.pending
-                        s.pending = []
-                        s.bytes = 0
-                        return .bytes(out)
-                    }
-                    if let end = s.end { return .end(end) }
+                    if let ready = Self.take(&s) { return ready }
                     s.waiter = continuation
                     return nil
                 }
