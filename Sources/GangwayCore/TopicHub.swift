@@ -76,8 +76,16 @@ public final class TopicHub: Sendable {
     }
 
     enum Operation: Sendable {
-        case bind(TopicPattern, CheckedContinuation<Void, any Error>)
+        /// Bind a pattern, then resume the waiter registered under the id.
+        case bind(TopicPattern, Int)
         case sweep
+    }
+
+    /// Subscribers waiting for a bind, by id; failed when ``run()`` ends, so none waits forever.
+    struct BindWaiters {
+        var waiting: [Int: CheckedContinuation<Void, any Error>] = [:]
+        var nextID = 0
+        var stopped = false
     }
 
     public let configuration: Configuration
@@ -88,6 +96,7 @@ public final class TopicHub: Sendable {
     // overtake the bind of a subscriber that came back.
     private let operations: AsyncStream<Operation>
     private let operationsContinuation: AsyncStream<Operation>.Continuation
+    private let bindWaiters = Mutex(BindWaiters())
 
     public init(binder: any TopicBinder, instanceID: String, configuration: Configuration = .init()) {
         self.binder = binder
@@ -115,7 +124,8 @@ public final class TopicHub: Sendable {
             for await operation in operations {
                 if Task.isCancelled { break }
                 switch operation {
-                case .bind(let pattern, let continuation):
+                case .bind(let pattern, let id):
+                    guard let continuation = bindWaiters.withLock({ $0.waiting.removeValue(forKey: id) }) else { continue }
                     await bindNow(pattern, continuation)
                 case .sweep:
                     await sweep(now: WireContract.epochMilliseconds())
@@ -124,9 +134,12 @@ public final class TopicHub: Sendable {
             group.cancelAll()
         }
         operationsContinuation.finish()
-        for await case .bind(_, let continuation) in operations {
-            continuation.resume(throwing: CancellationError())
+        let abandoned = bindWaiters.withLock { w in
+            w.stopped = true
+            defer { w.waiting = [:] }
+            return Array(w.waiting.values)
         }
+        for continuation in abandoned { continuation.resume(throwing: CancellationError()) }
     }
 
     private func bindNow(_ pattern: TopicPattern, _ continuation: CheckedContinuation<Void, any Error>) async {
@@ -185,9 +198,17 @@ public final class TopicHub: Sendable {
         do {
             for p in unique {
                 try await withCheckedThrowingContinuation { continuation in
-                    if case .terminated = operationsContinuation.yield(.bind(p, continuation)) {
-                        continuation.resume(throwing: CancellationError())
+                    let id: Int? = bindWaiters.withLock { w in
+                        guard !w.stopped else { return nil }
+                        w.nextID += 1
+                        w.waiting[w.nextID] = continuation
+                        return w.nextID
                     }
+                    guard let id else {
+                        continuation.resume(throwing: CancellationError())
+                        return
+                    }
+                    operationsContinuation.yield(.bind(p, id))
                 }
             }
         } catch {

@@ -115,4 +115,26 @@ struct TopicHubTests {
             #expect(!kept.reset && kept.replay.map { String(buffer: $0) } == ["id: e1-4\ndata: {\"topic\":\"a\",\"data\":4}\n\n"])
         }
     }
+
+    struct StuckBinder: TopicBinder {
+        func bind(_ pattern: TopicPattern) async throws { try await Task.sleep(for: .seconds(60)) }
+        func unbind(_ pattern: TopicPattern) async throws {}
+    }
+
+    @Test("subscribers waiting for a bind fail when the hub stops, as does a later one; none waits forever")
+    func stop() async throws {
+        let hub = TopicHub(binder: StuckBinder(), instanceID: "e1")
+        let runner = Task { await hub.run() }
+        let first = Task { try await hub.subscribe(patterns("a.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1024)) }
+        let second = Task { try await hub.subscribe(patterns("b.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1024)) }
+        try await Task.sleep(for: .milliseconds(100))
+        runner.cancel()
+        await runner.value
+        await #expect(throws: (any Error).self) { try await first.value }
+        await #expect(throws: (any Error).self) { try await second.value }
+        await #expect(throws: (any Error).self) {
+            try await hub.subscribe(patterns("c.*"), lastEventID: nil, outbox: SSEOutbox(limit: 1024))
+        }
+        #expect(hub.subscriberCount == 0)
+    }
 }
