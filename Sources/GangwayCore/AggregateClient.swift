@@ -87,7 +87,7 @@ public struct AggregateClient: Sendable {
                 return .failed(status: reply.status, reason: "status \(reply.status)")
             }
             let isJSON = Self.isJSON(reply.contentType)
-            if isJSON && Self.parse(reply.body) == nil {
+            if isJSON && !JSONValidator.isValid(reply.body) {
                 return .failed(status: 502, reason: "declared JSON but the body is not valid JSON")
             }
             return .answered(reply, isJSON: isJSON)

@@ -60,7 +60,7 @@ public struct GatherClient: Sendable {
             let replier = delivery.properties.headers[WireContract.Header.replier]?.stringValue ?? delivery.properties.appID ?? ""
             if i > 0 { body.writeStaticString(",") }
             body.writeString(#"{"replier":\#(JSONString.quote(replier)),"status":\#(reply.status),"body":"#)
-            if AggregateClient.isJSON(reply.contentType), AggregateClient.parse(reply.body) != nil {
+            if AggregateClient.isJSON(reply.contentType), JSONValidator.isValid(reply.body) {
                 var part = reply.body
                 body.writeBuffer(&part)
             } else {

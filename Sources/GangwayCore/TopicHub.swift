@@ -3,9 +3,6 @@ import GangwayAMQPCore
 import NIOCore
 import Synchronization
 
-// JSON validation of published bodies, once per event (not per subscriber).
-import Foundation
-
 /// Binds and unbinds the edge's topic queue; the executable wires it to the broker.
 public protocol TopicBinder: Sendable {
     func bind(_ pattern: TopicPattern) async throws
@@ -305,9 +302,7 @@ public final class TopicHub: Sendable {
     static func envelope(topic: String, contentType: String?, body: ByteBuffer) -> String {
         let text = String(buffer: body)
         let embedded: String
-        if AggregateClient.isJSON(contentType) || contentType == nil,
-            (try? JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed])) != nil
-        {
+        if AggregateClient.isJSON(contentType) || contentType == nil, JSONValidator.isValid(body) {
             embedded = text
         } else {
             embedded = JSONString.quote(text)
