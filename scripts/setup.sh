@@ -21,8 +21,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -r Tests/IntegrationTests/requirements.txt 2>&1 \
-  | grep -v "Running pip as the 'root' user" || true
+# Debian's own python3 is "externally managed" (PEP 668): pip then needs to be told that
+# installing the test clients for this user is intended.
+pip_install() {
+  python3 -m pip install -q --disable-pip-version-check "$@" -r Tests/IntegrationTests/requirements.txt 2>&1 \
+    | grep -v "Running pip as the 'root' user"
+  return "${PIPESTATUS[0]}"
+}
+pip_install || pip_install --break-system-packages
+python3 -c 'import pytest, requests, pika, sseclient, selenium' \
+  || { echo "the Python test clients did not install (see above)" >&2; exit 1; }
 
 if ! command -v swift >/dev/null 2>&1; then
   echo "swift is not on PATH: install a Swift 6 toolchain (https://www.swift.org/install/linux/)" >&2
