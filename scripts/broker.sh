@@ -8,6 +8,11 @@
 # With BROKER_TLS_PORT and BROKER_TLS_DIR (holding ca.pem, server.pem, server.key) set, the
 # node also listens for amqps:// on BROKER_TLS_PORT.
 #
+# The Erlang schedulers do not busy-wait for work (BROKER_ERL_ARGS, default
+# "+sbwt none +sbwtdcpu none +sbwtdio none"): on a small machine that the broker shares with
+# the edge, workers and tests, spinning schedulers take CPU the others need. BROKER_ERL_ARGS=""
+# keeps Erlang's defaults.
+#
 # Each node gets its own name (gw<PORT>@localhost), Mnesia and log directory, and
 # distribution port (PORT + 20000), so several can run side by side.
 set -euo pipefail
@@ -52,6 +57,7 @@ CONF
     RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT=$((port + 20000)) \
       RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
       RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+      RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${BROKER_ERL_ARGS-+sbwt none +sbwtdcpu none +sbwtdio none}" \
       setsid rabbitmq-server > "$dir/server.out" 2>&1 < /dev/null &
     echo $! > "$dir/pid"
     for _ in $(seq 1 120); do
