@@ -2,6 +2,9 @@
 
 #include <openssl/evp.h>
 
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
@@ -51,6 +54,10 @@ int gw_poll2(int sockfd, int wakefd, int timeout_ms) {
   if (sockfd >= 0 && fds[0].revents != 0) result |= 1;
   if (wake_index >= 0 && fds[wake_index].revents != 0) result |= 2;
   return result;
+}
+
+int gw_tcp_cork(int sockfd, int on) {
+  return setsockopt(sockfd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
 }
 
 int gw_sha256(const void *data, size_t len, unsigned char *out) {

@@ -314,3 +314,13 @@ extension AMQPConnection: Service {
         await shutdown()
     }
 }
+
+extension AMQPConnection.Command {
+    /// Only writes frames, waiting for no answer on the spot (a confirm comes later, if at all).
+    var isOneWay: Bool {
+        switch self {
+        case .publish, .ack, .reject: return true
+        case .declare, .unbind, .purgeQueue, .inspectQueue, .startConsumer, .cancelConsumer: return false
+        }
+    }
+}

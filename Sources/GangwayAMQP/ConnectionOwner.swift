@@ -239,10 +239,27 @@ final class ConnectionOwner: @unchecked Sendable {
                 defer { shared.commands.removeAll(keepingCapacity: true) }
                 return (shared.commands, shared.shutdownRequested)
             }
-            if shutdown { return }
+            if shutdown {
+                // Acks queued last (a reply confirmed just before) still go out, or the broker
+                // would redeliver requests that were answered.
+                for command in commands {
+                    if case .ack = command { try execute(command, on: state) }
+                }
+                return
+            }
+            // A batch of publishes and acks leaves as few full segments instead of one small
+            // segment each: fewer packets for the broker to read. A command that waits for an
+            // answer (a declaration) is sent uncorked, or its request would sit in the kernel.
+            var corked = false
             for command in commands {
+                let oneWay = command.isOneWay
+                if oneWay != corked && (corked || commands.count > 1) {
+                    corked = oneWay
+                    _ = gw_tcp_cork(socket, corked ? 1 : 0)
+                }
                 try execute(command, on: state)
             }
+            if corked { _ = gw_tcp_cork(socket, 0) }
             // Read only when there is something to read: the socket polled readable, or
             // rabbitmq-c holds buffered bytes or frames (its RPCs queue frames they skip).
             // Every so often read anyway: rabbitmq-c sends its heartbeats only from inside a

@@ -23,6 +23,10 @@ void gw_eventfd_drain(int fd);
 /// Returns a bit set: 1 socket readable (or in error), 2 woken, 0 timed out, -1 on poll error.
 int gw_poll2(int sockfd, int wakefd, int timeout_ms);
 
+/// Sets or clears TCP_CORK on a socket: while corked, the kernel holds partial segments, so
+/// a batch of small frames written one by one leaves as few full segments. Returns 0 or -1.
+int gw_tcp_cork(int sockfd, int on);
+
 /// SHA-256 of `len` bytes into `out` (32 bytes), with the OpenSSL that rabbitmq-c's TLS uses.
 /// Returns 1 on success.
 int gw_sha256(const void *data, size_t len, unsigned char *out);
