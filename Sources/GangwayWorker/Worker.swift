@@ -56,6 +56,8 @@ public struct Worker: Service {
     private let kind: Kind
     private let logger: Logger
     private let inFlight = InFlight()
+    /// Replies published whose confirm (and so the request's ack) has not come yet.
+    private let unsettledReplies = Counter()
 
     /// A worker that answers each request with one reply.
     public init(configuration: Configuration, logger: Logger, handler: @escaping Handler) {
@@ -118,6 +120,12 @@ public struct Worker: Service {
             connection.cancelConsumer(tag: tag)
             continuation.finish()
         }
+        // Handlers are done; their replies' confirms ack the requests. Closing earlier would
+        // have the broker redeliver requests that were answered.
+        let settleBy = ContinuousClock.now + .seconds(5)
+        while unsettledReplies.value.load(ordering: .relaxed) > 0 && ContinuousClock.now < settleBy {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
         await connection.shutdown()
         logger.info("worker.stopped")
     }
@@ -168,11 +176,30 @@ public struct Worker: Service {
             ),
             body: reply.body
         )
+        // Acked from the confirm, on the connection's own thread: the handler's task is done
+        // and nothing needs to wake up for it. Not acked when the reply could not be sent, so
+        // the broker redelivers the request once this connection is gone.
+        let connection = self.connection
+        let logger = self.logger
+        let requestID = request.requestID
+        let unsettled = self.unsettledReplies
+        unsettled.value.add(1, ordering: .relaxed)
         do {
-            _ = try await connection.publish(message)
-            connection.ack(delivery)
+            try connection.publish(message) { result in
+                defer { unsettled.value.subtract(1, ordering: .relaxed) }
+                switch result {
+                case .success(.confirmed), .success(.returned):
+                    connection.ack(delivery)
+                case .success(.nacked):
+                    // The broker lost the reply; the requester answers 504 at its deadline.
+                    logger.warning("worker.reply.nacked", metadata: ["request.id": "\(requestID)"])
+                    connection.ack(delivery)
+                case .failure(let error):
+                    logger.warning("worker.reply.failed", metadata: ["request.id": "\(requestID)", "error": "\(error)"])
+                }
+            }
         } catch {
-            // Not acked: the broker redelivers the request once this connection is gone.
+            unsettled.value.subtract(1, ordering: .relaxed)
             logger.warning("worker.reply.failed", metadata: ["request.id": "\(request.requestID)", "error": "\(error)"])
         }
     }
@@ -249,6 +276,11 @@ extension Worker {
             logger.warning("worker.job.report.failed", metadata: ["job.id": "\(context.jobID)", "error": "\(error)"])
         }
     }
+}
+
+/// A count shared by a worker's tasks and its connection's thread.
+final class Counter: Sendable {
+    let value = Atomic(0)
 }
 
 /// Streams and jobs in progress by correlation or job id, so that a cancel message can reach

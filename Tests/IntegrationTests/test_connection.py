@@ -145,3 +145,9 @@ def test_a_worker_stopped_with_sigterm_finishes_what_it_holds(stack):
     assert result["r"].status_code == 200 and result["r"].text == "in flight"
     assert worker.wait(timeout=10) == 0
     assert "worker.stopped" in open(worker.log_path).read()
+    # The answered request was acked before the connection closed: nothing is left in the
+    # queue for another worker to run a second time.
+    queue = stack.queue["echo"]
+    out = stack.broker.ctl("list_queues", "name", "messages", "--quiet", "--no-table-headers").stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if len(line.split()) == 2}
+    assert counts.get(queue) == 0, out
