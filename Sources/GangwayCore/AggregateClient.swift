@@ -31,6 +31,22 @@ public struct AggregateClient: Sendable {
         guard let spec = request.route.aggregate else { throw .badRequest("not an aggregate route") }
         let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
         var outcomes: [String: Outcome] = [:]
+        if spec.legs.allSatisfy({ $0.uses.isEmpty }) {
+            // No leg waits for another: publish them all, then wait for all at once.
+            var started: [(pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
+            for leg in spec.legs {
+                do {
+                    started.append((try await start(leg, request: request, extra: [:], deadline: deadline), leg))
+                } catch {
+                    outcomes[leg.key] = .failed(status: error.status, reason: Self.reason(error))
+                }
+            }
+            let replies = await client.finishAll(started.map(\.pending))
+            for ((_, leg), reply) in zip(started, replies) {
+                outcomes[leg.key] = judge(reply, leg: leg)
+            }
+            return try merge(spec: spec, route: request.route.name, outcomes: outcomes)
+        }
         var pending: [(key: String, pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
         var started: Set<String> = []
         // Publishing does not wait, so this task publishes every leg that can start, then takes
@@ -47,7 +63,7 @@ public struct AggregateClient: Sendable {
                     do {
                         pending.append((leg.key, try await start(leg, request: request, extra: values, deadline: deadline), leg))
                     } catch {
-                        outcomes[leg.key] = .failed(status: error.status, reason: "\(error.status) \(error.title): \(error.detail)")
+                        outcomes[leg.key] = .failed(status: error.status, reason: Self.reason(error))
                     }
                 }
             }
@@ -82,7 +98,18 @@ public struct AggregateClient: Sendable {
 
     private func finish(_ pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg) async -> Outcome {
         do {
-            let reply = try await client.finish(pending)
+            return judge(.success(try await client.finish(pending)), leg: leg)
+        } catch {
+            return judge(.failure(error), leg: leg)
+        }
+    }
+
+    /// What a leg's answer counts as under the route's rules.
+    private func judge(_ result: Result<GatewayReply, GatewayError>, leg: AggregateSpec.Leg) -> Outcome {
+        switch result {
+        case .failure(let error):
+            return .failed(status: error.status, reason: Self.reason(error))
+        case .success(let reply):
             if reply.status >= 400 && !leg.acceptedStatuses.contains(reply.status) {
                 return .failed(status: reply.status, reason: "status \(reply.status)")
             }
@@ -91,9 +118,11 @@ public struct AggregateClient: Sendable {
                 return .failed(status: 502, reason: "declared JSON but the body is not valid JSON")
             }
             return .answered(reply, isJSON: isJSON)
-        } catch {
-            return .failed(status: error.status, reason: "\(error.status) \(error.title): \(error.detail)")
         }
+    }
+
+    static func reason(_ error: GatewayError) -> String {
+        "\(error.status) \(error.title): \(error.detail)"
     }
 
     /// Values a chained leg takes from earlier replies, or why it cannot run.
@@ -161,10 +190,28 @@ public struct AggregateClient: Sendable {
         return GatewayReply(status: 200, headers: headers, contentType: "application/json", contentEncoding: nil, body: body)
     }
 
+    /// `application/json` or `…+json`, parameters and case aside. Runs for every leg, so it
+    /// looks at the UTF-8 bytes instead of building strings.
     static func isJSON(_ contentType: String?) -> Bool {
-        guard let ct = contentType?.lowercased() else { return false }
-        let mime = ct.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
-        return mime == "application/json" || mime.hasSuffix("+json")
+        guard var contentType else { return false }
+        return contentType.withUTF8 { bytes in
+            var end = bytes.firstIndex(of: UInt8(ascii: ";")) ?? bytes.endIndex
+            var start = bytes.startIndex
+            while start < end, bytes[start] == UInt8(ascii: " ") || bytes[start] == UInt8(ascii: "\t") { start += 1 }
+            while end > start, bytes[end - 1] == UInt8(ascii: " ") || bytes[end - 1] == UInt8(ascii: "\t") { end -= 1 }
+            let mime = UnsafeBufferPointer(rebasing: bytes[start..<end])
+            return equalsIgnoringCase(mime, "application/json") || (mime.count > 5 && equalsIgnoringCase(UnsafeBufferPointer(rebasing: mime[(mime.count - 5)...]), "+json"))
+        }
+    }
+
+    private static func equalsIgnoringCase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        for (byte, want) in zip(bytes, expected) {
+            let lowered = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte + 32 : byte
+            if lowered != want { return false }
+        }
+        return true
     }
 
     static func parse(_ body: ByteBuffer) -> Any? {

@@ -52,7 +52,53 @@ public final class Correlator: Sendable {
         }
     }
 
-    typealias Waiter = CheckedContinuation<Delivery, any Error>
+    /// Who waits for a slot's reply: one task, or one share of a wait for several replies.
+    enum Waiter: Sendable {
+        case task(UnsafeContinuation<Delivery, any Error>)
+        case group(GroupWait, index: Int)
+
+        func resume(returning delivery: Delivery) {
+            switch self {
+            case .task(let continuation): continuation.resume(returning: delivery)
+            case .group(let group, let index): group.settle(index, .success(delivery))
+            }
+        }
+
+        func resume(throwing failure: Failure) {
+            switch self {
+            case .task(let continuation): continuation.resume(throwing: failure)
+            case .group(let group, let index): group.settle(index, .failure(failure))
+            }
+        }
+    }
+
+    /// A wait for several replies that resumes its task once, when the last one is in.
+    final class GroupWait: Sendable {
+        struct State {
+            var results: [Result<Delivery, Failure>?]
+            var remaining: Int
+            var continuation: UnsafeContinuation<[Result<Delivery, Failure>], Never>?
+        }
+
+        private let state: Mutex<State>
+
+        init(count: Int, continuation: UnsafeContinuation<[Result<Delivery, Failure>], Never>) {
+            state = Mutex(State(results: Array(repeating: nil, count: count), remaining: count, continuation: continuation))
+        }
+
+        /// Records one reply or failure (the first for each index counts).
+        func settle(_ index: Int, _ result: Result<Delivery, Failure>) {
+            let done = state.withLock { s -> (UnsafeContinuation<[Result<Delivery, Failure>], Never>, [Result<Delivery, Failure>])? in
+                guard s.results[index] == nil else { return nil }
+                s.results[index] = result
+                s.remaining -= 1
+                guard s.remaining == 0, let continuation = s.continuation else { return nil }
+                s.continuation = nil
+                return (continuation, s.results.map { $0! })
+            }
+            if let (continuation, results) = done { continuation.resume(returning: results) }
+        }
+    }
 
     struct State {
         var map = CorrelationMap<Delivery, Failure, Waiter>()
@@ -153,8 +199,8 @@ public final class Correlator: Sendable {
     ///   cancelled (the client went away), ``Failure/unavailable(_:)`` when replies stopped.
     public func wait(id: String) async throws -> Delivery {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: Waiter) in
-                let action = state.withLock { $0.map.wait(id, continuation) }
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery, any Error>) in
+                let action = state.withLock { $0.map.wait(id, .task(continuation)) }
                 switch action {
                 case .replyAvailable(let reply): continuation.resume(returning: reply)
                 case .failed(let failure): continuation.resume(throwing: failure)
@@ -164,6 +210,29 @@ public final class Correlator: Sendable {
             }
         } onCancel: {
             cancel(id: id, with: .cancelled)
+        }
+    }
+
+    /// Waits for the replies of several registered requests at once, resuming only when the
+    /// last is in: one suspension where waiting in turn would take one per request.
+    /// - Returns: each request's reply or failure, in the order of `ids`.
+    public func waitAll(ids: [String]) async -> [Result<Delivery, Failure>] {
+        guard !ids.isEmpty else { return [] }
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<[Result<Delivery, Failure>], Never>) in
+                let group = GroupWait(count: ids.count, continuation: continuation)
+                for (index, id) in ids.enumerated() {
+                    let action = state.withLock { $0.map.wait(id, .group(group, index: index)) }
+                    switch action {
+                    case .replyAvailable(let reply): group.settle(index, .success(reply))
+                    case .failed(let failure): group.settle(index, .failure(failure))
+                    case .suspended: break
+                    case .gone: group.settle(index, .failure(.timeout))
+                    }
+                }
+            }
+        } onCancel: {
+            for id in ids { cancel(id: id, with: .cancelled) }
         }
     }
 

@@ -64,20 +64,38 @@ public final class RequestReplyClient: Sendable {
     /// - Throws: ``GatewayError``: 503 when it turned out unroutable or the broker went away,
     ///   504 at the deadline, 502 for a malformed reply.
     public func finish(_ pending: Pending) async throws(GatewayError) -> GatewayReply {
-        let route = pending.route
         let delivery: Delivery
         do {
             delivery = try await correlator.wait(id: pending.correlationID)
-        } catch Correlator.Failure.timeout {
-            throw .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
-        } catch Correlator.Failure.unavailable(let reason) {
-            throw .brokerUnavailable(reason)
-        } catch Correlator.Failure.unroutable(let reason) {
-            throw .noConsumer(route: route.name, reason: reason)
+        } catch let failure as Correlator.Failure {
+            throw Self.error(for: failure, route: pending.route)
         } catch {
             throw .shuttingDown
         }
-        return try Self.decodeReply(delivery, route: route.name)
+        return try Self.decodeReply(delivery, route: pending.route.name)
+    }
+
+    /// Waits for the replies of several started requests together (one suspension for all).
+    /// - Returns: each one's reply or error, in order, as ``finish(_:)`` would give it.
+    public func finishAll(_ pendings: [Pending]) async -> [Result<GatewayReply, GatewayError>] {
+        let results = await correlator.waitAll(ids: pendings.map(\.correlationID))
+        return zip(pendings, results).map { pending, result in
+            switch result {
+            case .success(let delivery):
+                return Result { () throws(GatewayError) in try Self.decodeReply(delivery, route: pending.route.name) }
+            case .failure(let failure):
+                return .failure(Self.error(for: failure, route: pending.route))
+            }
+        }
+    }
+
+    static func error(for failure: Correlator.Failure, route: Route) -> GatewayError {
+        switch failure {
+        case .timeout: return .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
+        case .unavailable(let reason): return .brokerUnavailable(reason)
+        case .unroutable(let reason): return .noConsumer(route: route.name, reason: reason)
+        case .cancelled, .idle, .overflow: return .shuttingDown
+        }
     }
 
     /// The request message of wire contract v1 for a routed request.

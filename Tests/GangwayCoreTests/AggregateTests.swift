@@ -1,6 +1,6 @@
 import GangwayAMQPCore
 import GangwayConfig
-import GangwayCore
+@testable import GangwayCore
 import NIOCore
 import Synchronization
 import Testing
@@ -150,5 +150,28 @@ struct AggregateTemplateTests {
         #expect(String(buffer: sent[1].body) == #"{"owner": "A \"B\""}"#)
         #expect(sent[1].properties.contentType == "application/json")
         #expect(String(buffer: sent[0].body) == "client body")
+    }
+}
+
+@Suite("Which reply bodies an aggregate embeds as JSON")
+struct JSONContentTypeTests {
+    @Test("application/json and +json, whatever the case, spaces and parameters", arguments: [
+        "application/json", "Application/JSON", "application/json; charset=utf-8", "  application/json ;q=1",
+        "application/problem+json", "application/vnd.api+JSON; x=y",
+    ])
+    func json(_ contentType: String) {
+        #expect(AggregateClient.isJSON(contentType))
+    }
+
+    @Test("anything else is text", arguments: [
+        "text/plain", "application/jsonx", "application/json-seq", "text/json+", "+json", "json", "", ";application/json",
+    ])
+    func notJSON(_ contentType: String) {
+        #expect(!AggregateClient.isJSON(contentType))
+    }
+
+    @Test("no content type is not JSON")
+    func none() {
+        #expect(!AggregateClient.isJSON(nil))
     }
 }
