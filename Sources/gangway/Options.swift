@@ -89,9 +89,42 @@ enum LoggingBootstrap {
         guard !done else { return }
         done = true
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = LazyMetadataLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             return handler
         }
+    }
+}
+
+/// StreamLogHandler formats its metadata again on every change, and the HTTP server sets a
+/// request id on every request's logger whether or not anything is logged. This keeps the
+/// metadata aside and formats it only for a message that is written.
+struct LazyMetadataLogHandler: LogHandler {
+    private var inner: StreamLogHandler
+    var metadata: Logger.Metadata = [:]
+
+    init(_ inner: StreamLogHandler) {
+        self.inner = inner
+    }
+
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+
+    var metadataProvider: Logger.MetadataProvider? {
+        get { inner.metadataProvider }
+        set { inner.metadataProvider = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var handler = inner
+        if !metadata.isEmpty { handler.metadata = metadata }
+        handler.log(event: event)
     }
 }
