@@ -34,6 +34,11 @@ struct LocalBroker {
         environment["RABBITMQ_MNESIA_BASE"] = directory + "/mnesia"
         environment["RABBITMQ_LOG_BASE"] = directory + "/log"
         environment["RABBITMQ_ENABLED_PLUGINS_FILE"] = directory + "/enabled_plugins"
+        // The dev node shares the machine with the edge and workers: its schedulers should not
+        // spin for work (as scripts/broker.sh does too).
+        if environment["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] == nil {
+            environment["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = "+sbwt none +sbwtdcpu none +sbwtdio none"
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: server)
         process.environment = environment
