@@ -168,6 +168,16 @@ public final class AMQPConnection: Sendable {
         }
     }
 
+    /// Publishes several messages, in order, with one hand-off to the owner thread (which sends
+    /// them as one corked batch); each reports like ``publish(_:onSettled:)``.
+    /// - Throws: ``AMQPError`` at once when not connected or blocked; then none is sent and no
+    ///   callback is called.
+    public func publish(batch: [(message: OutboundMessage, onSettled: PublishCallback)]) throws {
+        if let error = enqueue(batch.map { .publish($0.message, .callback($0.onSettled)) }, needsConnection: true, rejectWhenBlocked: true) {
+            throw error
+        }
+    }
+
     /// Publishes without waiting for the confirm: for replies, whose loss the requester sees as
     /// a timeout anyway.
     /// - Throws: ``AMQPError`` when not connected.
@@ -279,6 +289,12 @@ public final class AMQPConnection: Sendable {
     /// Queues a command for the owner thread, waking it if it sleeps. Returns an error instead
     /// of queueing when the command cannot succeed now, so callers fail fast.
     private func enqueue(_ command: Command, needsConnection: Bool, rejectWhenBlocked: Bool) -> AMQPError? {
+        enqueue(CollectionOfOne(command), needsConnection: needsConnection, rejectWhenBlocked: rejectWhenBlocked)
+    }
+
+    /// Queues commands together (all or none), waking the owner thread at most once.
+    private func enqueue(_ batch: some Collection<Command>, needsConnection: Bool, rejectWhenBlocked: Bool) -> AMQPError? {
+        guard let command = batch.first else { return nil }
         let (error, wake): (AMQPError?, Bool) = shared.withLock { state in
             if state.shutdownRequested { return (.shutdown, false) }
             if needsConnection && !state.connected {
@@ -290,7 +306,7 @@ public final class AMQPConnection: Sendable {
                 }
             }
             if rejectWhenBlocked && state.blocked { return (.blocked, false) }
-            state.commands.append(command)
+            state.commands.append(contentsOf: batch)
             if state.sleeping {
                 state.sleeping = false
                 return (nil, true)

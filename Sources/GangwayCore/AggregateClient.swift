@@ -32,13 +32,20 @@ public struct AggregateClient: Sendable {
         let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
         var outcomes: [String: Outcome] = [:]
         if spec.legs.allSatisfy({ $0.uses.isEmpty }) {
-            // No leg waits for another: publish them all, then wait for all at once.
-            var started: [(pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
+            // No leg waits for another: publish them all together, then wait for all at once.
+            var requests: [(request: GatewayRequest, leg: AggregateSpec.Leg)] = []
             for leg in spec.legs {
                 do {
-                    started.append((try await start(leg, request: request, extra: [:], deadline: deadline), leg))
+                    requests.append((try legRequest(leg, request: request, extra: [:], deadline: deadline), leg))
                 } catch {
                     outcomes[leg.key] = .failed(status: error.status, reason: Self.reason(error))
+                }
+            }
+            var started: [(pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
+            for (result, leg) in zip(await client.startAll(requests.map(\.request)), requests.map(\.leg)) {
+                switch result {
+                case .success(let pending): started.append((pending, leg))
+                case .failure(let error): outcomes[leg.key] = .failed(status: error.status, reason: Self.reason(error))
                 }
             }
             let replies = await client.finishAll(started.map(\.pending))
@@ -78,6 +85,12 @@ public struct AggregateClient: Sendable {
     }
 
     private func start(_ leg: AggregateSpec.Leg, request: GatewayRequest, extra: [String: String], deadline: NIODeadline) async throws(GatewayError) -> RequestReplyClient.Pending {
+        try await client.start(try legRequest(leg, request: request, extra: extra, deadline: deadline))
+    }
+
+    /// The request one leg sends: the leg's route with what is left of the deadline, chained
+    /// values as parameters, and the body the leg is to get.
+    private func legRequest(_ leg: AggregateSpec.Leg, request: GatewayRequest, extra: [String: String], deadline: NIODeadline) throws(GatewayError) -> GatewayRequest {
         let remaining = Int((deadline - NIODeadline.now()).nanoseconds / 1_000_000)
         guard remaining > 0 else { throw .timeout(route: leg.route.name, milliseconds: 0) }
         var route = leg.route
@@ -93,7 +106,7 @@ public struct AggregateClient: Sendable {
             legRequest.body = ByteBuffer()
             legRequest.headers.removeAll { $0.name == "content-type" || $0.name == "content-encoding" }
         }
-        return try await client.start(legRequest)
+        return legRequest
     }
 
     private func finish(_ pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg) async -> Outcome {

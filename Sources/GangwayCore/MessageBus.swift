@@ -12,8 +12,22 @@ public protocol MessageBus: Sendable {
     /// Publishes and reports the confirm through a callback (any thread, must not block).
     /// Throws at once when the message cannot even be sent; the callback is then not called.
     func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws
+    /// Publishes several messages, in order, in one hand-off to the publisher; each reports
+    /// as with ``publish(_:onSettled:)``. Throws at once when they cannot be sent; then no
+    /// callback is called.
+    func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws
     /// Consumers on a queue, or `nil` when the queue does not exist.
     func consumerCount(queue: String) async throws -> UInt32?
+}
+
+extension MessageBus {
+    /// One by one: for buses with no cheaper way. Unlike a real batch, a failure part way
+    /// leaves the earlier messages sent (their callbacks still report).
+    public func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {
+        for (message, onSettled) in batch {
+            try publish(message, onSettled: onSettled)
+        }
+    }
 }
 
 /// Claims that hold across every edge, decided by the broker: the first claim of a key wins,

@@ -60,6 +60,43 @@ public final class RequestReplyClient: Sendable {
         return Pending(correlationID: correlationID, route: route)
     }
 
+    /// Starts several requests, publishing them together in one hand-off to the publisher.
+    /// - Returns: each request's pending reply, or why it could not start (as ``start(_:)``
+    ///   would throw it), in order.
+    public func startAll(_ requests: [GatewayRequest]) async -> [Result<Pending, GatewayError>] {
+        var results: [Result<Pending, GatewayError>] = []
+        results.reserveCapacity(requests.count)
+        var batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)] = []
+        var started: [(index: Int, id: String)] = []
+        for request in requests {
+            do throws(GatewayError) {
+                try await checkConsumers(request)
+            } catch {
+                results.append(.failure(error))
+                continue
+            }
+            let correlationID = nextCorrelationID()
+            guard correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds) else {
+                results.append(.failure(.brokerUnavailable("correlation id collision")))
+                continue
+            }
+            let correlator = self.correlator
+            batch.append((makeMessage(request, correlationID: correlationID), Self.settlement { correlator.fail(id: correlationID, with: $0) }))
+            started.append((results.count, correlationID))
+            results.append(.success(Pending(correlationID: correlationID, route: request.route)))
+        }
+        guard !batch.isEmpty else { return results }
+        do {
+            try bus.publish(batch)
+        } catch {
+            for (index, id) in started {
+                correlator.cancel(id: id)
+                results[index] = .failure(.brokerUnavailable("\(error)"))
+            }
+        }
+        return results
+    }
+
     /// Waits for a started request's reply and checks it against the contract.
     /// - Throws: ``GatewayError``: 503 when it turned out unroutable or the broker went away,
     ///   504 at the deadline, 502 for a malformed reply.
@@ -158,19 +195,25 @@ public final class RequestReplyClient: Sendable {
     /// thread) of a return, a nack or a lost connection. Throws at once when it cannot be sent.
     func publish(_ message: OutboundMessage, onFailure: @escaping @Sendable (Correlator.Failure) -> Void) throws(GatewayError) {
         do {
-            try bus.publish(message) { result in
-                switch result {
-                case .success(.confirmed): break
-                case .success(.returned(let code, let text)):
-                    onFailure(.unroutable("the broker could not route it (\(code) \(text))"))
-                case .success(.nacked):
-                    onFailure(.unavailable("the broker refused the message"))
-                case .failure(let error):
-                    onFailure(.unavailable("\(error)"))
-                }
-            }
+            try bus.publish(message, onSettled: Self.settlement(onFailure))
         } catch {
             throw .brokerUnavailable("\(error)")
+        }
+    }
+
+    /// What a request's publish outcome means for its reply slot: only a confirm leaves it
+    /// waiting for the reply.
+    static func settlement(_ onFailure: @escaping @Sendable (Correlator.Failure) -> Void) -> @Sendable (Result<PublishOutcome, any Error>) -> Void {
+        { result in
+            switch result {
+            case .success(.confirmed): break
+            case .success(.returned(let code, let text)):
+                onFailure(.unroutable("the broker could not route it (\(code) \(text))"))
+            case .success(.nacked):
+                onFailure(.unavailable("the broker refused the message"))
+            case .failure(let error):
+                onFailure(.unavailable("\(error)"))
+            }
         }
     }
 

@@ -26,6 +26,12 @@ final class AMQPMessageBus: MessageBus {
         try publisher.publish(message) { result in onSettled(result.mapError { $0 }) }
     }
 
+    func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {
+        try publisher.publish(batch: batch.map { item in
+            (item.message, { result in item.onSettled(result.mapError { $0 }) })
+        })
+    }
+
     func consumerCount(queue: String) async throws -> UInt32? {
         try await publisher.inspectQueue(queue)?.consumerCount
     }

@@ -122,6 +122,52 @@ struct RequestReplyTests {
         }
     }
 
+    @Test("requests started together go out as one batch; each gets its own reply or failure")
+    func startAll() async throws {
+        let correlator = Correlator()
+        let bus = BatchingBus(correlator: correlator)
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
+        var unroutable = try request()
+        unroutable.parameters = ["id": "nowhere"]
+        var unserved = try request()
+        unserved.parameters = ["id": "unserved"]
+        let pendings = await client.startAll([try request(), unroutable, unserved])
+        #expect(bus.batches.withLock { $0 } == [2])
+        guard case .failure(let error) = pendings[2] else {
+            Issue.record("a queue without consumers should not start: \(pendings[2])")
+            return
+        }
+        #expect(error.status == 503)
+        let started = pendings.prefix(2).compactMap { try? $0.get() }
+        #expect(started.count == 2)
+        let replies = await client.finishAll(started)
+        #expect((try? replies[0].get()).map { String(buffer: $0.body) } == "echoed")
+        #expect((try? replies[0].get())?.status == 200)
+        guard case .failure(let failure) = replies[1] else {
+            Issue.record("a returned request should fail: \(replies[1])")
+            return
+        }
+        #expect(failure.status == 503 && failure.detail.contains("NO_ROUTE"))
+        #expect(correlator.pending == 0)
+    }
+
+    @Test("a batch the bus cannot send fails every request in it and frees their slots")
+    func startAllRefused() async throws {
+        let correlator = Correlator()
+        let bus = BatchingBus(correlator: correlator, refuse: true)
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
+        let results = await client.startAll([try request(), try request()])
+        #expect(results.count == 2)
+        for result in results {
+            guard case .failure(let error) = result else {
+                Issue.record("expected a failure, got \(result)")
+                continue
+            }
+            #expect(error.status == 503)
+        }
+        #expect(correlator.pending == 0)
+    }
+
     @Test("no reply by the deadline is 504, and the slot is freed")
     func timeout() async throws {
         let bus = ScriptedBus()
@@ -181,4 +227,47 @@ struct ConsumerPresenceTests {
         let missing = ConsumerPresence(bus: ScriptedBus(consumers: nil))
         #expect(await missing.check(queue: "q") == .missingQueue)
     }
+}
+
+/// A bus with a real batch publish: it records batch sizes, returns messages routed to
+/// `demo.nowhere`, answers the rest at once, and has no consumers for `demo.unserved`.
+final class BatchingBus: MessageBus {
+    struct Refused: Error {}
+    let replyQueue = "gangway.reply.test"
+    let isReady = true
+    let correlator: Correlator
+    let refuse: Bool
+    let batches = Mutex<[Int]>([])
+
+    init(correlator: Correlator, refuse: Bool = false) {
+        self.correlator = correlator
+        self.refuse = refuse
+    }
+
+    func publish(_ message: OutboundMessage) async throws -> PublishOutcome { .confirmed }
+
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        try publish([(message, onSettled)])
+    }
+
+    func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {
+        if refuse { throw Refused() }
+        batches.withLock { $0.append(batch.count) }
+        for (message, onSettled) in batch {
+            if message.routingKey == "demo.nowhere" {
+                onSettled(.success(.returned(replyCode: 312, replyText: "NO_ROUTE")))
+                continue
+            }
+            onSettled(.success(.confirmed))
+            correlator.deliver(
+                Delivery(
+                    consumerTag: "c", deliveryTag: 1, redelivered: false, exchange: "", routingKey: replyQueue,
+                    properties: AMQPProperties(contentType: "text/plain", headers: ["x-status": .int(200)], correlationID: message.properties.correlationID),
+                    body: ByteBuffer(string: "echoed"), generation: 1
+                )
+            )
+        }
+    }
+
+    func consumerCount(queue: String) async throws -> UInt32? { queue == "demo.unserved" ? 0 : 1 }
 }
