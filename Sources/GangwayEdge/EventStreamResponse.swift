@@ -1,7 +1,9 @@
+import Foundation
 import GangwayCore
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 import NIOHTTPTypes
 
 /// A `text/event-stream` response fed by an ``SSEOutbox``: what comes first (the `retry:` hint,
@@ -29,16 +31,28 @@ enum EventStreamResponse {
         preamble: [ByteBuffer],
         onEnd: @escaping @Sendable () -> Void
     ) -> Response {
-        if let channel = context.channel {
+        let tap = context.channel.map { NIOLoopBoundBox<EventStreamTap?>.makeEmptyBox(valueType: EventStreamTap.self, eventLoop: $0.eventLoop) }
+        if let channel = context.channel, let tap {
             // A client that does not read leaves the writer stuck on back-pressure: closing the
             // connection is what frees it.
             outbox.onOverflow { channel.close(promise: nil) }
-            // A client that goes away while the stream is idle ends it at once, not at the next
-            // heartbeat: its subscriptions are released now. The server allows half-closed
-            // connections, so the client's FIN arrives as `inputClosed`, which the HTTP pipeline
-            // holds back while a response is under way: watch for it ahead of the pipeline.
             channel.closeFuture.whenComplete { _ in outbox.finish() }
-            channel.pipeline.addHandler(ClientGoneWatcher(outbox: outbox), position: .first).whenFailure { _ in outbox.finish() }
+            // Queued on the loop before the response head is written, so the tap sees it.
+            channel.eventLoop.execute {
+                let pipeline = channel.pipeline.syncOperations
+                do {
+                    if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) {
+                        let handler = EventStreamTap(outbox: outbox)
+                        try pipeline.addHandler(handler, position: .before(encoder))
+                        tap.value = handler
+                    } else {
+                        // Not HTTP/1 (HTTP/2 has no such encoder): only watch for the client.
+                        try pipeline.addHandler(ClientGoneWatcher(outbox: outbox), position: .first)
+                    }
+                } catch {
+                    outbox.finish()
+                }
+            }
         }
         let logger = context.logger
         let channel = context.channel
@@ -56,6 +70,8 @@ enum EventStreamResponse {
                 outbox.attach(on: channel.eventLoop) { bytes, written in
                     let promise = channel.eventLoop.makePromise(of: Void.self)
                     promise.futureResult.whenComplete { _ in written() }
+                    // The sink runs on the loop, where the tap lives.
+                    if let handler = tap?.value, handler.writeChunk(bytes, promise: promise) { return }
                     channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
                 }
             }
@@ -82,7 +98,98 @@ struct ClientTooSlow: Error, CustomStringConvertible {
     var description: String { "the client fell more than \(limit) bytes behind its event stream" }
 }
 
-/// Ends an event stream when its client closes its side of the connection.
+/// Sits right below the HTTP/1 response encoder of an event-stream connection (above TLS,
+/// if any) and does two things there.
+///
+/// It ends the stream at once when the client goes away while the stream is idle, not at the
+/// next heartbeat: the server allows half-closed connections, so the client's FIN arrives as
+/// `inputClosed`, which the HTTP pipeline above holds back while a response is under way.
+///
+/// And it writes events as ready-made chunks: fanning one event out to thousands of
+/// connections otherwise costs a trip through the HTTP handlers above and three writes (size
+/// line, data, CRLF) per connection. It does so only once it has seen the encoder send the
+/// response head with `transfer-encoding: chunked`; until then, and for any other framing, the
+/// events go down the pipeline as before. Everything happens on the connection's event loop,
+/// so a chunk written here keeps its place between what came down the pipeline before it and
+/// the final chunk the encoder writes after it.
+final class EventStreamTap: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    enum Framing {
+        case unknown
+        case chunked
+        case other
+    }
+
+    let outbox: SSEOutbox
+    private var context: ChannelHandlerContext?
+    private(set) var framing = Framing.unknown
+
+    init(outbox: SSEOutbox) {
+        self.outbox = outbox
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            outbox.finish()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if framing == .unknown, case .byteBuffer(let bytes) = unwrapOutboundIn(data) {
+            framing = Self.framing(ofHead: bytes) ?? .unknown
+        }
+        context.write(data, promise: promise)
+    }
+
+    /// Writes `bytes` as one chunk and flushes it, if the response is chunked.
+    /// - Returns: false when it did not (framing unknown or not chunked): write it the usual way.
+    func writeChunk(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?) -> Bool {
+        guard framing == .chunked, let context else { return false }
+        guard bytes.readableBytes > 0 else {
+            // An empty chunk would end the body.
+            promise?.succeed()
+            return true
+        }
+        var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 12)
+        chunk.writeString(String(bytes.readableBytes, radix: 16))
+        chunk.writeStaticString("\r\n")
+        chunk.writeImmutableBuffer(bytes)
+        chunk.writeStaticString("\r\n")
+        context.writeAndFlush(wrapOutboundOut(.byteBuffer(chunk)), promise: promise)
+        return true
+    }
+
+    /// The framing a response head announces; nil when `bytes` is not a response head.
+    static func framing(ofHead bytes: ByteBuffer) -> Framing? {
+        guard let text = bytes.getString(at: bytes.readerIndex, length: min(bytes.readableBytes, 8192)),
+              text.hasPrefix("HTTP/1."),
+              let end = text.range(of: "\r\n\r\n")
+        else { return nil }
+        for line in text[..<end.lowerBound].split(separator: "\r\n").dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].lowercased()
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces).lowercased()
+            if name == "content-length" { return .other }
+            if name == "transfer-encoding" { return value == "chunked" ? .chunked : .other }
+        }
+        return .other
+    }
+}
+
+/// Ends an event stream when its client closes its side of the connection (for connections
+/// without an HTTP/1 encoder to sit under; see ``EventStreamTap``).
 final class ClientGoneWatcher: ChannelInboundHandler, RemovableChannelHandler, Sendable {
     typealias InboundIn = NIOAny
     let outbox: SSEOutbox
