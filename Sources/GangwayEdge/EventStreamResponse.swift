@@ -5,6 +5,7 @@ import Hummingbird
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
+import NIOPosix
 
 /// A `text/event-stream` response fed by an ``SSEOutbox``: what comes first (the `retry:` hint,
 /// a reset notice, replayed history) is written as it is, then whatever the outbox collects,
@@ -68,10 +69,10 @@ enum EventStreamResponse {
                 // out to thousands of streams. The writes above are in the pipeline already, so
                 // these come after them; `finish` below comes after these.
                 outbox.attach(on: channel.eventLoop) { bytes, written in
+                    // The sink runs on the loop, where the tap lives.
+                    if let handler = tap?.value, handler.writeChunk(bytes, written: written) { return }
                     let promise = channel.eventLoop.makePromise(of: Void.self)
                     promise.futureResult.whenComplete { _ in written() }
-                    // The sink runs on the loop, where the tap lives.
-                    if let handler = tap?.value, handler.writeChunk(bytes, promise: promise) { return }
                     channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
                 }
             }
@@ -153,22 +154,55 @@ final class EventStreamTap: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
-    /// Writes `bytes` as one chunk and flushes it, if the response is chunked.
+    /// Writes `bytes` as one chunk and flushes it, if the response is chunked; `written` runs
+    /// once the chunk has left the process (or cannot).
     /// - Returns: false when it did not (framing unknown or not chunked): write it the usual way.
-    func writeChunk(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?) -> Bool {
+    func writeChunk(_ bytes: ByteBuffer, written: @escaping @Sendable () -> Void) -> Bool {
         guard framing == .chunked, let context else { return false }
         guard bytes.readableBytes > 0 else {
             // An empty chunk would end the body.
-            promise?.succeed()
+            written()
             return true
         }
-        var chunk = context.channel.allocator.buffer(capacity: bytes.readableBytes + 12)
+        context.writeAndFlush(wrapOutboundOut(.byteBuffer(Self.chunk(of: bytes))), promise: nil)
+        if let buffered = try? context.channel.syncOptions?.getOption(.bufferedWritableBytes), buffered == 0 {
+            // The kernel took it all (the usual case): no promise to make and complete per write.
+            written()
+        } else {
+            // Some is still queued (a slow client) or the channel is gone: an empty write after
+            // it completes, in order, once everything before it has left.
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.whenComplete { _ in written() }
+            context.writeAndFlush(wrapOutboundOut(.byteBuffer(ByteBuffer())), promise: promise)
+        }
+        return true
+    }
+
+    /// The last chunk framed on this thread. A fan-out writes one event to every connection
+    /// of a loop in turn, so the event is framed once per loop, not once per connection.
+    final class LastChunk: @unchecked Sendable {  // touched only by the thread that owns it
+        var bytes: ByteBuffer?
+        var chunk = ByteBuffer()
+    }
+
+    private static let lastChunk = ThreadSpecificVariable<LastChunk>()
+
+    static func chunk(of bytes: ByteBuffer) -> ByteBuffer {
+        let last = lastChunk.currentValue ?? {
+            let fresh = LastChunk()
+            lastChunk.currentValue = fresh
+            return fresh
+        }()
+        if last.bytes == bytes { return last.chunk }
+        var chunk = ByteBuffer()
+        chunk.reserveCapacity(bytes.readableBytes + 12)
         chunk.writeString(String(bytes.readableBytes, radix: 16))
         chunk.writeStaticString("\r\n")
         chunk.writeImmutableBuffer(bytes)
         chunk.writeStaticString("\r\n")
-        context.writeAndFlush(wrapOutboundOut(.byteBuffer(chunk)), promise: promise)
-        return true
+        last.bytes = bytes
+        last.chunk = chunk
+        return chunk
     }
 
     /// The framing a response head announces; nil when `bytes` is not a response head.
