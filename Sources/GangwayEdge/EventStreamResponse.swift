@@ -33,7 +33,10 @@ enum EventStreamResponse {
         onEnd: @escaping @Sendable () -> Void
     ) -> Response {
         let tap = context.channel.map { NIOLoopBoundBox<EventStreamTap?>.makeEmptyBox(valueType: EventStreamTap.self, eventLoop: $0.eventLoop) }
-        if let channel = context.channel, let tap {
+        // Whichever handler was added, to take it out again when the stream ends: a keep-alive
+        // connection may carry many streams, one after another.
+        let added = context.channel.map { NIOLoopBoundBox<(any RemovableChannelHandler)?>.makeEmptyBox(valueType: (any RemovableChannelHandler).self, eventLoop: $0.eventLoop) }
+        if let channel = context.channel, let tap, let added {
             // A client that does not read leaves the writer stuck on back-pressure: closing the
             // connection is what frees it.
             outbox.onOverflow { channel.close(promise: nil) }
@@ -46,9 +49,12 @@ enum EventStreamResponse {
                         let handler = EventStreamTap(outbox: outbox)
                         try pipeline.addHandler(handler, position: .before(encoder))
                         tap.value = handler
+                        added.value = handler
                     } else {
                         // Not HTTP/1 (HTTP/2 has no such encoder): only watch for the client.
-                        try pipeline.addHandler(ClientGoneWatcher(outbox: outbox), position: .first)
+                        let watcher = ClientGoneWatcher(outbox: outbox)
+                        try pipeline.addHandler(watcher, position: .first)
+                        added.value = watcher
                     }
                 } catch {
                     outbox.finish()
@@ -61,6 +67,16 @@ enum EventStreamResponse {
             defer {
                 onEnd()
                 clients.close(outbox)
+                if let channel, let tap, let added {
+                    // After the final chunk (queued on the loop before this).
+                    channel.eventLoop.execute {
+                        tap.value = nil
+                        if let handler = added.value {
+                            added.value = nil
+                            channel.pipeline.syncOperations.removeHandler(handler, promise: nil)
+                        }
+                    }
+                }
             }
             try await writer.write(contentsOf: [retry] + preamble)
             if let channel {

@@ -1,4 +1,5 @@
 """Jobs: 202 after the broker confirmed, status, live SSE with history and resume, any edge."""
+import http.client
 import os
 import signal
 import threading
@@ -42,6 +43,28 @@ def test_submit_answers_202_with_location_and_the_job_runs_to_done(stack):
     status = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
     assert status["status"] == "succeeded" and status["percent"] == 100
     assert status["result"] == {"url": f"/renders/{job_id}.png"}
+
+
+def test_live_event_streams_one_after_another_on_one_keep_alive_connection(stack):
+    # Live events are written as ready-made chunks below the HTTP encoder; each stream's
+    # response must still end cleanly and leave the connection fit for the next request.
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    conn = http.client.HTTPConnection(edge.base.removeprefix("http://"), timeout=30)
+    sockets = []
+    for _ in range(3):
+        job_id = submit(edge, "steps=3&delay_ms=150").json()["id"]
+        conn.request("GET", f"/v1/jobs/{job_id}/events")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("transfer-encoding") == "chunked"
+        text = resp.read().decode()
+        ids = [line[4:] for line in text.splitlines() if line.startswith("id: ")]
+        assert ids == ["1", "2", "3", "4", "5"], text
+        assert "event: done" in text
+        sockets.append(conn.sock)
+    assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]
+    conn.close()
 
 
 def test_a_late_subscriber_sees_the_full_history_and_last_event_id_resumes(stack):
