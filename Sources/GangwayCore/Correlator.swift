@@ -200,13 +200,7 @@ public final class Correlator: Sendable {
     public func wait(id: String) async throws -> Delivery {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Delivery, any Error>) in
-                let action = state.withLock { $0.map.wait(id, .task(continuation)) }
-                switch action {
-                case .replyAvailable(let reply): continuation.resume(returning: reply)
-                case .failed(let failure): continuation.resume(throwing: failure)
-                case .suspended: break
-                case .gone: continuation.resume(throwing: Failure.timeout)
-                }
+                waitFor(id, .task(continuation))
             }
         } onCancel: {
             cancel(id: id, with: .cancelled)
@@ -222,17 +216,21 @@ public final class Correlator: Sendable {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<[Result<Delivery, Failure>], Never>) in
                 let group = GroupWait(count: ids.count, continuation: continuation)
                 for (index, id) in ids.enumerated() {
-                    let action = state.withLock { $0.map.wait(id, .group(group, index: index)) }
-                    switch action {
-                    case .replyAvailable(let reply): group.settle(index, .success(reply))
-                    case .failed(let failure): group.settle(index, .failure(failure))
-                    case .suspended: break
-                    case .gone: group.settle(index, .failure(.timeout))
-                    }
+                    waitFor(id, .group(group, index: index))
                 }
             }
         } onCancel: {
             for id in ids { cancel(id: id, with: .cancelled) }
+        }
+    }
+
+    /// Parks `waiter` on a slot, or resumes it at once with what the slot already holds.
+    private func waitFor(_ id: String, _ waiter: Waiter) {
+        switch state.withLock({ $0.map.wait(id, waiter) }) {
+        case .replyAvailable(let reply): waiter.resume(returning: reply)
+        case .failed(let failure): waiter.resume(throwing: failure)
+        case .suspended: break
+        case .gone: waiter.resume(throwing: .timeout)
         }
     }
 

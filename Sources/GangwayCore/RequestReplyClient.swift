@@ -41,23 +41,14 @@ public final class RequestReplyClient: Sendable {
     /// Checks for consumers, opens the reply slot and publishes; does not wait for the reply.
     /// - Throws: ``GatewayError``: 503 when nobody serves the route or the broker is down.
     public func start(_ request: GatewayRequest) async throws(GatewayError) -> Pending {
-        let route = request.route
-        try await checkConsumers(request)
-        let correlationID = nextCorrelationID()
-        let message = makeMessage(request, correlationID: correlationID)
-        guard correlator.register(id: correlationID, timeoutMilliseconds: route.timeoutMilliseconds) else {
-            throw .brokerUnavailable("correlation id collision")
-        }
-        // The confirm is not awaited: the reply is the real answer, and a return (no queue
-        // bound) or nack arrives before the reply could; the publisher's thread fails the slot.
-        let correlator = self.correlator
+        let prepared = try await prepare(request)
         do {
-            try publish(message) { failure in correlator.fail(id: correlationID, with: failure) }
+            try bus.publish(prepared.message, onSettled: prepared.onSettled)
         } catch {
-            correlator.cancel(id: correlationID)
-            throw error
+            correlator.cancel(id: prepared.pending.correlationID)
+            throw .brokerUnavailable("\(error)")
         }
-        return Pending(correlationID: correlationID, route: route)
+        return prepared.pending
     }
 
     /// Starts several requests, publishing them together in one hand-off to the publisher.
@@ -67,34 +58,42 @@ public final class RequestReplyClient: Sendable {
         var results: [Result<Pending, GatewayError>] = []
         results.reserveCapacity(requests.count)
         var batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)] = []
-        var started: [(index: Int, id: String)] = []
+        var started: [Int] = []
         for request in requests {
-            do throws(GatewayError) {
-                try await checkConsumers(request)
+            do {
+                let prepared = try await prepare(request)
+                batch.append((prepared.message, prepared.onSettled))
+                started.append(results.count)
+                results.append(.success(prepared.pending))
             } catch {
                 results.append(.failure(error))
-                continue
             }
-            let correlationID = nextCorrelationID()
-            guard correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds) else {
-                results.append(.failure(.brokerUnavailable("correlation id collision")))
-                continue
-            }
-            let correlator = self.correlator
-            batch.append((makeMessage(request, correlationID: correlationID), Self.settlement { correlator.fail(id: correlationID, with: $0) }))
-            started.append((results.count, correlationID))
-            results.append(.success(Pending(correlationID: correlationID, route: request.route)))
         }
         guard !batch.isEmpty else { return results }
         do {
             try bus.publish(batch)
         } catch {
-            for (index, id) in started {
-                correlator.cancel(id: id)
+            for index in started {
+                if case .success(let pending) = results[index] { correlator.cancel(id: pending.correlationID) }
                 results[index] = .failure(.brokerUnavailable("\(error)"))
             }
         }
         return results
+    }
+
+    /// Everything before the publish: the consumer check, the message and its open reply slot.
+    /// The confirm is not awaited: the reply is the real answer, and a return (no queue bound)
+    /// or nack arrives before the reply could; `onSettled` (on the publisher's thread) then
+    /// fails the slot.
+    private func prepare(_ request: GatewayRequest) async throws(GatewayError) -> (pending: Pending, message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void) {
+        try await checkConsumers(request)
+        let correlationID = nextCorrelationID()
+        let message = makeMessage(request, correlationID: correlationID)
+        guard correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds) else {
+            throw .brokerUnavailable("correlation id collision")
+        }
+        let correlator = self.correlator
+        return (Pending(correlationID: correlationID, route: request.route), message, Self.settlement { correlator.fail(id: correlationID, with: $0) })
     }
 
     /// Waits for a started request's reply and checks it against the contract.

@@ -32,11 +32,10 @@ enum EventStreamResponse {
         preamble: [ByteBuffer],
         onEnd: @escaping @Sendable () -> Void
     ) -> Response {
-        let tap = context.channel.map { NIOLoopBoundBox<EventStreamTap?>.makeEmptyBox(valueType: EventStreamTap.self, eventLoop: $0.eventLoop) }
-        // Whichever handler was added, to take it out again when the stream ends: a keep-alive
-        // connection may carry many streams, one after another.
-        let added = context.channel.map { NIOLoopBoundBox<(any RemovableChannelHandler)?>.makeEmptyBox(valueType: (any RemovableChannelHandler).self, eventLoop: $0.eventLoop) }
-        if let channel = context.channel, let tap, let added {
+        // The handler added below, to write through (a tap) and to take out again when the
+        // stream ends: a keep-alive connection may carry many streams, one after another.
+        let added = context.channel.map { NIOLoopBoundBox<AddedHandler?>.makeEmptyBox(valueType: AddedHandler.self, eventLoop: $0.eventLoop) }
+        if let channel = context.channel, let added {
             // A client that does not read leaves the writer stuck on back-pressure: closing the
             // connection is what frees it.
             outbox.onOverflow { channel.close(promise: nil) }
@@ -48,13 +47,12 @@ enum EventStreamResponse {
                     if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) {
                         let handler = EventStreamTap(outbox: outbox)
                         try pipeline.addHandler(handler, position: .before(encoder))
-                        tap.value = handler
-                        added.value = handler
+                        added.value = .tap(handler)
                     } else {
                         // Not HTTP/1 (HTTP/2 has no such encoder): only watch for the client.
                         let watcher = ClientGoneWatcher(outbox: outbox)
                         try pipeline.addHandler(watcher, position: .first)
-                        added.value = watcher
+                        added.value = .watcher(watcher)
                     }
                 } catch {
                     outbox.finish()
@@ -67,13 +65,14 @@ enum EventStreamResponse {
             defer {
                 onEnd()
                 clients.close(outbox)
-                if let channel, let tap, let added {
+                if let channel, let added {
                     // After the final chunk (queued on the loop before this).
                     channel.eventLoop.execute {
-                        tap.value = nil
-                        if let handler = added.value {
-                            added.value = nil
-                            channel.pipeline.syncOperations.removeHandler(handler, promise: nil)
+                        guard let handler = added.value else { return }
+                        added.value = nil
+                        switch handler {
+                        case .tap(let tap): channel.pipeline.syncOperations.removeHandler(tap, promise: nil)
+                        case .watcher(let watcher): channel.pipeline.syncOperations.removeHandler(watcher, promise: nil)
                         }
                     }
                 }
@@ -86,7 +85,7 @@ enum EventStreamResponse {
                 // these come after them; `finish` below comes after these.
                 outbox.attach(on: channel.eventLoop) { bytes, written in
                     // The sink runs on the loop, where the tap lives.
-                    if let handler = tap?.value, handler.writeChunk(bytes, written: written) { return }
+                    if case .tap(let handler)? = added?.value, handler.writeChunk(bytes, written: written) { return }
                     let promise = channel.eventLoop.makePromise(of: Void.self)
                     promise.futureResult.whenComplete { _ in written() }
                     channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
@@ -107,6 +106,12 @@ enum EventStreamResponse {
         }
         return Response(status: .ok, headers: headers, body: body)
     }
+}
+
+/// What an event stream added to its connection's pipeline.
+enum AddedHandler {
+    case tap(EventStreamTap)
+    case watcher(ClientGoneWatcher)
 }
 
 /// Ends the response of a client that fell behind its event-stream buffer.
@@ -157,9 +162,7 @@ final class EventStreamTap: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            outbox.finish()
-        }
+        ClientGoneWatcher.observe(event, for: outbox)
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -249,9 +252,14 @@ final class ClientGoneWatcher: ChannelInboundHandler, RemovableChannelHandler, S
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        Self.observe(event, for: outbox)
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// The client closed its side: the stream is over.
+    static func observe(_ event: Any, for outbox: SSEOutbox) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             outbox.finish()
         }
-        context.fireUserInboundEventTriggered(event)
     }
 }

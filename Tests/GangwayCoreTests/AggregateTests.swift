@@ -5,22 +5,37 @@ import NIOCore
 import Synchronization
 import Testing
 
-/// A bus whose "workers" answer by routing key, at once, on the publishing thread.
+/// A bus whose "workers" answer by routing key, at once, on the publishing thread; a message
+/// whose routing key has no answer is returned. Queues in `unserved` have no consumers; with
+/// `refuse` nothing can be sent. Batches are recorded by size.
 final class AnsweringBus: MessageBus {
+    struct Refused: Error {}
     let replyQueue = "gangway.reply.test"
     let isReady = true
     let correlator: Correlator
     let answers: [String: (status: Int, contentType: String, body: String)]
+    let unserved: Set<String>
+    let refuse: Bool
     let seen = Mutex<[OutboundMessage]>([])
+    let batches = Mutex<[Int]>([])
 
-    init(correlator: Correlator, answers: [String: (status: Int, contentType: String, body: String)]) {
+    init(correlator: Correlator, answers: [String: (status: Int, contentType: String, body: String)], unserved: Set<String> = [], refuse: Bool = false) {
         self.correlator = correlator
         self.answers = answers
+        self.unserved = unserved
+        self.refuse = refuse
     }
 
     func publish(_ message: OutboundMessage) async throws -> PublishOutcome { .confirmed }
 
+    func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {
+        if refuse { throw Refused() }
+        batches.withLock { $0.append(batch.count) }
+        for (message, onSettled) in batch { try publish(message, onSettled: onSettled) }
+    }
+
     func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        if refuse { throw Refused() }
         seen.withLock { $0.append(message) }
         guard let answer = answers[message.routingKey] else {
             onSettled(.success(.returned(replyCode: 312, replyText: "NO_ROUTE")))
@@ -36,7 +51,7 @@ final class AnsweringBus: MessageBus {
         )
     }
 
-    func consumerCount(queue: String) async throws -> UInt32? { 1 }
+    func consumerCount(queue: String) async throws -> UInt32? { unserved.contains(queue) ? 0 : 1 }
 }
 
 @Suite("Aggregation over a scripted bus")

@@ -125,7 +125,7 @@ struct RequestReplyTests {
     @Test("requests started together go out as one batch; each gets its own reply or failure")
     func startAll() async throws {
         let correlator = Correlator()
-        let bus = BatchingBus(correlator: correlator)
+        let bus = AnsweringBus(correlator: correlator, answers: ["demo.echo": (200, "text/plain", "echoed")], unserved: ["demo.unserved"])
         let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
         var unroutable = try request()
         unroutable.parameters = ["id": "nowhere"]
@@ -154,7 +154,7 @@ struct RequestReplyTests {
     @Test("a batch the bus cannot send fails every request in it and frees their slots")
     func startAllRefused() async throws {
         let correlator = Correlator()
-        let bus = BatchingBus(correlator: correlator, refuse: true)
+        let bus = AnsweringBus(correlator: correlator, answers: [:], refuse: true)
         let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: "e")
         let results = await client.startAll([try request(), try request()])
         #expect(results.count == 2)
@@ -229,45 +229,3 @@ struct ConsumerPresenceTests {
     }
 }
 
-/// A bus with a real batch publish: it records batch sizes, returns messages routed to
-/// `demo.nowhere`, answers the rest at once, and has no consumers for `demo.unserved`.
-final class BatchingBus: MessageBus {
-    struct Refused: Error {}
-    let replyQueue = "gangway.reply.test"
-    let isReady = true
-    let correlator: Correlator
-    let refuse: Bool
-    let batches = Mutex<[Int]>([])
-
-    init(correlator: Correlator, refuse: Bool = false) {
-        self.correlator = correlator
-        self.refuse = refuse
-    }
-
-    func publish(_ message: OutboundMessage) async throws -> PublishOutcome { .confirmed }
-
-    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
-        try publish([(message, onSettled)])
-    }
-
-    func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {
-        if refuse { throw Refused() }
-        batches.withLock { $0.append(batch.count) }
-        for (message, onSettled) in batch {
-            if message.routingKey == "demo.nowhere" {
-                onSettled(.success(.returned(replyCode: 312, replyText: "NO_ROUTE")))
-                continue
-            }
-            onSettled(.success(.confirmed))
-            correlator.deliver(
-                Delivery(
-                    consumerTag: "c", deliveryTag: 1, redelivered: false, exchange: "", routingKey: replyQueue,
-                    properties: AMQPProperties(contentType: "text/plain", headers: ["x-status": .int(200)], correlationID: message.properties.correlationID),
-                    body: ByteBuffer(string: "echoed"), generation: 1
-                )
-            )
-        }
-    }
-
-    func consumerCount(queue: String) async throws -> UInt32? { queue == "demo.unserved" ? 0 : 1 }
-}
