@@ -36,6 +36,7 @@ public final class SSEOutbox: Sendable {
         var end: End?
         var waiter: CheckedContinuation<Next, Never>?
         var onOverflow: (@Sendable () -> Void)?
+        var onEnd: (@Sendable (End) -> Void)?
         var sink: Sink?
         var loop: (any EventLoop)?
     }
@@ -104,6 +105,18 @@ public final class SSEOutbox: Sendable {
         if already { handler() }
     }
 
+    /// Sets what to do once the outbox ends (for a writer that does not wait in ``next()``);
+    /// runs at once when it has ended already. Runs on the thread that ends it: it must not
+    /// block.
+    public func whenEnded(_ handler: @escaping @Sendable (End) -> Void) {
+        let already = state.withLock { s -> End? in
+            if let end = s.end { return end }
+            s.onEnd = handler
+            return nil
+        }
+        if let already { handler(already) }
+    }
+
     /// Queues bytes for the client (on its loop, once attached to one).
     /// - Returns: false when the outbox has ended (now or before): the caller should forget it.
     @discardableResult
@@ -117,7 +130,7 @@ public final class SSEOutbox: Sendable {
             case none
             case send(Sink)
             case wake(CheckedContinuation<Next, Never>, [ByteBuffer])
-            case overflow(CheckedContinuation<Next, Never>?, (@Sendable () -> Void)?)
+            case overflow(CheckedContinuation<Next, Never>?, (@Sendable () -> Void)?, (@Sendable (End) -> Void)?)
             case ended
         }
         let action: Action = state.withLock { s in
@@ -129,7 +142,7 @@ public final class SSEOutbox: Sendable {
                     s.loop = nil
                     let handler = s.onOverflow
                     s.onOverflow = nil
-                    return .overflow(s.waiter.take(), handler)
+                    return .overflow(s.waiter.take(), handler, s.onEnd.take())
                 }
                 return .send(sink)
             }
@@ -144,7 +157,7 @@ public final class SSEOutbox: Sendable {
                 s.bytes = 0
                 let handler = s.onOverflow
                 s.onOverflow = nil
-                return .overflow(nil, handler)
+                return .overflow(nil, handler, s.onEnd.take())
             }
             s.pending.append(buffer)
             s.bytes += buffer.readableBytes
@@ -162,9 +175,10 @@ public final class SSEOutbox: Sendable {
         case .wake(let waiter, let buffers):
             waiter.resume(returning: .bytes(buffers))
             return true
-        case .overflow(let waiter, let handler):
+        case .overflow(let waiter, let handler, let onEnd):
             waiter?.resume(returning: .end(.overflow))
             handler?()
+            onEnd?(.overflow)
             return false
         case .ended:
             return false
@@ -197,16 +211,15 @@ public final class SSEOutbox: Sendable {
 
     /// Ends the stream once what is queued has been taken.
     public func finish() {
-        let waiter: CheckedContinuation<Next, Never>? = state.withLock { s in
-            guard s.end == nil else { return nil }
+        let (waiter, onEnd) = state.withLock { s -> (CheckedContinuation<Next, Never>?, (@Sendable (End) -> Void)?) in
+            guard s.end == nil else { return (nil, nil) }
             s.end = .finished
             s.onOverflow = nil
             s.sink = nil
-            let w = s.waiter
-            s.waiter = nil
-            return w
+            return (s.waiter.take(), s.onEnd.take())
         }
         waiter?.resume(returning: .end(.finished))
+        onEnd?(.finished)
     }
 
     /// What the writer may take now: queued bytes (unless they are the sink's), or the end.

@@ -68,6 +68,26 @@ struct SSEOutboxTests {
         #expect(late.withLock { $0 } == 1)
     }
 
+    @Test("the end handler runs once, with how the outbox ended, also when set after the end")
+    func whenEnded() {
+        let finished = SSEOutbox(limit: 100)
+        let ends = Mutex<[SSEOutbox.End]>([])
+        finished.whenEnded { end in ends.withLock { $0.append(end) } }
+        #expect(ends.withLock { $0 }.isEmpty)
+        finished.finish()
+        finished.finish()
+        #expect(ends.withLock { $0 } == [.finished])
+
+        let overflowed = SSEOutbox(limit: 10)
+        overflowed.whenEnded { end in ends.withLock { $0.append(end) } }
+        #expect(overflowed.push(bytes(11)) == false)
+        overflowed.finish()
+        #expect(ends.withLock { $0 } == [.finished, .overflow])
+
+        overflowed.whenEnded { end in ends.withLock { $0.append(end) } }
+        #expect(ends.withLock { $0 } == [.finished, .overflow, .overflow])
+    }
+
     @Test("heartbeats reach every open stream; closing an overflowed stream counts a cut-off")
     func registry() async {
         let clients = SSEClients(bufferLimit: 40)
