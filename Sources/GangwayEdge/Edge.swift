@@ -1,6 +1,7 @@
 import GangwayConfig
 import GangwayCore
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOPosix
 
@@ -97,8 +98,11 @@ public struct Edge: Sendable {
                 body: .init(byteBuffer: ByteBuffer(string: ready ? #"{"status":"ready"}"# : #"{"status":"not ready","reason":"broker unavailable"}"#))
             )
         }
+        let responder = router.buildResponder()
+        let eventStreams = DetachedEventStreams(responder: responder, serverName: configuration.serverName)
         return Application(
-            router: router,
+            responder: responder,
+            server: HTTPServerBuilder { responder in EdgeHTTPChannel(responder: responder, eventStreams: eventStreams) },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
             eventLoopGroupProvider: configuration.eventLoopThreads.map { .shared(MultiThreadedEventLoopGroup(numberOfThreads: $0)) } ?? .singleton,

@@ -2,6 +2,7 @@ import Foundation
 import GangwayCore
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
@@ -9,8 +10,8 @@ import NIOPosix
 
 /// A `text/event-stream` response fed by an ``SSEOutbox``: what comes first (the `retry:` hint,
 /// a reset notice, replayed history) is written as it is, then whatever the outbox collects,
-/// batch by batch, each batch flushed at once. The outbox bounds how far the client may fall
-/// behind: past the bound its connection is closed.
+/// each event flushed at once. The outbox bounds how far the client may fall behind: past the
+/// bound its connection is closed.
 enum EventStreamResponse {
     static let headers: HTTPFields = [
         .contentType: "text/event-stream",
@@ -21,6 +22,9 @@ enum EventStreamResponse {
     /// Reconnection delay the browser's EventSource should use, in ms.
     static let retry = ByteBuffer(string: "retry: 2000\n\n")
 
+    /// The response for an event stream. On a connection that ``EdgeHTTPChannel`` serves
+    /// without a task (`context.eventStreamSlot` set), the stream goes into the slot and the
+    /// response is only its head; otherwise its body writes the stream.
     /// - Parameters:
     ///   - outbox: registered in `clients`; closed here when the stream ends.
     ///   - preamble: written before anything from the outbox.
@@ -32,65 +36,17 @@ enum EventStreamResponse {
         preamble: [ByteBuffer],
         onEnd: @escaping @Sendable () -> Void
     ) -> Response {
-        // The handler added below, to write through (a tap) and to take out again when the
-        // stream ends: a keep-alive connection may carry many streams, one after another.
-        let added = context.channel.map { NIOLoopBoundBox<AddedHandler?>.makeEmptyBox(valueType: AddedHandler.self, eventLoop: $0.eventLoop) }
-        if let channel = context.channel, let added {
-            // A client that does not read leaves the writer stuck on back-pressure: closing the
-            // connection is what frees it.
-            outbox.onOverflow { channel.close(promise: nil) }
-            channel.closeFuture.whenComplete { _ in outbox.finish() }
-            // Queued on the loop before the response head is written, so the tap sees it.
-            channel.eventLoop.execute {
-                let pipeline = channel.pipeline.syncOperations
-                do {
-                    if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) {
-                        let handler = EventStreamTap(outbox: outbox)
-                        try pipeline.addHandler(handler, position: .before(encoder))
-                        added.value = .tap(handler)
-                    } else {
-                        // Not HTTP/1 (HTTP/2 has no such encoder): only watch for the client.
-                        let watcher = ClientGoneWatcher(outbox: outbox)
-                        try pipeline.addHandler(watcher, position: .first)
-                        added.value = .watcher(watcher)
-                    }
-                } catch {
-                    outbox.finish()
-                }
-            }
+        let stream = EventStream(outbox: outbox, clients: clients, channel: context.channel, preamble: [retry] + preamble, logger: context.logger, onEnd: onEnd)
+        if let slot = context.eventStreamSlot {
+            slot.stream = stream
+            return Response(status: .ok, headers: headers)
         }
-        let logger = context.logger
-        let channel = context.channel
         let body = ResponseBody { writer in
-            defer {
-                onEnd()
-                clients.close(outbox)
-                if let channel, let added {
-                    // After the final chunk (queued on the loop before this).
-                    channel.eventLoop.execute {
-                        guard let handler = added.value else { return }
-                        added.value = nil
-                        switch handler {
-                        case .tap(let tap): channel.pipeline.syncOperations.removeHandler(tap, promise: nil)
-                        case .watcher(let watcher): channel.pipeline.syncOperations.removeHandler(watcher, promise: nil)
-                        }
-                    }
-                }
-            }
-            try await writer.write(contentsOf: [retry] + preamble)
-            if let channel {
-                // From here on events go straight from the producer to the connection: no task
-                // to wake per event and client, which is most of the cost of fanning one event
-                // out to thousands of streams. The writes above are in the pipeline already, so
-                // these come after them; `finish` below comes after these.
-                outbox.attach(on: channel.eventLoop) { bytes, written in
-                    // The sink runs on the loop, where the tap lives.
-                    if case .tap(let handler)? = added?.value, handler.writeChunk(bytes, written: written) { return }
-                    let promise = channel.eventLoop.makePromise(of: Void.self)
-                    promise.futureResult.whenComplete { _ in written() }
-                    channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
-                }
-            }
+            defer { stream.close() }
+            try await writer.write(contentsOf: stream.preamble)
+            // The writes above are in the pipeline already, so what the sink writes comes
+            // after them; `finish` below comes after that.
+            stream.attachSink()
             loop: while true {
                 switch await outbox.next() {
                 case .bytes(let batch):
@@ -98,13 +54,125 @@ enum EventStreamResponse {
                 case .end(.finished):
                     break loop
                 case .end(.overflow):
-                    logger.notice("sse.client.cut_off", metadata: ["sse.buffer_limit": "\(outbox.limit)"])
+                    stream.logCutOff()
                     throw ClientTooSlow(limit: outbox.limit)
                 }
             }
             try await writer.finish(nil)
         }
         return Response(status: .ok, headers: headers, body: body)
+    }
+}
+
+/// Where ``EdgeHTTPChannel`` receives the event stream a request turned into, to write it
+/// itself instead of through a response body.
+final class EventStreamSlot: @unchecked Sendable {  // set by the responder, read after it returned
+    var stream: EventStream?
+}
+
+/// One open event stream on one connection: its outbox, what goes first, and what to undo
+/// when it ends.
+final class EventStream: Sendable {
+    let outbox: SSEOutbox
+    let clients: SSEClients
+    let channel: (any Channel)?
+    /// Written before anything from the outbox.
+    let preamble: [ByteBuffer]
+    let logger: Logger
+    let onEnd: @Sendable () -> Void
+    /// The handler added to the connection's pipeline, to write through (a tap) and to take
+    /// out again when the stream ends: a keep-alive connection may carry many streams, one
+    /// after another.
+    let added: NIOLoopBoundBox<AddedHandler?>?
+
+    init(outbox: SSEOutbox, clients: SSEClients, channel: (any Channel)?, preamble: [ByteBuffer], logger: Logger, onEnd: @escaping @Sendable () -> Void) {
+        self.outbox = outbox
+        self.clients = clients
+        self.channel = channel
+        self.preamble = preamble
+        self.logger = logger
+        self.onEnd = onEnd
+        self.added = channel.map { NIOLoopBoundBox<AddedHandler?>.makeEmptyBox(valueType: AddedHandler.self, eventLoop: $0.eventLoop) }
+        guard let channel, let added else { return }
+        // A client that does not read leaves the writer stuck on back-pressure: closing the
+        // connection is what frees it.
+        outbox.onOverflow { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in outbox.finish() }
+        // Queued on the loop before the response head is written, so the tap sees it.
+        channel.eventLoop.execute {
+            let pipeline = channel.pipeline.syncOperations
+            do {
+                if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) {
+                    let handler = EventStreamTap(outbox: outbox)
+                    try pipeline.addHandler(handler, position: .before(encoder))
+                    added.value = .tap(handler)
+                } else {
+                    // Not HTTP/1 (HTTP/2 has no such encoder): only watch for the client.
+                    let watcher = ClientGoneWatcher(outbox: outbox)
+                    try pipeline.addHandler(watcher, position: .first)
+                    added.value = .watcher(watcher)
+                }
+            } catch {
+                outbox.finish()
+            }
+        }
+    }
+
+    /// From here on events go straight from the producer to the connection: no task to wake
+    /// per event and client, which is most of the cost of fanning one event out to thousands
+    /// of streams. Call it once what must come first is in the pipeline.
+    func attachSink() {
+        guard let channel, let added else { return }
+        outbox.attach(on: channel.eventLoop) { bytes, written in
+            // The sink runs on the loop, where the tap lives.
+            if case .tap(let handler)? = added.value, handler.writeChunk(bytes, written: written) { return }
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.whenComplete { _ in written() }
+            channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
+        }
+    }
+
+    /// The stream is over: unsubscribes, forgets the outbox and takes the added handler out
+    /// of the pipeline (after the final chunk, which was queued on the loop before this).
+    func close() {
+        onEnd()
+        clients.close(outbox)
+        guard let channel, let added else { return }
+        channel.eventLoop.execute {
+            guard let handler = added.value else { return }
+            added.value = nil
+            switch handler {
+            case .tap(let tap): channel.pipeline.syncOperations.removeHandler(tap, promise: nil)
+            case .watcher(let watcher): channel.pipeline.syncOperations.removeHandler(watcher, promise: nil)
+            }
+        }
+    }
+
+    func logCutOff() {
+        logger.notice("sse.client.cut_off", metadata: ["sse.buffer_limit": "\(outbox.limit)"])
+    }
+
+    /// Writes the whole stream on `channel` with no task behind it: `head`, what comes first,
+    /// then the outbox's events as they come; when the outbox ends, the final chunk, and the
+    /// connection is closed (`head` says `Connection: close`). Call it on the channel's loop.
+    func writeDetached(head: HTTPResponse) {
+        guard let channel else { return }
+        channel.write(HTTPResponsePart.head(head), promise: nil)
+        for buffer in preamble { channel.write(HTTPResponsePart.body(buffer), promise: nil) }
+        channel.flush()
+        attachSink()
+        outbox.whenEnded { end in
+            channel.eventLoop.execute {
+                switch end {
+                case .finished:
+                    channel.writeAndFlush(HTTPResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+                case .overflow:
+                    // The overflow handler closes the connection.
+                    self.logCutOff()
+                }
+                self.close()
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@ public struct GatewayRequestContext: RequestContext {
 
     /// The client's connection: event streams close it to cut off a client that does not read.
     public let channel: (any Channel)?
+    /// Set when the connection writes an event stream itself, without a task
+    /// (``EdgeHTTPChannel``): the stream's response leaves it here.
+    var eventStreamSlot: EventStreamSlot?
 
     public init(source: Source) {
         self.coreContext = .init(source: source)

@@ -13,12 +13,13 @@ struct JobHandler: Sendable {
     /// The edge's open event streams (heartbeats, buffer bound).
     let clients: SSEClients
     static let prefix = "/v1/jobs/"
+    static let eventsSuffix = "/events"
 
     func submit(_ request: Request, context: GatewayRequestContext, route: Route, parameters: [String: String]) async throws -> Response {
         let gatewayRequest = try await GatewayRequest.make(from: request, context: context, route: route, parameters: parameters)
         let id = try await client.submit(gatewayRequest)
         let status = Self.prefix + id
-        let events = status + "/events"
+        let events = status + Self.eventsSuffix
         let body = #"{"id":"\#(id)","status":"queued","status_url":"\#(status)","events_url":"\#(events)"}"#
         return Response(
             status: .accepted,
