@@ -1,7 +1,9 @@
 """Jobs: 202 after the broker confirmed, status, live SSE with history and resume, any edge."""
 import http.client
+import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -48,23 +50,66 @@ def test_submit_answers_202_with_location_and_the_job_runs_to_done(stack):
 def test_live_event_streams_one_after_another_on_one_keep_alive_connection(stack):
     # Live events are written as ready-made chunks below the HTTP encoder; each stream's
     # response must still end cleanly and leave the connection fit for the next request.
+    # (The connection opens with an ordinary request, so it stays a keep-alive one: see the
+    # next test for a connection that opens with a stream.)
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
     conn = http.client.HTTPConnection(edge.base.removeprefix("http://"), timeout=30)
-    sockets = []
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read() and conn.sock is not None
+    sockets = [conn.sock]
     for _ in range(3):
         job_id = submit(edge, "steps=3&delay_ms=150").json()["id"]
         conn.request("GET", f"/v1/jobs/{job_id}/events")
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.getheader("transfer-encoding") == "chunked"
+        assert resp.getheader("connection") is None
         text = resp.read().decode()
         ids = [line[4:] for line in text.splitlines() if line.startswith("id: ")]
         assert ids == ["1", "2", "3", "4", "5"], text
         assert "event: done" in text
         sockets.append(conn.sock)
-    assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]
+    assert all(s is sockets[0] for s in sockets), sockets
     conn.close()
+
+
+def read_to_eof(sock, timeout=20):
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_connection_that_opens_with_an_event_stream_ends_with_it(stack):
+    # Served without a task: the response says so, ends with the last chunk, and the edge
+    # closes the connection; a request the client sent after it is not answered.
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=3&delay_ms=150").json()["id"]
+    port = int(edge.base.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = read_to_eof(sock).decode()
+    sock.close()
+    head, _, body = data.partition("\r\n\r\n")
+    lines = head.lower().split("\r\n")
+    assert lines[0] == "http/1.1 200 ok", head
+    assert {"connection: close", "transfer-encoding: chunked", "content-type: text/event-stream"} <= set(lines), head
+    assert any(line.startswith("date: ") for line in lines) and any(line.startswith("x-request-id: ") for line in lines), head
+    assert body.endswith("0\r\n\r\n") and "HTTP/1.1" not in body, body
+    ids = [line[4:] for line in body.splitlines() if line.startswith("id: ")]
+    assert ids == ["1", "2", "3", "4", "5"], body
+    # An error on such a connection is an ordinary response, and the connection closes too.
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /v1/jobs/no-such-job/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_to_eof(sock).decode()
+    sock.close()
+    head, _, body = data.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 404") and "connection: close" in head.lower(), head
+    assert "application/problem+json" in head and json.loads(body)["status"] == 404, data
+    assert requests.get(edge.base + "/healthz").json()["event_streams"] == 0
 
 
 def test_a_late_subscriber_sees_the_full_history_and_last_event_id_resumes(stack):

@@ -1,7 +1,9 @@
 """Topics: publish (202 after the confirm), SSE subscriptions filtered by the broker through
 reference-counted bindings, resume with Last-Event-ID, and slow clients cut off."""
 import json
+import os
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -106,6 +108,7 @@ def test_bad_topics_and_patterns_are_clear_400s(stack):
         assert "topic" in r.json()["detail"]
     r = requests.get(f"{edge.base}/v1/topics/stream")
     assert r.status_code == 400 and "match" in r.json()["detail"]
+    assert r.headers["connection"] == "close"  # it opened the connection (a stream path)
     r = requests.get(f"{edge.base}/v1/topics/stream?match=a..b")
     assert r.status_code == 400 and "pattern" in r.json()["detail"]
     r = requests.put(f"{edge.base}/v1/topics/a.b", data="{}")
@@ -263,3 +266,22 @@ def test_a_client_that_never_reads_is_cut_off_at_the_buffer_bound_while_100_othe
     assert slow_ids == ids[:len(slow_ids)] and len(slow_ids) < len(ids) - 1
     health = session.get(f"{edge.base}/healthz").json()
     assert health["event_streams_cut_off"] == 1 and health["topic_subscribers"] == 100
+
+
+def test_sigterm_ends_a_topic_stream_that_opened_its_connection_and_the_edge_exits_cleanly(stack):
+    # Such a stream has no task for the server to wait on: graceful shutdown ends it all the
+    # same, with the last chunk, and the edge exits 0.
+    edge = stack.start_edge()
+    port = int(edge.base.rsplit(":", 1)[1])
+    t = f"t{stack.suffix}"
+    sock = open_stream(port, f"/v1/topics/stream?match={t}.bye")
+    sock.settimeout(10)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    publish(edge, f"{t}.bye", {"n": 1})
+    os.killpg(edge.pid, signal.SIGTERM)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    assert b'"data":{"n": 1}' in data and data.endswith(b"0\r\n\r\n"), data
+    assert edge.wait(timeout=15) == 0
