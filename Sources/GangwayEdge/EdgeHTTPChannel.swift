@@ -36,11 +36,12 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     init(responder: @escaping HTTPChannelHandler.Responder, eventStreams: DetachedEventStreams) {
         self.responder = responder
         self.eventStreams = eventStreams
-        // Hummingbird's defaults (HTTP1Channel.Configuration.DecoderConfiguration).
+        // Hummingbird's defaults, as `HTTP1Channel` applies them.
+        let defaults = HTTP1Channel.Configuration.DecoderConfiguration()
         var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderFieldSize = 80 * 1024
-        limits.maxHeaderListSize = 80 * 1024
-        limits.maxHeaderFieldCount = 1000
+        limits.maxHeaderFieldSize = defaults.maxHeaderFieldSize
+        limits.maxHeaderListSize = defaults.maxHeaderListSize
+        limits.maxHeaderFieldCount = defaults.maxHeaderFieldCount
         self.decoderLimits = limits
     }
 
