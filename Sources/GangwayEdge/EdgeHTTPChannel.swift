@@ -22,6 +22,8 @@ import NIOHTTPTypesHTTP1
 /// the connection closes. Any other connection is Hummingbird's as usual, and an event stream
 /// requested later on a keep-alive connection is served from its task (see
 /// ``EventStreamResponse``).
+///
+/// Each connection's task runs on the connection's event loop (``EventLoopTaskExecutor``).
 struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     struct Value: ServerChildChannelValue {
         let channel: any Channel
@@ -80,13 +82,15 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     func handle(value: Value, logger: Logger) async {
-        switch try? await value.firstRequest.get() {
-        case .ordinary(let asyncChannel):
-            await handleHTTP(asyncChannel: asyncChannel, logger: logger)
-        case .eventStream(let head):
-            await eventStreams.serve(head, on: value.channel, logger: logger)
-        case nil:
-            value.channel.close(promise: nil)
+        await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop: value.channel.eventLoop)) {
+            switch try? await value.firstRequest.get() {
+            case .ordinary(let asyncChannel):
+                await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+            case .eventStream(let head):
+                await eventStreams.serve(head, on: value.channel, logger: logger)
+            case nil:
+                value.channel.close(promise: nil)
+            }
         }
     }
 }
