@@ -5,9 +5,11 @@ import Synchronization
 /// answered 503 at once instead of 504 at its deadline.
 ///
 /// RabbitMQ dropped the `immediate` flag, so the edge asks with a passive declaration, at most
-/// once per queue per ``positiveTTL`` while consumers are there. While none are, every
-/// request asks again (a passive declare costs one broker round trip), so the route comes back
-/// as soon as a worker does.
+/// once per queue per ``positiveTTL`` while consumers are there: when the answer has aged, one
+/// request asks again and the requests that arrive meanwhile go ahead on the old answer,
+/// rather than every request in flight asking at once (each question is a round trip that
+/// holds up the publishing connection). While there are no consumers, every request asks
+/// again, so the route comes back as soon as a worker does.
 public final class ConsumerPresence: Sendable {
     public enum Presence: Sendable, Equatable {
         case present
@@ -18,6 +20,8 @@ public final class ConsumerPresence: Sendable {
     struct Entry {
         var consumers: UInt32
         var checkedAt: UInt64
+        /// A request is asking the broker again.
+        var refreshing = false
     }
 
     private let bus: any MessageBus
@@ -40,10 +44,13 @@ public final class ConsumerPresence: Sendable {
     public func check(queue: String) async -> Presence {
         let now = NIODeadline.now().uptimeNanoseconds
         let ttl = UInt64(positiveTTL.components.seconds) * 1_000_000_000 + UInt64(positiveTTL.components.attoseconds / 1_000_000_000)
-        let cached = cache.withLock { $0[queue] }
-        if let cached, cached.consumers > 0, now - cached.checkedAt < ttl {
-            return .present
+        let ask = cache.withLock { entries -> Bool in
+            guard let cached = entries[queue], cached.consumers > 0 else { return true }
+            if now < cached.checkedAt + ttl || cached.refreshing { return false }
+            entries[queue]?.refreshing = true
+            return true
         }
+        guard ask else { return .present }
         do {
             guard let count = try await bus.consumerCount(queue: queue) else {
                 cache.withLock { _ = $0.removeValue(forKey: queue) }
@@ -56,6 +63,7 @@ public final class ConsumerPresence: Sendable {
             return count > 0 ? .present : .none
         } catch {
             // The broker could not be asked; let the publish itself find out.
+            cache.withLock { $0[queue]?.refreshing = false }
             return .present
         }
     }

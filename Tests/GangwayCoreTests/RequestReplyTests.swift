@@ -211,21 +211,3 @@ struct RequestReplyTests {
         #expect(try RequestReplyClient.decodeReply(d, route: "r").status == 404)
     }
 }
-
-@Suite("Consumer presence cache")
-struct ConsumerPresenceTests {
-    @Test("answers from the broker's consumer count and never holds more queues than its capacity")
-    func bounded() async {
-        let bus = ScriptedBus(consumers: 2)
-        let presence = ConsumerPresence(bus: bus, capacity: 3)
-        for i in 0..<10 {
-            #expect(await presence.check(queue: "users.\(i)") == .present)
-            #expect(presence.count <= 3)
-        }
-        let none = ConsumerPresence(bus: ScriptedBus(consumers: 0))
-        #expect(await none.check(queue: "q") == .none)
-        let missing = ConsumerPresence(bus: ScriptedBus(consumers: nil))
-        #expect(await missing.check(queue: "q") == .missingQueue)
-    }
-}
-
