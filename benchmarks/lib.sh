@@ -26,6 +26,30 @@ scripts/broker.sh start "$work/broker" "$port" >/dev/null
 export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
 http_port=$(free_port)
 
+# CPU time of a process so far, in clock ticks (getconf CLK_TCK per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# The pid of this run's broker (the Erlang VM that listens on $port).
+broker_pid() {
+  for p in $(pgrep -f beam.smp); do
+    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "RABBITMQ_NODE_PORT=$port"; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# run_timed OUT CMD...: runs CMD with its output in OUT and prints the CPU seconds it used.
+run_timed() {
+  python3 -c 'import resource, subprocess, sys
+with open(sys.argv[1], "w") as out:
+    code = subprocess.run(sys.argv[2:], stdout=out).returncode
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(u.ru_utime + u.ru_stime)
+sys.exit(code)' "$@"
+}
+
 # Waits until the edge on $http_port is ready.
 wait_ready() {
   for _ in $(seq 1 100); do

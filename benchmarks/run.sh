@@ -6,7 +6,9 @@
 #
 # 1. raw ceiling: benchmarks/raw_rpc (rabbitmq-c, CONNECTIONS requests in flight) → demo.echo
 # 2. edge: wrk, CONNECTIONS connections, POST /v1/echo with a 64-byte body → demo.echo
-# Prints req/s, p50 and p99 for both and the ratio edge / ceiling.
+# Prints req/s, p50 and p99 for both and the ratio edge / ceiling, then the CPU time each
+# process spent per request in each phase (from /proc and getrusage): on a machine whose
+# cores are all busy, throughput is the cores divided by the sum of these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
@@ -14,14 +16,22 @@ CONNECTIONS=${2:-64}
 source benchmarks/lib.sh
 gcc -O2 -o "$work/raw_rpc" benchmarks/raw_rpc.c -lrabbitmq
 
-"$bin" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & pids+=($!)
-"$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
+"$bin" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & worker_pid=$!; pids+=($worker_pid)
+"$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & edge_pid=$!; pids+=($edge_pid)
 wait_ready
 curl -sf -X POST "localhost:$http_port/v1/echo" -d warmup >/dev/null
+broker=$(broker_pid)
+
+# ticks PHASE: records the CPU ticks of the broker, worker and edge as PHASE_broker etc.
+ticks() {
+  eval "${1}_broker=$(cpu_ticks "$broker") ${1}_worker=$(cpu_ticks "$worker_pid") ${1}_edge=$(cpu_ticks "$edge_pid")"
+}
 
 echo "raw broker round trip (${CONNECTIONS} in flight, ${SECONDS_PER_RUN}s)..." >&2
 "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 >/dev/null
-raw=$("$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64)
+ticks raw0
+raw_client=$(run_timed "$work/raw.out" "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64)
+ticks raw1
 
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -30,12 +40,17 @@ wrk.headers["Content-Type"] = "text/plain"
 LUA
 echo "edge (wrk, ${CONNECTIONS} connections, ${SECONDS_PER_RUN}s)..." >&2
 wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
-out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
+ticks edge0
+edge_client=$(run_timed "$work/wrk.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
+ticks edge1
 
-
-python3 - "$raw" "$out" <<'PY'
+python3 - "$(cat "$work/raw.out")" "$(cat "$work/wrk.out")" "$SECONDS_PER_RUN" "$(getconf CLK_TCK)" \
+  "$raw_client" $((raw1_broker - raw0_broker)) $((raw1_worker - raw0_worker)) \
+  "$edge_client" $((edge1_broker - edge0_broker)) $((edge1_worker - edge0_worker)) $((edge1_edge - edge0_edge)) <<'PY'
 import re, sys
-raw, out = sys.argv[1], sys.argv[2]
+raw, out, seconds, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+raw_client, raw_broker, raw_worker = float(sys.argv[5]), int(sys.argv[6]) / hz, int(sys.argv[7]) / hz
+edge_client, edge_broker, edge_worker, edge_edge = float(sys.argv[8]), int(sys.argv[9]) / hz, int(sys.argv[10]) / hz, int(sys.argv[11]) / hz
 r = dict(kv.split("=") for kv in raw.split())
 def ms(text):
     m = re.match(r"([\d.]+)(us|ms|s)", text)
@@ -52,4 +67,11 @@ print(f"{'edge POST /v1/echo':22}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}")
 print(f"ratio edge / ceiling: {rps / raw_rps:.2f}")
 if errors:
     print(f"non-2xx responses: {errors.group(1)}")
+raw_n, edge_n = float(r["requests"]), float(re.search(r"(\d+) requests in", out).group(1))
+us = lambda cpu, n: f"{cpu * 1e6 / n:.0f}" if n else "-"
+print()
+print("CPU per request, µs")
+print(f"{'':22}{'client':>8}{'edge':>8}{'broker':>8}{'worker':>8}{'all':>8}")
+print(f"{'raw broker ceiling':22}{us(raw_client, raw_n):>8}{'':>8}{us(raw_broker, raw_n):>8}{us(raw_worker, raw_n):>8}{us(raw_client + raw_broker + raw_worker, raw_n):>8}")
+print(f"{'edge POST /v1/echo':22}{us(edge_client, edge_n):>8}{us(edge_edge, edge_n):>8}{us(edge_broker, edge_n):>8}{us(edge_worker, edge_n):>8}{us(edge_client + edge_edge + edge_broker + edge_worker, edge_n):>8}")
 PY

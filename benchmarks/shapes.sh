@@ -19,7 +19,7 @@ export GANGWAY_ROUTES=benchmarks/routes.yaml
 for w in time profile orders count; do
   "$bin" worker "$w" --prefetch 128 --log-level warning > "$work/worker-$w.log" 2>&1 & pids+=($!)
 done
-"$bin" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
+"$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & pids+=($!)
 wait_ready
 sleep 1
 curl -sf "localhost:$http_port/v1/three" >/dev/null

@@ -20,7 +20,7 @@ fi
 source benchmarks/lib.sh
 cc -O2 -o "$work/sse_load" benchmarks/sse_load.c -lpthread
 
-"$bin" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & edge_pid=$!; pids+=($edge_pid)
+"$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & edge_pid=$!; pids+=($edge_pid)
 wait_ready
 hz=$(getconf CLK_TCK)
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
