@@ -32,19 +32,28 @@ enum RequestIdentity {
         return "00-\(hex(high, low))-\(hex(random.nonZero()))-01"
     }
 
-    /// Lowercase hex of each value, 16 digits apiece, in one string.
-    static func hex(_ values: UInt64...) -> String {
+    /// 16 lowercase hex digits.
+    static func hex(_ value: UInt64) -> String {
+        String(unsafeUninitializedCapacity: 16) { out in
+            writeHex(value, into: out, at: 0)
+            return 16
+        }
+    }
+
+    /// 32 lowercase hex digits: `high`, then `low`.
+    static func hex(_ high: UInt64, _ low: UInt64) -> String {
+        String(unsafeUninitializedCapacity: 32) { out in
+            writeHex(high, into: out, at: 0)
+            writeHex(low, into: out, at: 16)
+            return 32
+        }
+    }
+
+    private static func writeHex(_ value: UInt64, into out: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
         let digits: StaticString = "0123456789abcdef"
-        return String(unsafeUninitializedCapacity: values.count * 16) { out in
-            digits.withUTF8Buffer { digits in
-                var i = 0
-                for value in values {
-                    for shift in stride(from: 60, through: 0, by: -4) {
-                        out[i] = digits[Int(value >> UInt64(shift) & 0xf)]
-                        i += 1
-                    }
-                }
-                return i
+        digits.withUTF8Buffer { digits in
+            for i in 0..<16 {
+                out[start + i] = digits[Int(value >> UInt64(60 - 4 * i) & 0xf)]
             }
         }
     }
