@@ -3,7 +3,12 @@
  * IN_FLIGHT requests outstanding to a worker queue, each with reply_to = its own exclusive
  * reply queue, and sends the next one as each reply arrives. No HTTP, no edge.
  *
- *   raw_rpc HOST PORT EXCHANGE ROUTING_KEY SECONDS [IN_FLIGHT] [BODY_BYTES]
+ *   raw_rpc HOST PORT EXCHANGE ROUTING_KEY SECONDS [IN_FLIGHT] [BODY_BYTES] [bare|contract]
+ *
+ * bare (the default) sends the fewest properties a reply needs. contract sends what the edge
+ * sends for POST /v1/echo: every property and header of wire contract v1, mandatory, on a
+ * channel in confirm mode (the confirms are read and dropped), so that the difference to the
+ * edge is the edge's own work and not the message.
  *
  * Prints: requests=N seconds=S rps=R p50_ms=A p99_ms=B
  */
@@ -27,6 +32,12 @@ static void die_on(amqp_rpc_reply_t r, const char *what) {
   }
 }
 
+static int64_t epoch_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int cmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -44,6 +55,11 @@ int main(int argc, char **argv) {
   double seconds = atof(argv[5]);
   int in_flight = argc > 6 ? atoi(argv[6]) : 64;
   int body_bytes = argc > 7 ? atoi(argv[7]) : 64;
+  int contract = argc > 8 && strcmp(argv[8], "contract") == 0;
+  if (argc > 8 && !contract && strcmp(argv[8], "bare") != 0) {
+    fprintf(stderr, "raw_rpc: the message kind is bare or contract, not '%s'\n", argv[8]);
+    return 2;
+  }
 
   amqp_connection_state_t conn = amqp_new_connection();
   amqp_socket_t *socket = amqp_tcp_socket_new(conn);
@@ -57,6 +73,10 @@ int main(int argc, char **argv) {
   amqp_queue_declare_ok_t *q = amqp_queue_declare(conn, 1, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table);
   die_on(amqp_get_rpc_reply(conn), "queue.declare");
   amqp_bytes_t reply_queue = amqp_bytes_malloc_dup(q->queue);
+  if (contract) {
+    amqp_confirm_select(conn, 1);
+    die_on(amqp_get_rpc_reply(conn), "confirm.select");
+  }
   amqp_basic_consume(conn, 1, reply_queue, amqp_empty_bytes, 0, 1, 0, amqp_empty_table);
   die_on(amqp_get_rpc_reply(conn), "basic.consume");
 
@@ -77,12 +97,41 @@ int main(int argc, char **argv) {
   props.expiration = amqp_cstring_bytes("5000");
   amqp_bytes_t body_b = {(size_t)body_bytes, body};
 
+  // The edge's headers, with values of the same lengths (ids are 32 and 55 characters).
+  amqp_table_entry_t entries[6];
+  char request_id[33], traceparent[56];
+  memset(request_id, 'f', 32), request_id[32] = 0;
+  snprintf(traceparent, sizeof traceparent, "00-%032d-%016d-01", 7, 7);
+  const char *names[5] = {"x-method", "x-path", "x-route", "x-request-id", "traceparent"};
+  const char *values[5] = {"POST", "/v1/echo", "echo", request_id, traceparent};
+  for (int i = 0; i < 5; i++) {
+    entries[i].key = amqp_cstring_bytes(names[i]);
+    entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
+    entries[i].value.value.bytes = amqp_cstring_bytes(values[i]);
+  }
+  entries[5].key = amqp_cstring_bytes("x-deadline");
+  entries[5].value.kind = AMQP_FIELD_KIND_I64;
+  if (contract) {
+    props._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+                    AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_APP_ID_FLAG;
+    props.headers.num_entries = 6;
+    props.headers.entries = entries;
+    props.type = amqp_cstring_bytes("echo");
+    props.app_id = amqp_cstring_bytes("gangway");
+  }
+
 #define SEND(slot)                                                                                  \
   do {                                                                                              \
     snprintf(corr, sizeof corr, "%d", (slot));                                                      \
     props.correlation_id = amqp_cstring_bytes(corr);                                                \
+    props.message_id = props.correlation_id;                                                        \
     sent[(slot)] = now_s();                                                                         \
-    amqp_basic_publish(conn, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes(key), 0, 0, &props, body_b); \
+    if (contract) {                                                                                 \
+      int64_t ms = epoch_ms();                                                                      \
+      props.timestamp = (uint64_t)(ms / 1000);                                                      \
+      entries[5].value.value.i64 = ms + 5000;                                                       \
+    }                                                                                               \
+    amqp_basic_publish(conn, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes(key), contract, 0, &props, body_b); \
   } while (0)
 
   for (int i = 0; i < in_flight; i++) SEND(i);
@@ -94,6 +143,15 @@ int main(int argc, char **argv) {
     amqp_rpc_reply_t r = amqp_consume_message(conn, &env, &tv, 0);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
       if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) continue;
+      if (contract && r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+        // A confirm (basic.ack) between deliveries: read it and go on.
+        amqp_frame_t frame;
+        if (amqp_simple_wait_frame(conn, &frame) == AMQP_STATUS_OK && frame.frame_type == AMQP_FRAME_METHOD &&
+            frame.payload.method.id == AMQP_BASIC_ACK_METHOD)
+          continue;
+        fprintf(stderr, "raw_rpc: unexpected frame (a returned message: is the worker running?)\n");
+        return 1;
+      }
       fprintf(stderr, "raw_rpc: consume failed\n");
       return 1;
     }
