@@ -234,10 +234,15 @@ final class ConnectionOwner: @unchecked Sendable {
         var idleRounds = 0
         var readable = true
         var lastHousekeeping = NIODeadline.now()
+        // Commands are taken by swapping this buffer with the shared one, so that neither is
+        // copied or reallocated on a round.
+        var commands: [AMQPConnection.Command] = []
+        commands.reserveCapacity(64)
         while true {
-            let (commands, shutdown) = connection.shared.withLock { shared -> ([AMQPConnection.Command], Bool) in
-                defer { shared.commands.removeAll(keepingCapacity: true) }
-                return (shared.commands, shared.shutdownRequested)
+            commands.removeAll(keepingCapacity: true)
+            let shutdown = connection.shared.withLock { shared -> Bool in
+                swap(&commands, &shared.commands)
+                return shared.shutdownRequested
             }
             if shutdown {
                 // Acks queued last (a reply confirmed just before) still go out, or the broker
