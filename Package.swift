@@ -111,6 +111,7 @@ let package = Package(
             name: "GangwayCoreTests",
             dependencies: ["GangwayCore", "GangwayConfig", "GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
         ),
+        .testTarget(name: "GangwayWorkerTests", dependencies: ["GangwayWorker"]),
         .testTarget(
             name: "GangwayEdgeTests",
             dependencies: [
