@@ -16,9 +16,14 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-echo "building (release)..." >&2
-swift build -c release --product gangway >/dev/null
-bin=$(swift build -c release --show-bin-path)/gangway
+# GANGWAY_BENCH_BIN runs a given gangway binary instead (to compare two builds in turn).
+if [ -n "${GANGWAY_BENCH_BIN:-}" ]; then
+  bin=$GANGWAY_BENCH_BIN
+else
+  echo "building (release)..." >&2
+  swift build -c release --product gangway >/dev/null
+  bin=$(swift build -c release --show-bin-path)/gangway
+fi
 
 port=$(free_port)
 while [ $((port + 20000)) -gt 65535 ]; do port=$(free_port); done
