@@ -284,30 +284,44 @@ extension Worker {
 final class RunningHandlers: Sendable {
     private struct State {
         var next: UInt64 = 0
+        /// Handlers started and not finished, whether or not their task is in `tasks` yet.
+        var running = 0
         var tasks: [UInt64: Task<Void, Never>] = [:]
+        /// Handlers that finished before their task was put in `tasks`.
+        var finishedEarly: Set<UInt64> = []
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
         var cancelled = false
     }
 
     private let state = Mutex(State())
 
+    /// Starts `body` as a task. The task is made outside the lock: making it wakes a pool
+    /// thread, and a short handler would otherwise finish there and wait for this lock.
     func start(_ body: @escaping @Sendable () async -> Void) {
-        state.withLock { s in
-            let id = s.next
-            s.next += 1
-            let task = Task {
-                await body()
-                self.finished(id)
-            }
-            s.tasks[id] = task
-            if s.cancelled { task.cancel() }
+        let (id, cancelledAlready) = state.withLock { s -> (UInt64, Bool) in
+            s.running += 1
+            defer { s.next += 1 }
+            return (s.next, s.cancelled)
         }
+        let task = Task {
+            // Started after cancelAll: cancelled before the handler runs, not some time after.
+            if cancelledAlready { withUnsafeCurrentTask { $0?.cancel() } }
+            await body()
+            self.finished(id)
+        }
+        let cancel = state.withLock { s -> Bool in
+            if s.finishedEarly.remove(id) != nil { return false }
+            s.tasks[id] = task
+            return s.cancelled
+        }
+        if cancel { task.cancel() }
     }
 
     private func finished(_ id: UInt64) {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.tasks[id] = nil
-            guard s.tasks.isEmpty else { return [] }
+            if s.tasks.removeValue(forKey: id) == nil { s.finishedEarly.insert(id) }
+            s.running -= 1
+            guard s.running == 0 else { return [] }
             defer { s.idleWaiters = [] }
             return s.idleWaiters
         }
@@ -318,7 +332,7 @@ final class RunningHandlers: Sendable {
     func waitUntilIdle() async {
         await withCheckedContinuation { continuation in
             let idle = state.withLock { s -> Bool in
-                if s.tasks.isEmpty { return true }
+                if s.running == 0 { return true }
                 s.idleWaiters.append(continuation)
                 return false
             }
@@ -335,7 +349,10 @@ final class RunningHandlers: Sendable {
         for task in tasks { task.cancel() }
     }
 
-    var count: Int { state.withLock { $0.tasks.count } }
+    var count: Int { state.withLock { $0.running } }
+
+    /// Entries kept for running handlers (for tests: none are left once idle).
+    var bookkeeping: Int { state.withLock { $0.tasks.count + $0.finishedEarly.count } }
 }
 
 /// A count shared by a worker's tasks and its connection's thread.

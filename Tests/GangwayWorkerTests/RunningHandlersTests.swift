@@ -64,6 +64,28 @@ struct RunningHandlersTests {
         #expect(handlers.count == 0)
     }
 
+    @Test("handlers that finish before start returns leave nothing behind")
+    func shortHandlers() async {
+        let handlers = RunningHandlers()
+        let finished = Counter()
+        let starters = 4
+        let perStarter = 2_500
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0 ..< starters {
+                group.addTask {
+                    for _ in 0 ..< perStarter {
+                        handlers.start { finished.value.add(1, ordering: .relaxed) }
+                    }
+                }
+            }
+        }
+        await handlers.waitUntilIdle()
+        let finishedCount = finished.value.load(ordering: .relaxed)
+        #expect(finishedCount == starters * perStarter)
+        #expect(handlers.count == 0)
+        #expect(handlers.bookkeeping == 0)
+    }
+
     @Test("cancelling cancels the handlers running and those started afterwards", .timeLimit(.minutes(1)))
     func cancelAll() async {
         let handlers = RunningHandlers()
