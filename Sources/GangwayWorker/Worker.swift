@@ -9,10 +9,10 @@ import Synchronization
 /// the message's `reply_to`, then acknowledges.
 ///
 /// Concurrency equals the prefetch: the broker never has more than `prefetch` unacknowledged
-/// messages out to this worker, so at most that many handlers run. A handler that throws produces a 500 problem
-/// reply; a message past its `x-deadline` is acknowledged and dropped unprocessed, because its
-/// requester has already answered 504. A worker that dies before acking gets its messages
-/// redelivered to another worker.
+/// messages out to this worker, so at most that many handlers run. A handler that throws
+/// produces a 500 problem reply; a message past its `x-deadline` is acknowledged and dropped
+/// unprocessed, because its requester has already answered 504. A worker that dies before
+/// acking gets its messages redelivered to another worker.
 public struct Worker: Service {
     public struct Configuration: Sendable {
         public var url: AMQPURL
@@ -277,10 +277,10 @@ extension Worker {
 }
 
 /// The handlers in progress. Each delivery's handler is started as a task straight from the
-/// connection's thread: handing deliveries through a stream to a loop task that adds children to
-/// a task group woke two pool threads per message, which cost lightly loaded workers (the legs of
-/// an aggregate) about a quarter of their CPU time. Shutdown waits for them and cancels them
-/// when it is itself cancelled, as a task group would.
+/// connection's thread: handing deliveries through a stream to a loop task that adds children
+/// to a task group woke two pool threads per message, which cost lightly loaded workers (the
+/// legs of an aggregate) about a quarter of their CPU time. Shutdown waits for them and
+/// cancels them when it is itself cancelled, as a task group would.
 final class RunningHandlers: Sendable {
     private struct State {
         var next: UInt64 = 0
