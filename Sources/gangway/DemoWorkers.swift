@@ -38,12 +38,41 @@ enum DemoWorkers {
             var t = ts.tv_sec
             var tm = tm()
             gmtime_r(&t, &tm)
-            let iso = String(
-                format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday), Int(tm.tm_hour),
-                Int(tm.tm_min), Int(tm.tm_sec), Int(ms % 1000)
-            )
+            let iso = iso8601(tm, milliseconds: Int(ms % 1000))
             return .json(#"{"time":"\#(iso)","epoch_ms":\#(ms)}"#)
         }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit: `String(format:)` went through
+    /// Foundation's formatter and cost the time worker a few percent of its CPU per request.
+    static func iso8601(_ tm: tm, milliseconds: Int) -> String {
+        var text = ""
+        text.reserveCapacity(24)
+        func append(_ value: Int, digits: Int) {
+            var divisor = 1
+            for _ in 1 ..< digits { divisor *= 10 }
+            var rest = value
+            while divisor > 0 {
+                text.unicodeScalars.append(Unicode.Scalar(UInt8(48 + rest / divisor % 10)))
+                rest %= divisor
+                divisor /= 10
+            }
+        }
+        append(Int(tm.tm_year) + 1900, digits: 4)
+        text += "-"
+        append(Int(tm.tm_mon) + 1, digits: 2)
+        text += "-"
+        append(Int(tm.tm_mday), digits: 2)
+        text += "T"
+        append(Int(tm.tm_hour), digits: 2)
+        text += ":"
+        append(Int(tm.tm_min), digits: 2)
+        text += ":"
+        append(Int(tm.tm_sec), digits: 2)
+        text += "."
+        append(milliseconds, digits: 3)
+        text += "Z"
+        return text
     }
 
     /// A user profile, for the dashboard aggregate. The user comes from the `user` parameter.

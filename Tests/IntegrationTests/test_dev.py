@@ -1,4 +1,5 @@
 """The README's first command: `gangway dev` starts a local broker, the edge and the demo workers."""
+import datetime
 import os
 import signal
 import subprocess
@@ -31,7 +32,10 @@ def test_dev_starts_a_local_broker_edge_and_demo_workers_then_cleans_up():
         assert ok, "gangway dev did not serve /v1/echo"
         assert r.text == "hello dev"
         t = requests.get(base + "/v1/time", timeout=5)
-        assert t.status_code == 200 and "epoch_ms" in t.json()
+        assert t.status_code == 200, t.text
+        # The ISO 8601 text and the epoch milliseconds are the same instant.
+        stamp = datetime.datetime.fromtimestamp(t.json()["epoch_ms"] / 1000, datetime.timezone.utc)
+        assert t.json()["time"] == stamp.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.json()["epoch_ms"] % 1000)
         d = requests.get(base + "/v1/dashboard", timeout=5)
         assert d.status_code == 200, d.text
         assert d.json()["profile"]["name"] == "Ada Lovelace" and len(d.json()["orders"]["orders"]) == 2
