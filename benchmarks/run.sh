@@ -2,19 +2,22 @@
 # Request/reply benchmark: the edge against the raw broker round trip, in one run, on one
 # broker with one echo worker.
 #
-#   benchmarks/run.sh [SECONDS] [CONNECTIONS]
+#   benchmarks/run.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #
-# 1. raw ceiling: benchmarks/raw_rpc (rabbitmq-c, CONNECTIONS requests in flight) → demo.echo,
-#    once with bare messages (the issue's ceiling) and once with the edge's own messages (every
-#    property and header of the contract, mandatory, confirmed)
-# 2. edge: wrk, CONNECTIONS connections, POST /v1/echo with a 64-byte body → demo.echo
-# Prints req/s, p50 and p99 for each and the ratios edge / ceiling, then the CPU time each
-# process spent per request in each phase (from /proc and getrusage): on a machine whose
-# cores are all busy, throughput is the cores divided by the sum of these.
+# Each round runs three phases, in turns (the order alternates from round to round, so that
+# no phase always runs on a warmer or cooler machine):
+# - raw ceiling: benchmarks/raw_rpc (rabbitmq-c, CONNECTIONS requests in flight) → demo.echo,
+#   once with bare messages (the issue's ceiling) and once with the edge's own messages (every
+#   property and header of the contract, mandatory, confirmed);
+# - edge: wrk, CONNECTIONS connections, POST /v1/echo with a 64-byte body → demo.echo.
+# Prints each round's req/s and ratios edge / ceiling, their medians, and the CPU time each
+# process spent per request in each kind of phase over all rounds (from /proc and getrusage):
+# on a machine whose cores are all busy, throughput is the cores divided by the sum of these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-64}
+ROUNDS=${3:-3}
 source benchmarks/lib.sh
 gcc -O2 -o "$work/raw_rpc" benchmarks/raw_rpc.c -lrabbitmq
 
@@ -24,68 +27,93 @@ wait_ready
 curl -sf -X POST "localhost:$http_port/v1/echo" -d warmup >/dev/null
 broker=$(broker_pid)
 
-# ticks PHASE: records the CPU ticks of the broker, worker and edge as PHASE_broker etc.
-ticks() {
-  eval "${1}_broker=$(cpu_ticks "$broker") ${1}_worker=$(cpu_ticks "$worker_pid") ${1}_edge=$(cpu_ticks "$edge_pid")"
-}
-
-# raw KIND: the raw client's round trip with bare or contract messages (see raw_rpc.c).
-raw() {
-  echo "raw broker round trip, $1 messages (${CONNECTIONS} in flight, ${SECONDS_PER_RUN}s)..." >&2
-  "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 "$1" >/dev/null
-  ticks "raw_$1_0"
-  printf -v "raw_$1_client" %s \
-    "$(run_timed "$work/raw_$1.out" "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64 "$1")"
-  ticks "raw_$1_1"
-}
-raw bare
-raw contract
-
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = string.rep("a", 64)
 wrk.headers["Content-Type"] = "text/plain"
 LUA
-echo "edge (wrk, ${CONNECTIONS} connections, ${SECONDS_PER_RUN}s)..." >&2
-wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
-ticks edge0
-edge_client=$(run_timed "$work/wrk.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
-ticks edge1
 
-python3 - "$(cat "$work/wrk.out")" "$(getconf CLK_TCK)" \
-  "$(cat "$work/raw_bare.out")" "$raw_bare_client" $((raw_bare_1_broker - raw_bare_0_broker)) $((raw_bare_1_worker - raw_bare_0_worker)) \
-  "$(cat "$work/raw_contract.out")" "$raw_contract_client" $((raw_contract_1_broker - raw_contract_0_broker)) $((raw_contract_1_worker - raw_contract_0_worker)) \
-  "$edge_client" $((edge1_broker - edge0_broker)) $((edge1_worker - edge0_worker)) $((edge1_edge - edge0_edge)) <<'PY'
-import re, sys
-out, hz = sys.argv[1], float(sys.argv[2])
-def raw_phase(i):
-    r = dict(kv.split("=") for kv in sys.argv[i].split())
-    return r, float(sys.argv[i + 1]), int(sys.argv[i + 2]) / hz, int(sys.argv[i + 3]) / hz
-bare, contract = raw_phase(3), raw_phase(7)
-edge_client, edge_broker, edge_worker, edge_edge = float(sys.argv[11]), int(sys.argv[12]) / hz, int(sys.argv[13]) / hz, int(sys.argv[14]) / hz
+# phase KIND ROUND: one phase (bare, contract or edge) after a 2 s warm-up; its client's output
+# goes to KIND.ROUND.out, and a line "KIND ROUND client-seconds broker-ticks worker-ticks
+# edge-ticks" to cpu.txt.
+phase() {
+  local kind=$1 round=$2 client b0 w0 e0
+  echo "round $round: $kind (${CONNECTIONS} $([ "$kind" = edge ] && echo connections || echo "in flight"), ${SECONDS_PER_RUN}s)..." >&2
+  if [ "$kind" = edge ]; then
+    wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
+  else
+    "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 "$kind" >/dev/null
+  fi
+  b0=$(cpu_ticks "$broker"); w0=$(cpu_ticks "$worker_pid"); e0=$(cpu_ticks "$edge_pid")
+  if [ "$kind" = edge ]; then
+    client=$(run_timed "$work/edge.$round.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
+  else
+    client=$(run_timed "$work/$kind.$round.out" "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64 "$kind")
+  fi
+  echo "$kind $round $client $(($(cpu_ticks "$broker") - b0)) $(($(cpu_ticks "$worker_pid") - w0)) $(($(cpu_ticks "$edge_pid") - e0))" >> "$work/cpu.txt"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then order="bare contract edge"; else order="edge contract bare"; fi
+  for kind in $order; do phase "$kind" "$round"; done
+done
+
+python3 - "$work" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
+import re, statistics, sys
+work, rounds, hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
 def ms(text):
     m = re.match(r"([\d.]+)(us|ms|s)", text)
     v, u = float(m.group(1)), m.group(2)
     return v / 1000 if u == "us" else v * 1000 if u == "s" else v
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(f"{'':28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'edge / this':>13}")
-for label, (r, *_) in (("raw ceiling, bare", bare), ("raw ceiling, contract", contract)):
-    print(f"{label:28}{float(r['rps']):>10.0f}{float(r['p50_ms']):>10.2f}{float(r['p99_ms']):>10.2f}{rps / float(r['rps']):>13.2f}")
-print(f"{'edge POST /v1/echo':28}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}")
-print(f"ratio edge / ceiling: {rps / float(bare[0]['rps']):.2f} (the issue's ceiling, bare messages);"
-      f" {rps / float(contract[0]['rps']):.2f} against a client that sends the edge's messages")
+
+def result(kind, round):
+    text = open(f"{work}/{kind}.{round}.out").read()
+    if kind != "edge":
+        r = dict(kv.split("=") for kv in text.split())
+        return {"n": float(r["requests"]), "rps": float(r["rps"]), "p50": float(r["p50_ms"]), "p99": float(r["p99_ms"]), "errors": 0}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {
+        "n": float(re.search(r"(\d+) requests in", text).group(1)),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "p50": ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)),
+        "p99": ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
+
+kinds = ("bare", "contract", "edge")
+runs = {(k, r): result(k, r) for k in kinds for r in range(1, rounds + 1)}
+print(f"{'round':<7}{'bare req/s':>12}{'contract':>10}{'edge':>8}{'edge p50':>10}{'edge p99':>10}{'edge/bare':>11}{'edge/contract':>15}")
+vs_bare, vs_contract = [], []
+for r in range(1, rounds + 1):
+    bare, contract, edge = (runs[(k, r)] for k in kinds)
+    vs_bare.append(edge["rps"] / bare["rps"])
+    vs_contract.append(edge["rps"] / contract["rps"])
+    print(f"{r:<7}{bare['rps']:>12.0f}{contract['rps']:>10.0f}{edge['rps']:>8.0f}{edge['p50']:>10.2f}{edge['p99']:>10.2f}{vs_bare[-1]:>11.2f}{vs_contract[-1]:>15.2f}")
+median = lambda k, f: statistics.median(runs[(k, r)][f] for r in range(1, rounds + 1))
+print(f"medians: raw bare {median('bare', 'rps'):.0f} req/s (p50 {median('bare', 'p50'):.2f} ms, p99 {median('bare', 'p99'):.2f}),"
+      f" raw contract {median('contract', 'rps'):.0f} (p50 {median('contract', 'p50'):.2f}, p99 {median('contract', 'p99'):.2f}),"
+      f" edge {median('edge', 'rps'):.0f} (p50 {median('edge', 'p50'):.2f}, p99 {median('edge', 'p99'):.2f})")
+print(f"ratio edge / ceiling, median of {rounds} rounds: {statistics.median(vs_bare):.2f} (min {min(vs_bare):.2f}, max {max(vs_bare):.2f};"
+      f" the issue's ceiling, bare messages); {statistics.median(vs_contract):.2f} (min {min(vs_contract):.2f}, max {max(vs_contract):.2f})"
+      " against a client that sends the edge's messages")
+errors = sum(runs[("edge", r)]["errors"] for r in range(1, rounds + 1))
 if errors:
-    print(f"non-2xx responses: {errors.group(1)}")
-edge_n = float(re.search(r"(\d+) requests in", out).group(1))
-us = lambda cpu, n: f"{cpu * 1e6 / n:.0f}" if n else "-"
+    print(f"non-2xx responses: {errors}")
+
+# CPU per request over all rounds of a kind.
+cpu = {k: [0.0, 0.0, 0.0, 0.0] for k in kinds}  # client s, broker, worker, edge ticks
+for line in open(f"{work}/cpu.txt"):
+    kind, _, client, broker, worker, edge = line.split()
+    for i, v in enumerate((float(client), int(broker) / hz, int(worker) / hz, int(edge) / hz)):
+        cpu[kind][i] += v
 print()
-print("CPU per request, µs")
+print(f"CPU per request, µs (all rounds)")
 print(f"{'':28}{'client':>8}{'edge':>8}{'broker':>8}{'worker':>8}{'all':>8}")
-for label, (r, client, broker, worker) in (("raw ceiling, bare", bare), ("raw ceiling, contract", contract)):
-    n = float(r["requests"])
-    print(f"{label:28}{us(client, n):>8}{'':>8}{us(broker, n):>8}{us(worker, n):>8}{us(client + broker + worker, n):>8}")
-print(f"{'edge POST /v1/echo':28}{us(edge_client, edge_n):>8}{us(edge_edge, edge_n):>8}{us(edge_broker, edge_n):>8}{us(edge_worker, edge_n):>8}{us(edge_client + edge_edge + edge_broker + edge_worker, edge_n):>8}")
+labels = {"bare": "raw ceiling, bare", "contract": "raw ceiling, contract", "edge": "edge POST /v1/echo"}
+for k in kinds:
+    n = sum(runs[(k, r)]["n"] for r in range(1, rounds + 1))
+    client, broker, worker, edge = (v * 1e6 / n for v in cpu[k])
+    edge_text = f"{edge:.0f}" if k == "edge" else ""
+    print(f"{labels[k]:28}{client:>8.0f}{edge_text:>8}{broker:>8.0f}{worker:>8.0f}{client + broker + worker + (edge if k == 'edge' else 0):>8.0f}")
 PY
