@@ -13,6 +13,11 @@ import Synchronization
 /// produces a 500 problem reply; a message past its `x-deadline` is acknowledged and dropped
 /// unprocessed, because its requester has already answered 504. A worker that dies before
 /// acking gets its messages redelivered to another worker.
+///
+/// Graceful shutdown stops consuming and lets the handlers running finish. If the task running
+/// the worker is cancelled meanwhile (a shutdown that took too long), the handlers are
+/// cancelled: a request or job they did not finish is left unacknowledged, so the broker gives
+/// it to another worker, and a stream ends with an error part.
 public struct Worker: Service {
     public struct Configuration: Sendable {
         public var url: AMQPURL
@@ -149,6 +154,11 @@ public struct Worker: Service {
         var reply: WorkerReply
         do {
             reply = try await handler(request)
+        } catch where Task.isCancelled {
+            // The worker is stopping and interrupted its handlers: no reply and no ack, so the
+            // broker gives the request to another worker once this connection closes.
+            logger.info("worker.interrupted", metadata: ["request.id": "\(request.requestID)"])
+            return
         } catch {
             logger.warning("worker.handler.failed", metadata: ["request.id": "\(request.requestID)", "error": "\(error)"])
             reply = .problem(status: 500, title: "Internal Server Error", detail: "the worker failed to handle the request")
@@ -212,7 +222,7 @@ public struct Worker: Service {
         // A task of its own so that a cancel message can cancel it; awaited right here, so it
         // never outlives this delivery.
         let task = Task { try await handler(request, writer) }
-        inFlight.insert(id, task)
+        let cancelRequest = inFlight.insert(id, task)
         defer { inFlight.remove(id) }
         do {
             try await withTaskCancellationHandler {
@@ -221,6 +231,12 @@ public struct Worker: Service {
                 task.cancel()
             }
             try await writer.finishIfNeeded()
+            connection.ack(delivery)
+        } catch where task.isCancelled && !cancelRequest.requested {
+            // The worker is stopping: the parts sent cannot be taken back, so the client is told
+            // the stream broke rather than left waiting for its idle timeout.
+            logger.info("worker.interrupted", metadata: ["request.id": "\(request.requestID)", "stream.parts": "\(writer.count)"])
+            if !writer.isFinished { try? await writer.fail("the worker stopped before the stream ended") }
             connection.ack(delivery)
         } catch where task.isCancelled {
             logger.info("worker.cancelled", metadata: ["request.id": "\(request.requestID)", "stream.parts": "\(writer.count)"])
@@ -246,7 +262,7 @@ extension Worker {
             return
         }
         let task = Task { try await handler(request, context) }
-        inFlight.insert(id, task)
+        let cancelRequest = inFlight.insert(id, task)
         defer { inFlight.remove(id) }
         do {
             let result = try await withTaskCancellationHandler {
@@ -256,6 +272,10 @@ extension Worker {
             }
             try await context.emit("done", String(buffer: result).isEmpty ? "null" : String(buffer: result))
             connection.ack(delivery)
+        } catch where task.isCancelled && !cancelRequest.requested {
+            // The worker is stopping, nobody cancelled the job: no final event and no ack, so
+            // the broker gives the job to another worker once this connection closes.
+            logger.info("worker.job.interrupted", metadata: ["job.id": "\(id)"])
         } catch where task.isCancelled {
             logger.info("worker.cancelled", metadata: ["job.id": "\(id)"])
             await finish(delivery, context, kind: "cancelled", #"{"reason":"cancelled on request"}"#)
@@ -355,6 +375,16 @@ final class RunningHandlers: Sendable {
     var bookkeeping: Int { state.withLock { $0.tasks.count + $0.finishedEarly.count } }
 }
 
+/// Whether a cancel message asked for a request or job to stop, as opposed to the worker
+/// stopping and cancelling what it runs.
+final class CancelRequest: Sendable {
+    private let flag = Atomic(false)
+
+    var requested: Bool { flag.load(ordering: .acquiring) }
+
+    func mark() { flag.store(true, ordering: .releasing) }
+}
+
 /// A count shared by a worker's tasks and its connection's thread.
 final class Counter: Sendable {
     let value = Atomic(0)
@@ -375,12 +405,22 @@ final class InFlight: Sendable {
     static let earlyMilliseconds: Int64 = 3_600_000
 
     /// Registers a task; cancels it at once if a cancel came for it in the meantime.
-    func insert<Success: Sendable>(_ id: String, _ task: Task<Success, any Error>) {
+    /// - Returns: whether a cancel message is what cancelled it (and not the worker stopping).
+    @discardableResult
+    func insert<Success: Sendable>(_ id: String, _ task: Task<Success, any Error>) -> CancelRequest {
+        let request = CancelRequest()
         let cancelled = state.withLock { s -> Bool in
-            s.tasks[id] = { task.cancel() }
+            s.tasks[id] = {
+                request.mark()
+                task.cancel()
+            }
             return s.early.removeValue(forKey: id) != nil
         }
-        if cancelled { task.cancel() }
+        if cancelled {
+            request.mark()
+            task.cancel()
+        }
+        return request
     }
 
     func remove(_ id: String) {

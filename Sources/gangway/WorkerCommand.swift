@@ -22,6 +22,13 @@ struct WorkerCommand: AsyncParsableCommand {
         @Option(help: "Replier id sent as x-replier (for gather routes).")
         var replierID: String?
 
+        @Option(help: """
+            Seconds that in-flight work may take to finish after SIGTERM or SIGINT; then it is \
+            interrupted: unfinished requests and jobs are left for redelivery to another worker, \
+            streams end with an error. Default: wait for it all.
+            """)
+        var shutdownTimeout: Double?
+
         func run(queue: String, handler: @escaping Worker.Handler) async throws {
             try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, handler: handler) }
         }
@@ -37,11 +44,13 @@ struct WorkerCommand: AsyncParsableCommand {
         private func run(_ make: (Worker.Configuration, Logger) -> Worker) async throws {
             let logger = log.bootstrap(label: "gangway.worker")
             guard prefetch > 0 else { throw ValidationError("--prefetch must be at least 1") }
+            if let shutdownTimeout, !(shutdownTimeout > 0 && shutdownTimeout <= 86_400) {
+                throw ValidationError("--shutdown-timeout must be more than 0 and at most 86400 seconds")
+            }
             let worker = make(.init(url: try broker.url(), queue: "", prefetch: prefetch, topology: try files.loadTopology(), replierID: replierID), logger)
-            let group = ServiceGroup(
-                configuration: .init(services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-            )
-            try await group.run()
+            var configuration = ServiceGroupConfiguration(services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration.maximumGracefulShutdownDuration = shutdownTimeout.map { .milliseconds(Int64($0 * 1000)) }
+            try await ServiceGroup(configuration: configuration).run()
         }
     }
 

@@ -129,6 +129,30 @@ def test_amqps_with_a_verified_certificate_round_trips_and_a_wrong_ca_is_refused
         broker.stop()
 
 
+def test_a_worker_past_its_shutdown_timeout_leaves_the_request_to_another_worker(stack):
+    edge = stack.start_edge()
+    slow = stack.start_worker("echo", extra=["--delay-ms", "5000", "--shutdown-timeout", "0.3"])
+    result = {}
+
+    def call():
+        result["r"] = requests.post(edge.base + "/v1/echo", data="handed on", timeout=10)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)  # the slow worker holds the request now; the next one cannot take it
+    stack.start_worker("echo")
+    stopped_at = time.monotonic()
+    os.killpg(slow.pid, signal.SIGTERM)
+    assert slow.wait(timeout=10) == 0
+    # Interrupted after 0.3 s instead of finishing its 5 s handler...
+    assert time.monotonic() - stopped_at < 2.5
+    assert "worker.interrupted" in open(slow.log_path).read()
+    # ...and the request, left unacknowledged, was answered by the other worker in time.
+    t.join(timeout=10)
+    assert result["r"].status_code == 200, result["r"].text
+    assert result["r"].text == "handed on"
+
+
 def test_a_worker_stopped_with_sigterm_finishes_what_it_holds(stack):
     edge = stack.start_edge()
     worker = stack.start_worker("echo", extra=["--delay-ms", "800"])

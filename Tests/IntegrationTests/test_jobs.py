@@ -186,6 +186,36 @@ def test_a_worker_killed_mid_job_has_the_job_redelivered_and_completed(stack):
     assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
 
 
+def test_a_worker_past_its_shutdown_timeout_leaves_the_job_to_another_worker(stack):
+    edge = stack.start_edge()
+    first = stack.start_worker("render", queue=stack.queue["render"], extra=["--shutdown-timeout", "0.3"])
+    job_id = submit(edge, "steps=4&delay_ms=600").json()["id"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        s = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+        if s["status"] == "running" and (s["percent"] or 0) >= 25:
+            break
+        time.sleep(0.05)
+    stopped_at = time.monotonic()
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    # The job had at least 1.8 s to go: it was interrupted, not finished...
+    assert time.monotonic() - stopped_at < 1.5
+    assert "worker.job.interrupted" in open(first.log_path).read()
+    # ...and not reported cancelled or failed: nobody asked for that.
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "running"
+    deadline = time.monotonic() + 10
+    while stack.consumer_count(stack.queue["render"]) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the broker takes the closed connection's consumer away
+    stack.start_worker("render", queue=stack.queue["render"])
+    _, events = follow(edge, job_id)
+    assert events[-1].event == "done"
+    assert "cancelled" not in [e.event for e in events]
+    ids = [int(e.id) for e in events]
+    assert ids == sorted(set(ids)), "no duplicate or out-of-order ids"
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+
 def test_unknown_jobs_are_404_and_unroutable_jobs_are_503_never_202(stack):
     edge = stack.start_edge()
     assert requests.get(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404

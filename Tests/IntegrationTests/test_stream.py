@@ -1,6 +1,8 @@
 """Streamed replies through the real broker: formats, order, idle timeout, cancellation, latency."""
 import json
+import os
 import re
+import signal
 import threading
 import time
 
@@ -129,3 +131,25 @@ def test_a_client_that_does_not_read_is_cut_off_at_the_buffer_bound(stack):
     # The edge lives on and serves the next stream.
     r = requests.post(edge.base + "/v1/count?n=3&delay_ms=0", headers={"accept": "application/x-ndjson"})
     assert [json.loads(line)["n"] for line in r.text.splitlines()] == [0, 1, 2]
+
+
+def test_a_worker_past_its_shutdown_timeout_ends_its_stream_with_a_visible_error(stack):
+    edge = stack.start_edge()
+    worker = stack.start_worker("count", queue=stack.queue["count"], extra=["--shutdown-timeout", "0.3"])
+    start = time.monotonic()
+    r = requests.post(edge.base + "/v1/count?n=100&delay_ms=50", headers={"accept": "application/x-ndjson"}, stream=True, timeout=10)
+    lines = (json.loads(line) for line in r.iter_lines() if line)
+    first = next(lines)
+    assert first["n"] == 0
+    os.killpg(worker.pid, signal.SIGTERM)
+    rest = list(lines)
+    elapsed = time.monotonic() - start
+    # The stream ends with the worker's error at once, not with the edge's idle timeout (1 s)
+    # or after all 100 parts (5 s).
+    assert "error" in rest[-1], rest[-1]
+    assert "worker stopped" in rest[-1]["error"]["detail"], rest[-1]
+    parts = [first] + rest[:-1]
+    assert [p["n"] for p in parts] == list(range(len(parts)))
+    assert len(parts) < 100 and elapsed < 3, (len(parts), elapsed)
+    assert worker.wait(timeout=10) == 0
+    assert "worker.interrupted" in open(worker.log_path).read()
