@@ -63,3 +63,12 @@ def test_topology_apply_explains_an_unreachable_broker():
     r = run("topology", "apply", "--amqp-url", "amqp://localhost:1/", "--timeout", "2")
     assert r.returncode != 0
     assert "could not connect" in r.stderr
+
+
+def test_worker_flags_out_of_range_are_refused_with_a_reason():
+    for flags, reason in ((["--prefetch", "0"], "--prefetch must be at least 1"),
+                          (["--shutdown-timeout", "0"], "--shutdown-timeout must be more than 0"),
+                          (["--shutdown-timeout=-3"], "--shutdown-timeout must be more than 0")):
+        r = run("worker", "echo", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", *flags)
+        assert r.returncode != 0, flags
+        assert reason in r.stderr, (flags, r.stderr)
