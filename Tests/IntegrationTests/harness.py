@@ -292,6 +292,12 @@ routes:
                 return int(parts[1])
         return 0
 
+    def wait_no_consumers(self, queue, timeout=10):
+        """Waits until the broker lists no consumer on `queue` (or the timeout passed)."""
+        deadline = time.time() + timeout
+        while self.consumer_count(queue) > 0 and time.time() < deadline:
+            time.sleep(0.1)
+
     def wait_consumers(self, queue, at_least, timeout=30):
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -20,6 +20,16 @@ def submit(edge, query="steps=3&delay_ms=200"):
     return r
 
 
+def wait_until_running(edge, job_id, percent, timeout=5):
+    """Waits until the job runs and has reported at least `percent` (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+        if s["status"] == "running" and (s["percent"] or 0) >= percent:
+            return
+        time.sleep(0.05)
+
+
 def follow(edge, job_id, headers=None, query=""):
     r = requests.get(edge.base + f"/v1/jobs/{job_id}/events{query}", headers=headers or {}, stream=True, timeout=30)
     assert r.status_code == 200, r.text
@@ -168,16 +178,9 @@ def test_a_worker_killed_mid_job_has_the_job_redelivered_and_completed(stack):
     edge = stack.start_edge()
     doomed = stack.start_worker("render", queue=stack.queue["render"])
     job_id = submit(edge, "steps=4&delay_ms=400").json()["id"]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        s = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
-        if s["status"] == "running" and (s["percent"] or 0) >= 25:
-            break
-        time.sleep(0.05)
+    wait_until_running(edge, job_id, percent=25)
     os.killpg(doomed.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while stack.consumer_count(stack.queue["render"]) > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)  # the broker notices the dead connection
+    stack.wait_no_consumers(stack.queue["render"])  # the broker notices the dead connection
     stack.start_worker("render", queue=stack.queue["render"])
     _, events = follow(edge, job_id)
     assert events[-1].event == "done"
@@ -190,12 +193,7 @@ def test_a_worker_past_its_shutdown_timeout_leaves_the_job_to_another_worker(sta
     edge = stack.start_edge()
     first = stack.start_worker("render", queue=stack.queue["render"], extra=["--shutdown-timeout", "0.3"])
     job_id = submit(edge, "steps=4&delay_ms=600").json()["id"]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        s = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
-        if s["status"] == "running" and (s["percent"] or 0) >= 25:
-            break
-        time.sleep(0.05)
+    wait_until_running(edge, job_id, percent=25)
     stopped_at = time.monotonic()
     os.killpg(first.pid, signal.SIGTERM)
     assert first.wait(timeout=10) == 0
@@ -204,9 +202,7 @@ def test_a_worker_past_its_shutdown_timeout_leaves_the_job_to_another_worker(sta
     assert "worker.job.interrupted" in open(first.log_path).read()
     # ...and not reported cancelled or failed: nobody asked for that.
     assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "running"
-    deadline = time.monotonic() + 10
-    while stack.consumer_count(stack.queue["render"]) > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)  # the broker takes the closed connection's consumer away
+    stack.wait_no_consumers(stack.queue["render"])  # the broker takes the closed connection's consumer away
     stack.start_worker("render", queue=stack.queue["render"])
     _, events = follow(edge, job_id)
     assert events[-1].event == "done"
