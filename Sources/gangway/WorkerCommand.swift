@@ -29,6 +29,13 @@ struct WorkerCommand: AsyncParsableCommand {
             """)
         var shutdownTimeout: Double?
 
+        @Option(help: """
+            Where each handler starts: 'immediate' runs it on the connection's thread until it \
+            first suspends (no thread wake-up per message; right for the demo handlers, which \
+            compute little and never block), 'task' starts it as a task on the global executor.
+            """)
+        var handlerStart: Worker.HandlerStart = .immediate
+
         func run(queue: String, handler: @escaping Worker.Handler) async throws {
             try await run { configuration, logger in Worker(configuration: configuration.with(queue: queue), logger: logger, handler: handler) }
         }
@@ -47,7 +54,7 @@ struct WorkerCommand: AsyncParsableCommand {
             if let shutdownTimeout, !(shutdownTimeout > 0 && shutdownTimeout <= 86_400) {
                 throw ValidationError("--shutdown-timeout must be more than 0 and at most 86400 seconds")
             }
-            let worker = make(.init(url: try broker.url(), queue: "", prefetch: prefetch, topology: try files.loadTopology(), replierID: replierID), logger)
+            let worker = make(.init(url: try broker.url(), queue: "", prefetch: prefetch, topology: try files.loadTopology(), replierID: replierID, handlerStart: handlerStart), logger)
             var configuration = ServiceGroupConfiguration(services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             configuration.maximumGracefulShutdownDuration = shutdownTimeout.map { .milliseconds(Int64($0 * 1000)) }
             try await ServiceGroup(configuration: configuration).run()
@@ -121,6 +128,18 @@ struct WorkerCommand: AsyncParsableCommand {
             try await common.run(queue: queue, streamHandler: DemoWorkers.count())
         }
     }
+}
+
+extension Worker.HandlerStart: ExpressibleByArgument {
+    public init?(argument: String) {
+        switch argument {
+        case "task": self = .task
+        case "immediate": self = .immediate
+        default: return nil
+        }
+    }
+
+    public static var allValueStrings: [String] { ["immediate", "task"] }
 }
 
 extension WorkerCommand {

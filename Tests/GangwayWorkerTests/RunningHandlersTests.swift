@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import Testing
 
@@ -28,6 +29,16 @@ private final class Gate: Sendable {
     }
 }
 
+/// Runs `body` on a thread of its own (not one of Swift's executors) and waits for it.
+private func onNewThread(_ body: @escaping @Sendable () -> Void) async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        Thread {
+            body()
+            continuation.resume()
+        }.start()
+    }
+}
+
 @Suite("Worker handlers")
 struct RunningHandlersTests {
     @Test("waiting for idle returns at once when nothing runs")
@@ -37,13 +48,13 @@ struct RunningHandlersTests {
         #expect(handlers.count == 0)
     }
 
-    @Test("waiting for idle returns only after every handler has finished")
-    func waitsForAll() async throws {
+    @Test("waiting for idle returns only after every handler has finished", arguments: [false, true])
+    func waitsForAll(immediately: Bool) async throws {
         let handlers = RunningHandlers()
         let gate = Gate()
         let finished = Atomic(0)
         for _ in 0 ..< 5 {
-            handlers.start {
+            handlers.start(immediately: immediately) {
                 await gate.wait()
                 finished.add(1, ordering: .relaxed)
             }
@@ -64,8 +75,8 @@ struct RunningHandlersTests {
         #expect(handlers.count == 0)
     }
 
-    @Test("handlers that finish before start returns leave nothing behind")
-    func shortHandlers() async {
+    @Test("handlers that finish before start returns leave nothing behind", arguments: [false, true])
+    func shortHandlers(immediately: Bool) async {
         let handlers = RunningHandlers()
         let finished = Counter()
         let starters = 4
@@ -74,7 +85,7 @@ struct RunningHandlersTests {
             for _ in 0 ..< starters {
                 group.addTask {
                     for _ in 0 ..< perStarter {
-                        handlers.start { finished.value.add(1, ordering: .relaxed) }
+                        handlers.start(immediately: immediately) { finished.value.add(1, ordering: .relaxed) }
                     }
                 }
             }
@@ -86,23 +97,51 @@ struct RunningHandlersTests {
         #expect(handlers.bookkeeping == 0)
     }
 
-    @Test("cancelling cancels the handlers running and those started afterwards", .timeLimit(.minutes(1)))
-    func cancelAll() async {
+    @Test("cancelling cancels the handlers running and those started afterwards", .timeLimit(.minutes(1)), arguments: [false, true])
+    func cancelAll(immediately: Bool) async {
         let handlers = RunningHandlers()
         let cancelled = Atomic(0)
         for _ in 0 ..< 3 {
-            handlers.start {
+            handlers.start(immediately: immediately) {
                 // Sleeps until cancelled; a handler that was not cancelled would hold the test.
                 try? await Task.sleep(for: .seconds(3600))
                 if Task.isCancelled { cancelled.add(1, ordering: .relaxed) }
             }
         }
         handlers.cancelAll()
-        handlers.start {
+        handlers.start(immediately: immediately) {
             if Task.isCancelled { cancelled.add(1, ordering: .relaxed) }
         }
         await handlers.waitUntilIdle()
         let cancelledCount = cancelled.load(ordering: .relaxed)
         #expect(cancelledCount == 4)
+    }
+
+    @Test("an immediate handler runs on the caller's thread until it first suspends")
+    func immediateRunsInline() async {
+        let handlers = RunningHandlers()
+        let gate = Gate()
+        let thread = Mutex<(starter: pthread_t?, before: pthread_t?)>((nil, nil))
+        let steps = Mutex<[String]>([])
+        // Started from a thread of its own, as the connection's thread starts them.
+        await onNewThread {
+            thread.withLock { $0.starter = pthread_self() }
+            handlers.start(immediately: true) {
+                thread.withLock { $0.before = pthread_self() }
+                steps.withLock { $0.append("before suspending") }
+                await gate.wait()
+                steps.withLock { $0.append("after suspending") }
+            }
+            steps.withLock { $0.append("start returned") }
+        }
+        let (starter, before) = thread.withLock { ($0.starter, $0.before) }
+        #expect(starter != nil && before != nil && pthread_equal(starter!, before!) != 0)
+        #expect(steps.withLock { $0 } == ["before suspending", "start returned"])
+        #expect(handlers.count == 1)
+        gate.open()
+        await handlers.waitUntilIdle()
+        #expect(steps.withLock { $0 } == ["before suspending", "start returned", "after suspending"])
+        #expect(handlers.count == 0)
+        #expect(handlers.bookkeeping == 0)
     }
 }

@@ -68,7 +68,8 @@ def test_topology_apply_explains_an_unreachable_broker():
 def test_worker_flags_out_of_range_are_refused_with_a_reason():
     for flags, reason in ((["--prefetch", "0"], "--prefetch must be at least 1"),
                           (["--shutdown-timeout", "0"], "--shutdown-timeout must be more than 0"),
-                          (["--shutdown-timeout=-3"], "--shutdown-timeout must be more than 0")):
+                          (["--shutdown-timeout=-3"], "--shutdown-timeout must be more than 0"),
+                          (["--handler-start", "inline"], "provide one of 'immediate' and 'task'")):
         r = run("worker", "echo", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", *flags)
         assert r.returncode != 0, flags
         assert reason in r.stderr, (flags, r.stderr)

@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 
 
@@ -17,9 +18,10 @@ def problem(r, status):
     return body
 
 
-def test_round_trip_keeps_body_bytes_and_headers(stack):
+@pytest.mark.parametrize("handler_start", ["immediate", "task"])
+def test_round_trip_keeps_body_bytes_and_headers(stack, handler_start):
     edge = stack.start_edge()
-    stack.start_worker("echo")
+    stack.start_worker("echo", extra=["--handler-start", handler_start])
     r = requests.post(edge.base + "/v1/echo?x=1", data="hello gangway",
                       headers={"content-type": "text/plain; charset=utf-8", "x-request-id": "req-123", "x-demo": "yes"})
     assert r.status_code == 200
@@ -155,8 +157,9 @@ def test_a_killed_worker_s_request_is_redelivered_and_answered(stack):
 
 def test_a_thousand_concurrent_requests_get_their_own_replies(stack):
     edge = stack.start_edge()
-    stack.start_worker("echo")
-    stack.start_worker("echo")
+    # One worker of each handler start mode, sharing the queue.
+    stack.start_worker("echo", extra=["--handler-start", "immediate"])
+    stack.start_worker("echo", extra=["--handler-start", "task"])
     n = 1000
     barrier = threading.Barrier(200)
     session_local = threading.local()
@@ -179,6 +182,25 @@ def test_a_thousand_concurrent_requests_get_their_own_replies(stack):
         assert status == 200, (i, status, text)
         assert text == body
         assert seen == f"id-{i}"
+
+
+@pytest.mark.parametrize("handler_start", ["immediate", "task"])
+def test_handlers_that_wait_overlap_whatever_their_start_mode(stack, handler_start):
+    # Twenty requests to a worker whose handler sleeps 1 s: an immediate handler gives the
+    # connection's thread back at its first suspension, so they overlap as tasks' would.
+    edge = stack.start_edge()
+    stack.start_worker("echo", extra=["--handler-start", handler_start, "--delay-ms", "1000"])
+    requests.post(edge.base + "/v1/echo", data="warm", timeout=10).raise_for_status()
+
+    def call(i):
+        return requests.post(edge.base + "/v1/echo", data=f"n{i}", timeout=10)
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(call, range(20)))
+    elapsed = time.monotonic() - start
+    assert [r.text for r in responses] == [f"n{i}" for i in range(20)]
+    assert elapsed < 4, f"20 handlers sleeping 1 s took {elapsed:.1f} s: they ran one after the other"
 
 
 def test_readiness_reflects_the_broker(stack):
