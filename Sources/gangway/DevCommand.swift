@@ -61,21 +61,20 @@ struct DevCommand: AsyncParsableCommand {
                 )
             }
         )
-        services.append(
-            Worker(configuration: .init(url: url, queue: "demo.echo", topology: configuration.topology), logger: logger, handler: DemoWorkers.echo(delayMilliseconds: 0))
-        )
+        // The demo handlers compute little and never block: each starts on its connection's
+        // thread, as `gangway worker` starts them by default.
+        func demo(_ queue: String) -> Worker.Configuration {
+            .init(url: url, queue: queue, topology: configuration.topology, handlerStart: .immediate)
+        }
+        services.append(Worker(configuration: demo("demo.echo"), logger: logger, handler: DemoWorkers.echo(delayMilliseconds: 0)))
         let demos: [(String, Worker.Handler)] = [
             ("demo.time", DemoWorkers.time()), ("demo.profile", DemoWorkers.profile()), ("demo.orders", DemoWorkers.orders()),
         ]
         for (queue, handler) in demos {
-            services.append(Worker(configuration: .init(url: url, queue: queue, topology: configuration.topology), logger: logger, handler: handler))
+            services.append(Worker(configuration: demo(queue), logger: logger, handler: handler))
         }
-        services.append(
-            Worker(configuration: .init(url: url, queue: "demo.count", topology: configuration.topology), logger: logger, streamHandler: DemoWorkers.count())
-        )
-        services.append(
-            Worker(configuration: .init(url: url, queue: "jobs.render", topology: configuration.topology), logger: logger, jobHandler: DemoWorkers.render())
-        )
+        services.append(Worker(configuration: demo("demo.count"), logger: logger, streamHandler: DemoWorkers.count()))
+        services.append(Worker(configuration: demo("jobs.render"), logger: logger, jobHandler: DemoWorkers.render()))
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
