@@ -450,8 +450,8 @@ final class InFlight: Sendable {
     static let earlyMilliseconds: Int64 = 3_600_000
 
     /// Registers a task; cancels it at once if a cancel came for it in the meantime.
-    /// - Returns: whether a cancel message is what cancelled it (and not the worker stopping).
-    @discardableResult
+    /// - Returns: the flag that says, once the task is cancelled, whether a cancel message did it
+    ///   (and not the worker stopping).
     func insert<Success: Sendable>(_ id: String, _ task: Task<Success, any Error>) -> CancelRequest {
         let request = CancelRequest()
         let cancelled = state.withLock { s -> Bool in
