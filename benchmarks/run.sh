@@ -10,9 +10,13 @@
 #   once with bare messages (the issue's ceiling) and once with the edge's own messages (every
 #   property and header of the contract, mandatory, confirmed);
 # - edge: wrk, CONNECTIONS connections, POST /v1/echo with a 64-byte body → demo.echo.
+# After the rounds, one more phase measures the edge's HTTP work alone: wrk on GET /readyz,
+# which the edge answers itself, without the broker.
 # Prints each round's req/s and ratios edge / ceiling, their medians, and the CPU time each
 # process spent per request in each kind of phase over all rounds (from /proc and getrusage):
 # on a machine whose cores are all busy, throughput is the cores divided by the sum of these.
+# From those it prints the edge's share of the budget a ratio of 0.5 would leave, next to
+# what its HTTP work alone costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
@@ -41,12 +45,16 @@ phase() {
   echo "round $round: $kind (${CONNECTIONS} $([ "$kind" = edge ] && echo connections || echo "in flight"), ${SECONDS_PER_RUN}s)..." >&2
   if [ "$kind" = edge ]; then
     wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
+  elif [ "$kind" = http ]; then
+    wrk -t2 -c"$CONNECTIONS" -d2s "http://localhost:$http_port/readyz" >/dev/null
   else
     "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 "$kind" >/dev/null
   fi
   b0=$(cpu_ticks "$broker"); w0=$(cpu_ticks "$worker_pid"); e0=$(cpu_ticks "$edge_pid")
   if [ "$kind" = edge ]; then
     client=$(run_timed "$work/edge.$round.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
+  elif [ "$kind" = http ]; then
+    client=$(run_timed "$work/http.$round.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "http://localhost:$http_port/readyz")
   else
     client=$(run_timed "$work/$kind.$round.out" "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64 "$kind")
   fi
@@ -57,10 +65,11 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then order="bare contract edge"; else order="edge contract bare"; fi
   for kind in $order; do phase "$kind" "$round"; done
 done
+phase http 1
 
-python3 - "$work" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$work" "$ROUNDS" "$(getconf CLK_TCK)" "$(nproc)" <<'PY'
 import re, statistics, sys
-work, rounds, hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+work, rounds, hz, cores = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 
 def ms(text):
     m = re.match(r"([\d.]+)(us|ms|s)", text)
@@ -69,7 +78,7 @@ def ms(text):
 
 def result(kind, round):
     text = open(f"{work}/{kind}.{round}.out").read()
-    if kind != "edge":
+    if kind not in ("edge", "http"):
         r = dict(kv.split("=") for kv in text.split())
         return {"n": float(r["requests"]), "rps": float(r["rps"]), "p50": float(r["p50_ms"]), "p99": float(r["p99_ms"]), "errors": 0}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
@@ -83,6 +92,7 @@ def result(kind, round):
 
 kinds = ("bare", "contract", "edge")
 runs = {(k, r): result(k, r) for k in kinds for r in range(1, rounds + 1)}
+runs[("http", 1)] = result("http", 1)
 print(f"{'round':<7}{'bare req/s':>12}{'contract':>10}{'edge':>8}{'edge p50':>10}{'edge p99':>10}{'edge/bare':>11}{'edge/contract':>15}")
 vs_bare, vs_contract = [], []
 for r in range(1, rounds + 1):
@@ -102,7 +112,7 @@ if errors:
     print(f"non-2xx responses: {errors}")
 
 # CPU per request over all rounds of a kind.
-cpu = {k: [0.0, 0.0, 0.0, 0.0] for k in kinds}  # client s, broker, worker, edge ticks
+cpu = {k: [0.0, 0.0, 0.0, 0.0] for k in kinds + ("http",)}  # client s, broker, worker, edge ticks
 for line in open(f"{work}/cpu.txt"):
     kind, _, client, broker, worker, edge = line.split()
     for i, v in enumerate((float(client), int(broker) / hz, int(worker) / hz, int(edge) / hz)):
@@ -110,10 +120,23 @@ for line in open(f"{work}/cpu.txt"):
 print()
 print(f"CPU per request, µs (all rounds)")
 print(f"{'':28}{'client':>8}{'edge':>8}{'broker':>8}{'worker':>8}{'all':>8}")
-labels = {"bare": "raw ceiling, bare", "contract": "raw ceiling, contract", "edge": "edge POST /v1/echo"}
-for k in kinds:
-    n = sum(runs[(k, r)]["n"] for r in range(1, rounds + 1))
-    client, broker, worker, edge = (v * 1e6 / n for v in cpu[k])
-    edge_text = f"{edge:.0f}" if k == "edge" else ""
-    print(f"{labels[k]:28}{client:>8.0f}{edge_text:>8}{broker:>8.0f}{worker:>8.0f}{client + broker + worker + (edge if k == 'edge' else 0):>8.0f}")
+labels = {"bare": "raw ceiling, bare", "contract": "raw ceiling, contract", "edge": "edge POST /v1/echo", "http": "edge GET /readyz (no broker)"}
+per_request = {}
+for k in kinds + ("http",):
+    n = runs[("http", 1)]["n"] if k == "http" else sum(runs[(k, r)]["n"] for r in range(1, rounds + 1))
+    per_request[k] = client, broker, worker, edge = tuple(v * 1e6 / n for v in cpu[k])
+    edge_text = f"{edge:.0f}" if k in ("edge", "http") else ""
+    print(f"{labels[k]:28}{client:>8.0f}{edge_text:>8}{broker:>8.0f}{worker:>8.0f}{client + broker + worker + (edge if k in ('edge', 'http') else 0):>8.0f}")
+
+# What a ratio of 0.5 would leave the edge: all cores busy at half the bare rate, minus what
+# the client, the broker and the worker spend per request (as in the edge run, and as in the
+# contract run, which sends the edge's messages in 64-deep batches).
+budget = cores * 1e6 / (0.5 * median("bare", "rps"))
+client, broker, worker, _ = per_request["edge"]
+_, c_broker, c_worker, _ = per_request["contract"]
+print()
+print(f"at edge / bare = 0.5 ({0.5 * median('bare', 'rps'):.0f} req/s) {cores} busy cores give {budget:.0f} µs per request;"
+      f" the edge may have {budget - client - broker - worker:.0f} µs of them with the broker and worker costs of the edge run,"
+      f" {budget - client - c_broker - c_worker:.0f} µs with those of the contract run;"
+      f" its HTTP work alone (GET /readyz, {runs[('http', 1)]['rps']:.0f} req/s) costs it {per_request['http'][3]:.0f} µs")
 PY
