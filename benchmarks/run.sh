@@ -42,7 +42,7 @@ LUA
 # edge-ticks" to cpu.txt.
 phase() {
   local kind=$1 round=$2 client b0 w0 e0
-  echo "round $round: $kind (${CONNECTIONS} $([ "$kind" = edge ] && echo connections || echo "in flight"), ${SECONDS_PER_RUN}s)..." >&2
+  echo "round $round: $kind (${CONNECTIONS} $(case $kind in edge|http) echo connections ;; *) echo "in flight" ;; esac), ${SECONDS_PER_RUN}s)..." >&2
   if [ "$kind" = edge ]; then
     wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
   elif [ "$kind" = http ]; then
@@ -110,6 +110,8 @@ print(f"ratio edge / ceiling, median of {rounds} rounds: {statistics.median(vs_b
 errors = sum(runs[("edge", r)]["errors"] for r in range(1, rounds + 1))
 if errors:
     print(f"non-2xx responses: {errors}")
+if runs[("http", 1)]["errors"]:
+    print(f"GET /readyz non-2xx responses: {runs[('http', 1)]['errors']} (the edge was not ready: its HTTP cost below is not comparable)")
 
 # CPU per request over all rounds of a kind.
 cpu = {k: [0.0, 0.0, 0.0, 0.0] for k in kinds + ("http",)}  # client s, broker, worker, edge ticks
@@ -129,8 +131,8 @@ for k in kinds + ("http",):
     print(f"{labels[k]:28}{client:>8.0f}{edge_text:>8}{broker:>8.0f}{worker:>8.0f}{client + broker + worker + (edge if k in ('edge', 'http') else 0):>8.0f}")
 
 # What a ratio of 0.5 would leave the edge: all cores busy at half the bare rate, minus what
-# the client, the broker and the worker spend per request (as in the edge run, and as in the
-# contract run, which sends the edge's messages in 64-deep batches).
+# wrk (as in the edge run), the broker and the worker spend per request: as in the edge run,
+# and as in the contract run, which sends the edge's messages in 64-deep batches.
 budget = cores * 1e6 / (0.5 * median("bare", "rps"))
 client, broker, worker, _ = per_request["edge"]
 _, c_broker, c_worker, _ = per_request["contract"]
