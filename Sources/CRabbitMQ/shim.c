@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "CRabbitMQ.h"
 
 #include <openssl/evp.h>
@@ -6,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -58,6 +60,10 @@ int gw_poll2(int sockfd, int wakefd, int timeout_ms) {
 
 int gw_tcp_cork(int sockfd, int on) {
   return setsockopt(sockfd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
+}
+
+int gw_set_thread_name(const char *name) {
+  return pthread_setname_np(pthread_self(), name);
 }
 
 int gw_sha256(const void *data, size_t len, unsigned char *out) {

@@ -109,9 +109,28 @@ public final class AMQPConnection: Sendable {
         }
         guard first else { return }
         let owner = ConnectionOwner(connection: self)
-        let thread = Thread { owner.run() }
-        thread.name = "amqp-\(configuration.name)"
+        let name = Self.threadName(configuration.name)
+        let thread = Thread {
+            // Foundation's `Thread.name` does not reach the kernel on Linux.
+            _ = gw_set_thread_name(name)
+            owner.run()
+        }
         thread.start()
+    }
+
+    /// The owner thread's name as the kernel keeps it (`top -H`, `perf`, `/proc/*/task/*/comm`):
+    /// at most 15 bytes, or Linux refuses it and the thread keeps the name of the thread that
+    /// started it. A longer connection name keeps its end, from a dot on when there is one
+    /// (`worker.demo.echo` → `demo.echo`), which tells connections apart best.
+    static func threadName(_ name: String) -> String {
+        let bytes = Array(name.utf8)
+        guard bytes.count > 15 else { return name }
+        var tail = bytes.suffix(15)
+        if let dot = tail.firstIndex(of: UInt8(ascii: ".")), dot + 1 < tail.endIndex {
+            tail = tail[(dot + 1)...]
+        }
+        while let first = tail.first, first & 0xC0 == 0x80 { tail.removeFirst() }  // no split character
+        return String(decoding: tail, as: UTF8.self)
     }
 
     /// Asks the owner thread to close the connection and waits until it has.

@@ -29,6 +29,20 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(stack):
     assert edge.wait(timeout=10) == 0
 
 
+def thread_names(pid):
+    task_dir = f"/proc/{pid}/task"
+    return {open(os.path.join(task_dir, t, "comm")).read().strip() for t in os.listdir(task_dir)}
+
+
+def test_each_connection_thread_carries_its_connection_name(stack):
+    edge = stack.start_edge()
+    assert {"edge.publish", "edge.consume"} <= thread_names(edge.pid), thread_names(edge.pid)
+    # A name past the kernel's 15 bytes keeps its end from a dot on:
+    # worker.it.echo.<suffix> → echo.<suffix>.
+    worker = stack.start_worker("echo")
+    assert f"echo.{stack.suffix}" in thread_names(worker.pid), thread_names(worker.pid)
+
+
 def test_an_idle_connection_stays_up_on_heartbeats(stack):
     url = stack.broker.url + "?heartbeat=1"
     edge = stack.start_edge(url=url)

@@ -27,6 +27,10 @@ int gw_poll2(int sockfd, int wakefd, int timeout_ms);
 /// a batch of small frames written one by one leaves as few full segments. Returns 0 or -1.
 int gw_tcp_cork(int sockfd, int on);
 
+/// Names the calling thread as the kernel shows it (at most 15 bytes; longer names are
+/// refused). Returns 0 or an errno value.
+int gw_set_thread_name(const char *name);
+
 /// SHA-256 of `len` bytes into `out` (32 bytes), with the OpenSSL that rabbitmq-c's TLS uses.
 /// Returns 1 on success.
 int gw_sha256(const void *data, size_t len, unsigned char *out);
