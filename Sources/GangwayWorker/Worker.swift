@@ -72,6 +72,9 @@ public struct Worker: Service {
         /// one after the other instead of in parallel.
         public static let immediate = HandlerStart(base: .immediate)
 
+        /// Every choice, for command-line parsers and help.
+        public static let all: [HandlerStart] = [.immediate, .task]
+
         public var description: String {
             switch base {
             case .task: "task"

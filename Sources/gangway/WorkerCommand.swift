@@ -132,14 +132,11 @@ struct WorkerCommand: AsyncParsableCommand {
 
 extension Worker.HandlerStart: ExpressibleByArgument {
     public init?(argument: String) {
-        switch argument {
-        case "task": self = .task
-        case "immediate": self = .immediate
-        default: return nil
-        }
+        guard let start = Self.all.first(where: { $0.description == argument }) else { return nil }
+        self = start
     }
 
-    public static var allValueStrings: [String] { ["immediate", "task"] }
+    public static var allValueStrings: [String] { all.map(\.description) }
 }
 
 extension WorkerCommand {
