@@ -41,8 +41,9 @@ public final class ConsumerPresence: Sendable {
     /// Queue names remembered now.
     public var count: Int { cache.withLock { $0.count } }
 
-    public func check(queue: String) async -> Presence {
-        let now = NIODeadline.now().uptimeNanoseconds
+    /// - Parameter now: the uptime in nanoseconds the answer's age is measured at; a parameter
+    ///   so that tests can age an answer without waiting for the clock.
+    public func check(queue: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds) async -> Presence {
         let ttl = UInt64(positiveTTL.components.seconds) * 1_000_000_000 + UInt64(positiveTTL.components.attoseconds / 1_000_000_000)
         let ask = cache.withLock { entries -> Bool in
             guard let cached = entries[queue], cached.consumers > 0 else { return true }
