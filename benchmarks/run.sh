@@ -14,7 +14,8 @@
 # which the edge answers itself, without the broker.
 # Prints each round's req/s and ratios edge / ceiling, their medians, and the CPU time each
 # process spent per request in each kind of phase over all rounds (from /proc and getrusage):
-# on a machine whose cores are all busy, throughput is the cores divided by the sum of these.
+# on a machine whose cores are all busy, throughput is the cores divided by the sum of these;
+# and the edge's share of it by thread (HTTP event loops, AMQP publish and consume threads).
 # From those it prints the edge's share of the budget a ratio of 0.5 would leave, next to
 # what its HTTP work alone costs.
 set -euo pipefail
@@ -37,9 +38,17 @@ wrk.body = string.rep("a", 64)
 wrk.headers["Content-Type"] = "text/plain"
 LUA
 
+# Each of a process's threads: "tid name cpu-ticks" (a thread that ends meanwhile is left out).
+thread_ticks() {
+  for t in /proc/"$1"/task/*; do
+    echo "${t##*/} $(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+  done 2>/dev/null
+}
+
 # phase KIND ROUND: one phase (bare, contract or edge) after a 2 s warm-up; its client's output
 # goes to KIND.ROUND.out, and a line "KIND ROUND client-seconds broker-ticks worker-ticks
-# edge-ticks" to cpu.txt.
+# edge-ticks" to cpu.txt; the edge's threads' ticks before and after go to
+# threads.KIND.ROUND.{0,1}.
 phase() {
   local kind=$1 round=$2 client b0 w0 e0
   echo "round $round: $kind (${CONNECTIONS} $(case $kind in edge|http) echo connections ;; *) echo "in flight" ;; esac), ${SECONDS_PER_RUN}s)..." >&2
@@ -51,6 +60,7 @@ phase() {
     "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 "$kind" >/dev/null
   fi
   b0=$(cpu_ticks "$broker"); w0=$(cpu_ticks "$worker_pid"); e0=$(cpu_ticks "$edge_pid")
+  thread_ticks "$edge_pid" > "$work/threads.$kind.$round.0"
   if [ "$kind" = edge ]; then
     client=$(run_timed "$work/edge.$round.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
   elif [ "$kind" = http ]; then
@@ -58,6 +68,7 @@ phase() {
   else
     client=$(run_timed "$work/$kind.$round.out" "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64 "$kind")
   fi
+  thread_ticks "$edge_pid" > "$work/threads.$kind.$round.1"
   echo "$kind $round $client $(($(cpu_ticks "$broker") - b0)) $(($(cpu_ticks "$worker_pid") - w0)) $(($(cpu_ticks "$edge_pid") - e0))" >> "$work/cpu.txt"
 }
 
@@ -129,6 +140,28 @@ for k in kinds + ("http",):
     per_request[k] = client, broker, worker, edge = tuple(v * 1e6 / n for v in cpu[k])
     edge_text = f"{edge:.0f}" if k in ("edge", "http") else ""
     print(f"{labels[k]:28}{client:>8.0f}{edge_text:>8}{broker:>8.0f}{worker:>8.0f}{client + broker + worker + (edge if k in ('edge', 'http') else 0):>8.0f}")
+
+# The edge's CPU per request by thread: its HTTP event loops and its two AMQP connections'
+# owner threads (named after their connections).
+def by_thread(kind, round):
+    def load(end):
+        return {tid: (name, int(ticks)) for tid, name, ticks in (l.split() for l in open(f"{work}/threads.{kind}.{round}.{end}"))}
+    before, after = load(0), load(1)
+    groups = {}
+    for tid, (name, ticks) in after.items():
+        group = "event loops" if name.startswith("NIO-") else name if name in ("edge.publish", "edge.consume") else "other"
+        groups[group] = groups.get(group, 0) + ticks - before.get(tid, (name, 0))[1]
+    return groups
+print()
+print("edge CPU per request by thread, µs (all rounds):")
+for k, rounds_of_kind in (("edge", range(1, rounds + 1)), ("http", (1,))):
+    totals, n = {}, 0
+    for r in rounds_of_kind:
+        for group, ticks in by_thread(k, r).items():
+            totals[group] = totals.get(group, 0) + ticks
+        n += runs[(k, r)]["n"]
+    shown = ", ".join(f"{g} {totals.get(g, 0) / hz * 1e6 / n:.0f}" for g in ("event loops", "edge.publish", "edge.consume", "other"))
+    print(f"  {labels[k]:30}{shown}")
 
 # What a ratio of 0.5 would leave the edge: all cores busy at half the bare rate, minus what
 # wrk (as in the edge run), the broker and the worker spend per request: as in the edge run,
