@@ -145,7 +145,8 @@ for k in kinds + ("http",):
 # owner threads (named after their connections).
 def by_thread(kind, round):
     def load(end):
-        return {tid: (name, int(ticks)) for tid, name, ticks in (l.split() for l in open(f"{work}/threads.{kind}.{round}.{end}"))}
+        rows = (l.split() for l in open(f"{work}/threads.{kind}.{round}.{end}"))
+        return {row[0]: (row[1], int(row[2])) for row in rows if len(row) == 3}  # not a thread that ended mid-read
     before, after = load(0), load(1)
     groups = {}
     for tid, (name, ticks) in after.items():
