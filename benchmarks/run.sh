@@ -45,31 +45,30 @@ thread_ticks() {
   done 2>/dev/null
 }
 
-# phase KIND ROUND: one phase (bare, contract or edge) after a 2 s warm-up; its client's output
-# goes to KIND.ROUND.out, and a line "KIND ROUND client-seconds broker-ticks worker-ticks
-# edge-ticks" to cpu.txt; the edge's threads' ticks before and after go to
+# client KIND SECONDS: sets cmd to the load client of a phase of KIND, run for SECONDS.
+client() {
+  case $1 in
+    edge) cmd=(wrk -t2 -c"$CONNECTIONS" -d"${2}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo") ;;
+    http) cmd=(wrk -t2 -c"$CONNECTIONS" -d"${2}s" --latency "http://localhost:$http_port/readyz") ;;
+    *) cmd=("$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$2" "$CONNECTIONS" 64 "$1") ;;
+  esac
+}
+
+# phase KIND ROUND: one phase (bare, contract, edge or http) after a 2 s warm-up; its client's
+# output goes to KIND.ROUND.out, and a line "KIND ROUND client-seconds broker-ticks
+# worker-ticks edge-ticks" to cpu.txt; the edge's threads' ticks before and after go to
 # threads.KIND.ROUND.{0,1}.
 phase() {
-  local kind=$1 round=$2 client b0 w0 e0
+  local kind=$1 round=$2 seconds b0 w0 e0
   echo "round $round: $kind (${CONNECTIONS} $(case $kind in edge|http) echo connections ;; *) echo "in flight" ;; esac), ${SECONDS_PER_RUN}s)..." >&2
-  if [ "$kind" = edge ]; then
-    wrk -t2 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://localhost:$http_port/v1/echo" >/dev/null
-  elif [ "$kind" = http ]; then
-    wrk -t2 -c"$CONNECTIONS" -d2s "http://localhost:$http_port/readyz" >/dev/null
-  else
-    "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo 2 "$CONNECTIONS" 64 "$kind" >/dev/null
-  fi
+  client "$kind" 2
+  "${cmd[@]}" >/dev/null
+  client "$kind" "$SECONDS_PER_RUN"
   b0=$(cpu_ticks "$broker"); w0=$(cpu_ticks "$worker_pid"); e0=$(cpu_ticks "$edge_pid")
   thread_ticks "$edge_pid" > "$work/threads.$kind.$round.0"
-  if [ "$kind" = edge ]; then
-    client=$(run_timed "$work/edge.$round.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$work/post.lua" --latency "http://localhost:$http_port/v1/echo")
-  elif [ "$kind" = http ]; then
-    client=$(run_timed "$work/http.$round.out" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "http://localhost:$http_port/readyz")
-  else
-    client=$(run_timed "$work/$kind.$round.out" "$work/raw_rpc" localhost "$port" gangway.rpc demo.echo "$SECONDS_PER_RUN" "$CONNECTIONS" 64 "$kind")
-  fi
+  seconds=$(run_timed "$work/$kind.$round.out" "${cmd[@]}")
   thread_ticks "$edge_pid" > "$work/threads.$kind.$round.1"
-  echo "$kind $round $client $(($(cpu_ticks "$broker") - b0)) $(($(cpu_ticks "$worker_pid") - w0)) $(($(cpu_ticks "$edge_pid") - e0))" >> "$work/cpu.txt"
+  echo "$kind $round $seconds $(($(cpu_ticks "$broker") - b0)) $(($(cpu_ticks "$worker_pid") - w0)) $(($(cpu_ticks "$edge_pid") - e0))" >> "$work/cpu.txt"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
