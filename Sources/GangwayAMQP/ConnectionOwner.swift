@@ -25,6 +25,8 @@ final class ConnectionOwner: @unchecked Sendable {
     /// Consumers subscribed on the current connection, by tag.
     private var active: [String: AMQPConnection.DeliveryHandler] = [:]
     private var inspectChannelOpen = false
+    /// Sessions in a row whose stream consumer the broker refused while starting the stream.
+    private var streamNotReadyInARow = 0
     private var lastActivity = NIODeadline.now()
     private var nextMessageID: UInt64 = 0
     private let arena = CArena()
@@ -69,7 +71,16 @@ final class ConnectionOwner: @unchecked Sendable {
                     logger.info("amqp.connected", metadata: ["amqp.url": "\(configuration.url)", "amqp.generation": "\(generation)"])
                     try serve()
                     action = machine.shutdown()
+                } catch let error as AMQPError where error.isStreamNotReady && streamNotReadyInARow == 0 {
+                    // Expected once when several connections declare the same stream queue at
+                    // the same time (e.g. an edge and workers starting together): not a loss
+                    // worth a warning. A second time in a row is one (below).
+                    streamNotReadyInARow += 1
+                    record(error: "\(error)")
+                    logger.info("amqp.stream.not-ready", metadata: ["error": "\(error)", "amqp.retry": "connecting again"])
+                    action = machine.connectionLost(random: Double.random(in: 0...1))
                 } catch {
+                    if let error = error as? AMQPError, error.isStreamNotReady { streamNotReadyInARow += 1 }
                     record(error: "\(error)")
                     logger.warning("amqp.connection.lost", metadata: ["error": "\(error)"])
                     action = machine.connectionLost(random: Double.random(in: 0...1))
@@ -201,6 +212,7 @@ final class ConnectionOwner: @unchecked Sendable {
         for (tag, consumer) in consumers {
             try startConsumer(tag: tag, consumer, on: state)
         }
+        streamNotReadyInARow = 0
         connection.shared.withLock { shared in
             shared.connected = true
             shared.generation = generation
@@ -524,7 +536,11 @@ final class ConnectionOwner: @unchecked Sendable {
             options.autoAck ? 1 : 0, options.exclusive ? 1 : 0, arena.table(options.arguments)
         )
         arena.reset()
-        try check(amqp_get_rpc_reply(state), "basic.consume \(options.queue)")
+        do {
+            try check(amqp_get_rpc_reply(state), "basic.consume \(options.queue)")
+        } catch let error as AMQPError where error.connectionCloseCode == 541 && options.declare?.isStream == true {
+            throw AMQPError.streamNotReady(queue: options.queue)
+        }
         active[tag] = consumer.handler
     }
 
@@ -607,7 +623,7 @@ final class ConnectionOwner: @unchecked Sendable {
                 let m = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 var ok = amqp_connection_close_ok_t()
                 amqp_send_method(state, 0, GW_CONNECTION_CLOSE_OK, &ok)
-                throw AMQPError.connectionLost("\(what): broker closed the connection: \(m.reply_code) \(CDecode.string(m.reply_text))")
+                throw AMQPError.connectionClosed(code: m.reply_code, text: CDecode.string(m.reply_text), during: what)
             case GW_CHANNEL_CLOSE:
                 let m = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
                 // The broker closed the channel the RPC ran on; it waits for our close-ok.

@@ -71,6 +71,11 @@ public struct QueueSpec: Sendable, Hashable {
         self.autoDelete = autoDelete
         self.arguments = arguments
     }
+
+    /// True for a RabbitMQ stream queue (`x-queue-type: stream`).
+    public var isStream: Bool {
+        arguments["x-queue-type"]?.stringValue == "stream"
+    }
 }
 
 public struct BindingSpec: Sendable, Hashable {

@@ -28,4 +28,13 @@ struct FieldValueTests {
         #expect(t.queues(forExchange: "", routingKey: "direct.q") == ["direct.q"])
         #expect(t.queues(forExchange: "events", routingKey: "ka") == [])
     }
+
+    @Test("a stream queue is told apart by its x-queue-type argument, as the edge's job event log is")
+    func streamQueues() {
+        #expect(WireContract.eventLogQueue.isStream)
+        #expect(QueueSpec(name: "s", arguments: ["x-queue-type": .string("stream")]).isStream)
+        #expect(!QueueSpec(name: "c", arguments: ["x-queue-type": .string("classic")]).isStream)
+        #expect(!QueueSpec(name: "q", arguments: ["x-queue-type": .string("quorum")]).isStream)
+        #expect(!QueueSpec(name: "plain").isStream)
+    }
 }
