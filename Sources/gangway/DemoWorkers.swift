@@ -71,21 +71,50 @@ enum DemoWorkers {
         }
     }
 
+    /// Whole-number options from a demo worker's query string, each within its range. A value
+    /// that is not a whole number or is out of range is an error naming the option, never
+    /// clamped or ignored; options the worker does not take are ignored.
+    struct Options {
+        struct Invalid: Error, CustomStringConvertible {
+            var description: String
+        }
+
+        private var values: [Substring: Int] = [:]
+
+        init(query: String, ranges: KeyValuePairs<String, ClosedRange<Int>>) throws(Invalid) {
+            for pair in query.split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                guard let range = ranges.first(where: { $0.key == kv[0] })?.value else { continue }
+                let text = kv.count == 2 ? kv[1] : ""
+                guard let value = Int(text), range.contains(value) else {
+                    throw Invalid(description: "\(kv[0]) must be a whole number from \(range.lowerBound) to \(range.upperBound), not '\(text.prefix(40))'")
+                }
+                values[kv[0]] = value
+            }
+        }
+
+        subscript(name: String, default value: Int) -> Int {
+            values[Substring(name)] ?? value
+        }
+    }
+
     /// Streams `n` numbered JSON parts (`?n=10&delay_ms=100&pad=0`, defaults 10, 100 and 0;
     /// `pad` adds that many bytes of padding to each part), one at a time, stopping early when
-    /// the client goes away.
+    /// the client goes away. An option out of range gets a 400 problem as the only part.
     static func count() -> Worker.StreamHandler {
         { request, writer in
-            var n = 10
-            var delay = 100
-            var pad = 0
-            for pair in request.query.split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1)
-                guard kv.count == 2, let v = Int(kv[1]), v >= 0 else { continue }
-                if kv[0] == "n" { n = min(v, 100_000) }
-                if kv[0] == "delay_ms" { delay = min(v, 60_000) }
-                if kv[0] == "pad" { pad = min(v, 1 << 20) }
+            let options: Options
+            do throws(Options.Invalid) {
+                options = try Options(query: request.query, ranges: ["n": 0...100_000, "delay_ms": 0...60_000, "pad": 0...(1 << 20)])
+            } catch {
+                let problem = WorkerReply.problem(status: 400, title: "Bad Request", detail: error.description)
+                writer.head(status: problem.status)
+                try await writer.write(problem.body, contentType: problem.contentType, final: true)
+                return
             }
+            let n = options["n", default: 10]
+            let delay = options["delay_ms", default: 100]
+            let pad = options["pad", default: 0]
             let padding = String(repeating: "x", count: pad)
             for i in 0..<n {
                 if delay > 0 && i > 0 { try await Task.sleep(for: .milliseconds(delay)) }
@@ -102,21 +131,15 @@ enum DemoWorkers {
     /// A demo job: renders in `steps` steps (`?steps=5&delay_ms=500&fail=0&poison=0`),
     /// reporting progress and a log line for each, and returns `{"url": …}`. `fail=1` throws at
     /// the last step (a failed job); `poison=1` kills the worker process after the first step,
-    /// every time (a poison job, dead-lettered after its queue's delivery limit).
+    /// every time (a poison job, dead-lettered after its queue's delivery limit). An option out
+    /// of range fails the job at once, with an error that names it.
     static func render() -> Worker.JobHandler {
         { request, job in
-            var steps = 5
-            var delay = 500
-            var fail = false
-            var poison = false
-            for pair in request.query.split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1)
-                guard kv.count == 2, let v = Int(kv[1]), v >= 0 else { continue }
-                if kv[0] == "steps" { steps = max(1, min(v, 1000)) }
-                if kv[0] == "delay_ms" { delay = min(v, 60_000) }
-                if kv[0] == "fail" { fail = v != 0 }
-                if kv[0] == "poison" { poison = v != 0 }
-            }
+            let options = try Options(query: request.query, ranges: ["steps": 1...1000, "delay_ms": 0...60_000, "fail": 0...1, "poison": 0...1])
+            let steps = options["steps", default: 5]
+            let delay = options["delay_ms", default: 500]
+            let fail = options["fail", default: 0] == 1
+            let poison = options["poison", default: 0] == 1
             try await job.log("render started: \(steps) steps")
             for i in 1...steps {
                 try await Task.sleep(for: .milliseconds(delay))

@@ -174,6 +174,17 @@ def test_a_failing_job_reports_failed(stack):
     assert status["status"] == "failed" and "render failed" in status["error"]["error"]
 
 
+def test_a_job_with_a_bad_option_fails_at_once_naming_it(stack):
+    edge = stack.start_edge()
+    stack.start_worker("render", queue=stack.queue["render"])
+    job_id = submit(edge, "steps=abc&delay_ms=50").json()["id"]
+    _, events = follow(edge, job_id)
+    assert [e.event for e in events] == ["failed"], [(e.event, e.data) for e in events]
+    status = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+    assert status["status"] == "failed"
+    assert status["error"]["error"] == "steps must be a whole number from 1 to 1000, not 'abc'", status
+
+
 def test_a_worker_killed_mid_job_has_the_job_redelivered_and_completed(stack):
     edge = stack.start_edge()
     doomed = stack.start_worker("render", queue=stack.queue["render"])

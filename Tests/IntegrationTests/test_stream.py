@@ -77,6 +77,19 @@ def test_no_consumer_before_the_first_part_is_a_503_problem(stack):
     assert r.headers["content-type"] == "application/problem+json"
 
 
+def test_a_bad_option_gets_a_400_problem_from_the_worker_not_a_clamped_stream(stack):
+    edge = stack.start_edge()
+    stack.start_worker("count", queue=stack.queue["count"])
+    for query, option in [("n=-3", "n"), ("n=200000", "n"), ("n=ten", "n"), ("n=3&delay_ms=", "delay_ms")]:
+        r = requests.post(edge.base + "/v1/count?" + query)
+        assert r.status_code == 400, (query, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        problem = r.json()
+        assert problem["status"] == 400 and problem["detail"].startswith(option + " must be a whole number"), problem
+    r = requests.post(edge.base + "/v1/count?n=2&delay_ms=0&unknown=x", headers={"accept": "application/x-ndjson"})
+    assert r.status_code == 200 and [p["n"] for p in ndjson(r)] == [0, 1]
+
+
 def test_a_client_that_goes_away_cancels_the_worker(stack):
     edge = stack.start_edge()
     worker = stack.start_worker("count", queue=stack.queue["count"])
