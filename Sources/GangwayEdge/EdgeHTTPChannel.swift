@@ -61,7 +61,8 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 
-    /// Hummingbird's HTTP/1 handlers, then the gate; the future tells what the first request is.
+    /// Hummingbird's HTTP/1 handlers (with a problem JSON answer to requests the decoder
+    /// refuses), then the gate; the future tells what the first request is.
     static func configure(
         _ pipeline: ChannelPipeline.SynchronousOperations,
         decoderLimits: NIOHTTPDecoderLimitConfiguration,
@@ -74,6 +75,7 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
             withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: decoderLimits
         )
+        try pipeline.addHandler(ParseErrorProblemHandler(maxHeaderBytes: decoderLimits.maxHeaderListSize))
         try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
         try pipeline.addHandler(HTTPConnectionStateHandler(logger: logger))
         let decision = pipeline.eventLoop.makePromise(of: FirstRequestGate.Decision.self)

@@ -2,6 +2,7 @@ import GangwayAMQPCore
 import GangwayCore
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 
 /// Renders errors as RFC 9457 problem JSON: the one place where failures become HTTP.
 enum ProblemResponse {
@@ -27,6 +28,9 @@ enum ProblemResponse {
         switch error {
         case let e as GatewayError:
             return make(e, instance: instance, requestID: requestID)
+        case let e as HTTPParserError:
+            // Inside a request body (a malformed chunk); the others are answered below Hummingbird.
+            return make(ParseErrorProblemHandler.problem(for: e, maxHeaderBytes: nil), instance: instance, requestID: requestID)
         case is NIOTooManyBytesError:
             return make(.badRequest("the request body is too large"), instance: instance, requestID: requestID)
         case let e as HTTPError:

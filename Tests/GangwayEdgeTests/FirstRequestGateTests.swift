@@ -116,22 +116,17 @@ struct FirstRequestGateTests {
         #expect(String(buffer: body) == "hi")
     }
 
-    @Test("a first request that does not parse goes to Hummingbird, which answers it with 400")
+    @Test("a first request that does not parse is answered with a 400 problem below the gate, and the connection closes")
     func unparsable() async throws {
         let (channel, settled) = try await Self.pipeline()
-        // The decoder's error travels on to the async channel (the test channel may rethrow
-        // it too).
         _ = try? await channel.writeInbound(ByteBuffer(string: "NOT HTTP AT ALL\r\n\r\n"))
         await channel.testingEventLoop.run()
-        guard case .ordinary(let asyncChannel)? = settled.value else {
-            Issue.record("no ordinary decision: \(String(describing: settled.value))")
-            return
-        }
-        await #expect(throws: HTTPParserError.self) {
-            try await asyncChannel.executeThenClose { inbound, _ in
-                for try await _ in inbound {}
-            }
-        }
+        let answer = try await ParseErrorProblemHandlerTests.written(channel)
+        #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
+        #expect(answer.contains(#""status":400"#) && answer.contains("not valid HTTP/1.1"), "\(answer)")
+        // The gate never saw a request: the connection closed under it.
+        #expect(settled.failed)
+        #expect(!channel.isActive)
     }
 
     @Test("a connection that closes before its first request fails the decision")

@@ -2,6 +2,7 @@
 import concurrent.futures
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -77,6 +78,40 @@ def test_unknown_path_is_404_and_wrong_method_is_405(stack):
     r = requests.delete(edge.base + "/v1/echo")
     problem(r, 405)
     assert r.headers["allow"] == "POST"
+
+
+def raw_exchange(edge, data):
+    """Sends raw bytes to the edge and reads until it closes the connection (10 s at most)."""
+    host, port = edge.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.decode("latin-1")
+
+
+def test_requests_that_do_not_parse_get_a_problem_and_a_closed_connection(stack):
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    # Header fields past the decoder's limit: 431, through a real client.
+    r = requests.get(edge.base + "/v1/nothing", headers={"x-big": "k" * 100_000})
+    body = problem(r, 431)
+    assert "81920 bytes" in body["detail"] and r.headers["connection"] == "close"
+    # Not HTTP at all: 400, and the edge closes the connection after it (the read ends).
+    answer = raw_exchange(edge, b"GE T /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400 Bad Request\r\n"), answer
+    assert "application/problem+json" in answer and "not valid HTTP/1.1" in answer, answer
+    # Pipelined behind a good request: the good one is answered first, then the problem.
+    answer = raw_exchange(edge, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
+                                b"GET /v1/echo HTTP/1.1\r\nHo st: x\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 200 OK\r\n"), answer
+    assert answer.index("first") < answer.index("HTTP/1.1 400 Bad Request"), answer
+    # A malformed chunk inside a body: the route's handler answers 400 with a problem.
+    answer = raw_exchange(edge, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400 Bad Request\r\n") and "not valid HTTP/1.1" in answer, answer
+    # The edge still serves.
+    assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
 
 
 def test_body_over_the_route_limit_is_413(stack):
