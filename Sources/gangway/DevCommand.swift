@@ -78,6 +78,6 @@ struct DevCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
-        try await group.run()
+        try await ListenFailure.explaining(host: "0.0.0.0", port: port) { try await group.run() }
     }
 }

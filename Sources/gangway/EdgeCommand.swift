@@ -1,8 +1,12 @@
 import ArgumentParser
 import GangwayEdge
 import Logging
+import NIOCore
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#endif
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -67,7 +71,27 @@ struct EdgeCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
-        try await group.run()
+        try await ListenFailure.explaining(host: host, port: port) { try await group.run() }
+    }
+}
+
+/// Says in plain words why the edge could not listen, for the causes a user can fix.
+struct ListenFailure: Error, CustomStringConvertible {
+    var description: String
+
+    static func explaining(host: String, port: Int, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as IOError {
+            let reason: String
+            switch error.errnoCode {
+            case EADDRINUSE: reason = "another process is listening on that port; stop it or choose another port with --port or GANGWAY_HTTP_PORT"
+            case EACCES: reason = "permission denied (ports below 1024 need privileges); choose another port with --port or GANGWAY_HTTP_PORT"
+            case EADDRNOTAVAIL: reason = "\(host) is not an address of this machine (--host)"
+            default: throw error
+            }
+            throw ListenFailure(description: "cannot listen on \(host):\(port): \(reason)")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 """gangway check, topology apply and the refusal to start on bad files."""
 import os
 import shutil
+import socket
 import subprocess
 
 from harness import gangway_bin
@@ -43,6 +44,20 @@ def test_edge_refuses_to_start_on_an_invalid_file(tmp_path):
     r = run("edge", "--routes", "topology/routes.yaml", "--topology", str(bad), "--port", "0")
     assert r.returncode != 0
     assert "sideways" in r.stderr
+
+
+def test_edge_explains_a_port_it_cannot_listen_on():
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The broker need not be there: the edge listens first and fails at once.
+        r = run("edge", "--port", str(port), "--amqp-url", "amqp://localhost:1/")
+    assert r.returncode != 0
+    assert f"cannot listen on 0.0.0.0:{port}: another process is listening on that port" in r.stderr, r.stderr
+    r = run("edge", "--port", "0", "--host", "192.0.2.1", "--amqp-url", "amqp://localhost:1/")
+    assert r.returncode != 0
+    assert "cannot listen on 192.0.2.1:0: 192.0.2.1 is not an address of this machine" in r.stderr, r.stderr
 
 
 def test_topology_apply_is_idempotent_and_matches_import_definitions(broker):
