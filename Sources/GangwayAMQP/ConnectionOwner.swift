@@ -25,6 +25,8 @@ final class ConnectionOwner: @unchecked Sendable {
     /// Consumers subscribed on the current connection, by tag.
     private var active: [String: AMQPConnection.DeliveryHandler] = [:]
     private var inspectChannelOpen = false
+    /// Attempts to connect that failed since the last one that succeeded.
+    private var connectFailuresInARow = 0
     /// Sessions in a row whose stream consumer the broker refused while starting the stream.
     private var streamNotReadyInARow = 0
     private var lastActivity = NIODeadline.now()
@@ -58,10 +60,18 @@ final class ConnectionOwner: @unchecked Sendable {
                 }
                 do {
                     try openConnection()
+                    connectFailuresInARow = 0
                     action = machine.connectSucceeded()
                 } catch {
                     record(error: "\(error)")
-                    logger.info("amqp.connect.failed", metadata: ["amqp.url": "\(configuration.url)", "error": "\(error)"])
+                    // The first failure in a row is worth an operator's attention; the retries
+                    // after it, every backoff step while the broker stays away, are not.
+                    connectFailuresInARow += 1
+                    logger.log(
+                        level: connectFailuresInARow == 1 ? .warning : .info,
+                        "amqp.connect.failed",
+                        metadata: ["amqp.url": "\(configuration.url)", "error": "\(error)", "amqp.attempts": "\(connectFailuresInARow)"]
+                    )
                     destroyConnection()
                     action = machine.connectFailed(random: Double.random(in: 0...1))
                 }
@@ -187,7 +197,10 @@ final class ConnectionOwner: @unchecked Sendable {
         var timeout = Self.makeTimeval(milliseconds: url.connectionTimeoutMilliseconds)
         let rc = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &timeout)
         guard rc == AMQP_STATUS_OK.rawValue else {
-            throw AMQPError.connectFailed("\(url.host):\(url.port): \(Self.statusText(rc))")
+            // rabbitmq-c says only "a socket error occurred" when connect(2) fails, and keeps
+            // its errno to itself.
+            let detail = rc == AMQP_STATUS_SOCKET_ERROR.rawValue ? "the connection was refused or the host is unreachable (is a broker listening there?)" : Self.statusText(rc)
+            throw AMQPError.connectFailed("\(url.host):\(url.port): \(detail)")
         }
         var handshake = Self.makeTimeval(milliseconds: url.connectionTimeoutMilliseconds)
         amqp_set_handshake_timeout(state, &handshake)

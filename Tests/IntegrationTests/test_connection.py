@@ -149,6 +149,19 @@ def test_amqps_with_a_verified_certificate_round_trips_and_a_wrong_ca_is_refused
         broker.stop()
 
 
+def test_a_broker_nobody_listens_for_is_one_warning_then_quiet_retries(stack):
+    edge = stack.start_edge(url="amqp://guest:guest@localhost:1/", wait=False)
+    time.sleep(2.5)
+    assert requests.get(edge.base + "/readyz").status_code == 503
+    failures = [line for line in open(edge.log_path) if "amqp.connect.failed" in line]
+    # Each of the edge's two connections warns once, then retries at info level.
+    warnings = [line for line in failures if " warning " in line]
+    assert len(warnings) == 2, failures
+    assert all("amqp.attempts=1 " in line for line in warnings), warnings
+    assert any(" info " in line and "amqp.attempts=2 " in line for line in failures), failures
+    assert all("localhost:1: the connection was refused or the host is unreachable" in line for line in failures), failures
+
+
 def test_a_worker_past_its_shutdown_timeout_leaves_the_request_to_another_worker(stack):
     edge = stack.start_edge()
     slow = stack.start_worker("echo", extra=["--delay-ms", "5000", "--shutdown-timeout", "0.3"])
