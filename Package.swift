@@ -111,7 +111,16 @@ let package = Package(
             name: "GangwayCoreTests",
             dependencies: ["GangwayCore", "GangwayConfig", "GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
         ),
-        .testTarget(name: "GangwayWorkerTests", dependencies: ["GangwayWorker"]),
+        .testTarget(
+            name: "GangwayWorkerTests",
+            dependencies: [
+                "GangwayWorker",
+                "GangwayAMQPCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "GangwayEdgeTests",
             dependencies: [
