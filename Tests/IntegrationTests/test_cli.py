@@ -1,5 +1,6 @@
 """gangway check, topology apply and the refusal to start on bad files."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -9,6 +10,12 @@ from harness import gangway_bin
 
 def run(*args, env=None):
     return subprocess.run([gangway_bin(), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_version_names_the_release_and_the_wire_contract():
+    r = run("--version")
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"gangway \d+\.\d+\.\d+ \(wire contract v1\)\n", r.stdout), r.stdout
 
 
 def test_check_accepts_the_shipped_files():
