@@ -81,18 +81,18 @@ final class ConnectionOwner: @unchecked Sendable {
                     logger.info("amqp.connected", metadata: ["amqp.url": "\(configuration.url)", "amqp.generation": "\(generation)"])
                     try serve()
                     action = machine.shutdown()
-                } catch let error as AMQPError where error.isStreamNotReady && streamNotReadyInARow == 0 {
-                    // Expected once when several connections declare the same stream queue at
-                    // the same time (e.g. an edge and workers starting together): not a loss
-                    // worth a warning. A second time in a row is one (below).
-                    streamNotReadyInARow += 1
-                    record(error: "\(error)")
-                    logger.info("amqp.stream.not-ready", metadata: ["error": "\(error)", "amqp.retry": "connecting again"])
-                    action = machine.connectionLost(random: Double.random(in: 0...1))
                 } catch {
-                    if let error = error as? AMQPError, error.isStreamNotReady { streamNotReadyInARow += 1 }
                     record(error: "\(error)")
-                    logger.warning("amqp.connection.lost", metadata: ["error": "\(error)"])
+                    let streamNotReady = (error as? AMQPError)?.isStreamNotReady == true
+                    streamNotReadyInARow = streamNotReady ? streamNotReadyInARow + 1 : 0
+                    if streamNotReadyInARow == 1 {
+                        // Expected once when several connections declare the same stream queue
+                        // at the same time (e.g. an edge and workers starting together): not a
+                        // loss worth a warning. A second time in a row is one.
+                        logger.info("amqp.stream.not-ready", metadata: ["error": "\(error)", "amqp.retry": "connecting again"])
+                    } else {
+                        logger.warning("amqp.connection.lost", metadata: ["error": "\(error)"])
+                    }
                     action = machine.connectionLost(random: Double.random(in: 0...1))
                 }
             case .failInFlightAndReconnect(let ms):

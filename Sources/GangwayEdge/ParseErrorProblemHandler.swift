@@ -1,4 +1,3 @@
-import GangwayAMQPCore
 import GangwayCore
 import NIOCore
 import NIOHTTP1
@@ -77,12 +76,7 @@ final class ParseErrorProblemHandler: ChannelDuplexHandler, RemovableChannelHand
     /// Writes the problem response, then closes the connection once it is written.
     private func answer(_ problem: GatewayError, context: ChannelHandlerContext) {
         let id = requestID()
-        let body = ByteBuffer(
-            string: """
-                {"type":\(JSONString.quote(problem.type)),"title":\(JSONString.quote(problem.title)),"status":\(problem.status),\
-                "detail":\(JSONString.quote(problem.detail)),"request_id":\(JSONString.quote(id))}
-                """
-        )
+        let body = ProblemResponse.body(problem, instance: nil, requestID: id)
         let headers = HTTPHeaders([
             ("Content-Type", ProblemResponse.contentType),
             ("Content-Length", String(body.readableBytes)),

@@ -12,14 +12,21 @@ enum ProblemResponse {
         var headers: HTTPFields = [.contentType: contentType]
         if !error.allow.isEmpty { headers[.allow] = error.allow.joined(separator: ", ") }
         if error.status == 503 { headers[.retryAfter] = "1" }
-        let body = """
-            {"type":\(JSONString.quote(error.type)),"title":\(JSONString.quote(error.title)),"status":\(error.status),\
-            "detail":\(JSONString.quote(error.detail)),"instance":\(JSONString.quote(instance)),"request_id":\(JSONString.quote(requestID))}
-            """
         return Response(
             status: .init(code: error.status),
             headers: headers,
-            body: .init(byteBuffer: ByteBuffer(string: body))
+            body: .init(byteBuffer: body(error, instance: instance, requestID: requestID))
+        )
+    }
+
+    /// The problem JSON itself; `instance` is left out when the request's path is unknown.
+    static func body(_ error: GatewayError, instance: String?, requestID: String) -> ByteBuffer {
+        let instanceMember = instance.map { #","instance":\#(JSONString.quote($0))"# } ?? ""
+        return ByteBuffer(
+            string: """
+                {"type":\(JSONString.quote(error.type)),"title":\(JSONString.quote(error.title)),"status":\(error.status),\
+                "detail":\(JSONString.quote(error.detail))\(instanceMember),"request_id":\(JSONString.quote(requestID))}
+                """
         )
     }
 
