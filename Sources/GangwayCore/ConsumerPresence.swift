@@ -41,10 +41,26 @@ public final class ConsumerPresence: Sendable {
     /// Queue names remembered now.
     public var count: Int { cache.withLock { $0.count } }
 
+    private var ttlNanoseconds: UInt64 {
+        UInt64(positiveTTL.components.seconds) * 1_000_000_000 + UInt64(positiveTTL.components.attoseconds / 1_000_000_000)
+    }
+
+    /// Whether ``check(queue:now:)`` would answer `.present` without asking the broker: the
+    /// queue had consumers at the last answer, and that answer is fresh or being renewed.
+    /// Lets a caller that cannot wait (a channel handler) go ahead at once, and take the
+    /// asynchronous way only when the broker must be asked.
+    public func isKnownPresent(queue: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Bool {
+        let ttl = ttlNanoseconds
+        return cache.withLock { entries in
+            guard let cached = entries[queue], cached.consumers > 0 else { return false }
+            return now < cached.checkedAt + ttl || cached.refreshing
+        }
+    }
+
     /// - Parameter now: the uptime in nanoseconds the answer's age is measured at; a parameter
     ///   so that tests can age an answer without waiting for the clock.
     public func check(queue: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds) async -> Presence {
-        let ttl = UInt64(positiveTTL.components.seconds) * 1_000_000_000 + UInt64(positiveTTL.components.attoseconds / 1_000_000_000)
+        let ttl = ttlNanoseconds
         let ask = cache.withLock { entries -> Bool in
             guard let cached = entries[queue], cached.consumers > 0 else { return true }
             if now < cached.checkedAt + ttl || cached.refreshing { return false }

@@ -52,15 +52,18 @@ public final class Correlator: Sendable {
         }
     }
 
-    /// Who waits for a slot's reply: one task, or one share of a wait for several replies.
+    /// Who waits for a slot's reply: one task, one share of a wait for several replies, or a
+    /// callback.
     enum Waiter: Sendable {
         case task(UnsafeContinuation<Delivery, any Error>)
         case group(GroupWait, index: Int)
+        case callback(@Sendable (Result<Delivery, Failure>) -> Void)
 
         func resume(returning delivery: Delivery) {
             switch self {
             case .task(let continuation): continuation.resume(returning: delivery)
             case .group(let group, let index): group.settle(index, .success(delivery))
+            case .callback(let callback): callback(.success(delivery))
             }
         }
 
@@ -68,6 +71,7 @@ public final class Correlator: Sendable {
             switch self {
             case .task(let continuation): continuation.resume(throwing: failure)
             case .group(let group, let index): group.settle(index, .failure(failure))
+            case .callback(let callback): callback(.failure(failure))
             }
         }
     }
@@ -222,6 +226,14 @@ public final class Correlator: Sendable {
         } onCancel: {
             for id in ids { cancel(id: id, with: .cancelled) }
         }
+    }
+
+    /// Calls `callback` with the reply of a registered request, or its failure (as ``wait(id:)``
+    /// throws it), exactly once: on the consumer's thread, the publisher's, the deadline
+    /// sweeper's or this one, so it must be short and must not block. For callers that are not
+    /// tasks, such as a channel handler, which then hops to its event loop.
+    public func whenReplied(id: String, _ callback: @escaping @Sendable (Result<Delivery, Failure>) -> Void) {
+        waitFor(id, .callback(callback))
     }
 
     /// Parks `waiter` on a slot, or resumes it at once with what the slot already holds.

@@ -81,12 +81,63 @@ public final class RequestReplyClient: Sendable {
         return results
     }
 
+    /// Sends a request without a task in the common case, and calls `completion` with what
+    /// ``send(_:)`` would return or throw.
+    ///
+    /// When the route's queue is known to have consumers (``ConsumerPresence/isKnownPresent(queue:now:)``),
+    /// the request is published from the calling thread and `completion` is called from the
+    /// thread that settles it: the reply consumer's, the publisher's (a return or a lost
+    /// connection) or the deadline sweeper's; it must be short and must not block. Only when
+    /// the broker has to be asked about consumers does a task do the work.
+    public func send(_ request: GatewayRequest, completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) {
+        if let queue = request.route.queue?.render(request.parameters), !presence.isKnownPresent(queue: queue) {
+            Task {
+                do throws(GatewayError) {
+                    completion(.success(try await self.send(request)))
+                } catch {
+                    completion(.failure(error))
+                }
+            }
+            return
+        }
+        let prepared: Prepared
+        do {
+            prepared = try prepareMessage(request)
+        } catch {
+            completion(.failure(error))
+            return
+        }
+        do {
+            try bus.publish(prepared.message, onSettled: prepared.onSettled)
+        } catch {
+            correlator.cancel(id: prepared.pending.correlationID)
+            completion(.failure(.brokerUnavailable("\(error)")))
+            return
+        }
+        let route = request.route
+        correlator.whenReplied(id: prepared.pending.correlationID) { result in
+            switch result {
+            case .success(let delivery):
+                completion(Result { () throws(GatewayError) in try Self.decodeReply(delivery, route: route.name) })
+            case .failure(let failure):
+                completion(.failure(Self.error(for: failure, route: route)))
+            }
+        }
+    }
+
+    typealias Prepared = (pending: Pending, message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)
+
     /// Everything before the publish: the consumer check, the message and its open reply slot.
     /// The confirm is not awaited: the reply is the real answer, and a return (no queue bound)
     /// or nack arrives before the reply could; `onSettled` (on the publisher's thread) then
     /// fails the slot.
-    private func prepare(_ request: GatewayRequest) async throws(GatewayError) -> (pending: Pending, message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void) {
+    private func prepare(_ request: GatewayRequest) async throws(GatewayError) -> Prepared {
         try await checkConsumers(request)
+        return try prepareMessage(request)
+    }
+
+    /// The message and its open reply slot, once the consumer check has passed.
+    private func prepareMessage(_ request: GatewayRequest) throws(GatewayError) -> Prepared {
         let correlationID = nextCorrelationID()
         let message = makeMessage(request, correlationID: correlationID)
         guard correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds) else {

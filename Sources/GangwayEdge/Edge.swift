@@ -5,7 +5,9 @@ import HummingbirdCore
 import Logging
 import NIOPosix
 
-/// The HTTP edge: Hummingbird wired with Gangway's middleware, in this order:
+/// The HTTP edge: request/reply routes served in each connection's pipeline
+/// (``RequestReplyChannelHandler``), and everything else by Hummingbird wired with Gangway's
+/// middleware, in this order:
 ///
 /// 1. ``ProblemMiddleware`` — request id, trace context, errors as problem+json
 /// 2. ``RouteDispatchMiddleware`` — route finder, then the handler of the route's shape
@@ -100,9 +102,18 @@ public struct Edge: Sendable {
         }
         let responder = router.buildResponder()
         let eventStreams = DetachedEventStreams(responder: responder, serverName: configuration.serverName)
+        let requestReply = RequestReplyChannelHandler.Configuration(
+            routes: routes,
+            reservedPaths: [healthPath, readyPath],
+            reservedPrefixes: [JobHandler.prefix, TopicHandler.prefix],
+            serverName: configuration.serverName,
+            send: { request, completion in client.send(request, completion: completion) }
+        )
         return Application(
             responder: responder,
-            server: HTTPServerBuilder { responder in EdgeHTTPChannel(responder: responder, eventStreams: eventStreams) },
+            server: HTTPServerBuilder { responder in
+                EdgeHTTPChannel(responder: responder, eventStreams: eventStreams, requestReply: requestReply)
+            },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
             eventLoopGroupProvider: configuration.eventLoopThreads.map { .shared(MultiThreadedEventLoopGroup(numberOfThreads: $0)) } ?? .singleton,

@@ -32,12 +32,15 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let eventStreams: DetachedEventStreams
+    /// Request/reply routes served in the pipeline (``RequestReplyChannelHandler``).
+    let requestReply: RequestReplyChannelHandler.Configuration?
     let decoderLimits: NIOHTTPDecoderLimitConfiguration
     static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536)
 
-    init(responder: @escaping HTTPChannelHandler.Responder, eventStreams: DetachedEventStreams) {
+    init(responder: @escaping HTTPChannelHandler.Responder, eventStreams: DetachedEventStreams, requestReply: RequestReplyChannelHandler.Configuration?) {
         self.responder = responder
         self.eventStreams = eventStreams
+        self.requestReply = requestReply
         // Hummingbird's defaults, as `HTTP1Channel` applies them.
         let defaults = HTTP1Channel.Configuration.DecoderConfiguration()
         var limits = NIOHTTPDecoderLimitConfiguration()
@@ -56,16 +59,18 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
             // A request head rarely needs more than 1 KiB, and a larger request makes the
             // buffer grow for the reads after it.
             try channel.syncOptions?.setOption(.recvAllocator, value: Self.receiveBuffers)
-            let firstRequest = try Self.configure(channel.pipeline.syncOperations, decoderLimits: decoderLimits, logger: logger)
+            let firstRequest = try Self.configure(channel.pipeline.syncOperations, decoderLimits: decoderLimits, requestReply: requestReply, logger: logger)
             return Value(channel: channel, firstRequest: firstRequest)
         }
     }
 
     /// Hummingbird's HTTP/1 handlers (with a problem JSON answer to requests the decoder
-    /// refuses), then the gate; the future tells what the first request is.
+    /// refuses), the request/reply handler when there is one, then the gate; the future tells
+    /// what the first request the gate sees is.
     static func configure(
         _ pipeline: ChannelPipeline.SynchronousOperations,
         decoderLimits: NIOHTTPDecoderLimitConfiguration,
+        requestReply: RequestReplyChannelHandler.Configuration? = nil,
         logger: Logger
     ) throws -> EventLoopFuture<FirstRequestGate.Decision> {
         try pipeline.configureHTTPServerPipeline(
@@ -78,6 +83,9 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
         try pipeline.addHandler(ParseErrorProblemHandler(maxHeaderBytes: decoderLimits.maxHeaderListSize))
         try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
         try pipeline.addHandler(HTTPConnectionStateHandler(logger: logger))
+        if let requestReply {
+            try pipeline.addHandler(RequestReplyChannelHandler(configuration: requestReply))
+        }
         let decision = pipeline.eventLoop.makePromise(of: FirstRequestGate.Decision.self)
         try pipeline.addHandler(FirstRequestGate(isEventStream: DetachedEventStreams.accepts, decision: decision))
         return decision.futureResult

@@ -2,6 +2,7 @@ import GangwayConfig
 import GangwayCore
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import NIOCore
 
 extension GatewayRequest {
@@ -17,21 +18,34 @@ extension GatewayRequest {
         } catch is NIOTooManyBytesError {
             throw GatewayError.payloadTooLarge(limit: route.maxBodyBytes)
         }
-        var headers: [(name: String, value: String)] = []
-        headers.reserveCapacity(request.headers.count)
-        for field in request.headers {
-            headers.append((field.name.canonicalName, field.value))
-        }
         return GatewayRequest(
+            head: request.head,
+            uri: request.uri,
             route: route,
             parameters: parameters,
-            method: request.method.rawValue,
-            path: request.uri.path,
-            query: request.uri.query ?? "",
-            headers: headers,
             body: body,
             requestID: context.requestID,
             traceparent: context.traceparent
+        )
+    }
+
+    /// What the bus needs of a request whose body is in.
+    init(head: HTTPRequest, uri: URI, route: Route, parameters: [String: String], body: ByteBuffer, requestID: String, traceparent: String) {
+        var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(head.headerFields.count)
+        for field in head.headerFields {
+            headers.append((field.name.canonicalName, field.value))
+        }
+        self.init(
+            route: route,
+            parameters: parameters,
+            method: head.method.rawValue,
+            path: uri.path,
+            query: uri.query ?? "",
+            headers: headers,
+            body: body,
+            requestID: requestID,
+            traceparent: traceparent
         )
     }
 }

@@ -9,14 +9,19 @@ enum ProblemResponse {
     static let contentType = "application/problem+json"
 
     static func make(_ error: GatewayError, instance: String, requestID: String) -> Response {
+        Response(
+            status: .init(code: error.status),
+            headers: headers(error),
+            body: .init(byteBuffer: body(error, instance: instance, requestID: requestID))
+        )
+    }
+
+    /// The problem's content type, and `Allow` or `Retry-After` when its status calls for one.
+    static func headers(_ error: GatewayError) -> HTTPFields {
         var headers: HTTPFields = [.contentType: contentType]
         if !error.allow.isEmpty { headers[.allow] = error.allow.joined(separator: ", ") }
         if error.status == 503 { headers[.retryAfter] = "1" }
-        return Response(
-            status: .init(code: error.status),
-            headers: headers,
-            body: .init(byteBuffer: body(error, instance: instance, requestID: requestID))
-        )
+        return headers
     }
 
     /// The problem JSON itself; `instance` is left out when the request's path is unknown.
@@ -32,25 +37,27 @@ enum ProblemResponse {
 
     /// Maps errors from Hummingbird or anywhere else, so that no error escapes as plain text.
     static func make(_ error: any Error, instance: String, requestID: String) -> Response {
+        make(gatewayError(for: error, instance: instance), instance: instance, requestID: requestID)
+    }
+
+    /// What any error means to the client.
+    static func gatewayError(for error: any Error, instance: String) -> GatewayError {
         switch error {
         case let e as GatewayError:
-            return make(e, instance: instance, requestID: requestID)
+            return e
         case let e as HTTPParserError:
             // Inside a request body (a malformed chunk); the others are answered below Hummingbird.
-            return make(ParseErrorProblemHandler.problem(for: e, maxHeaderBytes: nil), instance: instance, requestID: requestID)
+            return ParseErrorProblemHandler.problem(for: e, maxHeaderBytes: nil)
         case is NIOTooManyBytesError:
-            return make(.badRequest("the request body is too large"), instance: instance, requestID: requestID)
+            return .badRequest("the request body is too large")
         case let e as HTTPError:
-            let status = Int(e.status.code)
-            let gatewayError: GatewayError =
-                switch status {
-                case 404: .notFound(path: instance)
-                case 413: .payloadTooLarge(limit: nil)
-                default: .badRequest(e.body ?? e.status.reasonPhrase)
-                }
-            return make(gatewayError, instance: instance, requestID: requestID)
+            switch Int(e.status.code) {
+            case 404: return .notFound(path: instance)
+            case 413: return .payloadTooLarge(limit: nil)
+            default: return .badRequest(e.body ?? e.status.reasonPhrase)
+            }
         default:
-            return make(.badRequest("the request could not be processed"), instance: instance, requestID: requestID)
+            return .badRequest("the request could not be processed")
         }
     }
 }

@@ -1,9 +1,10 @@
 import GangwayAMQPCore
 import GangwayCore
 import NIOCore
+import Synchronization
 import Testing
 
-@Suite("Correlator: waiting for several replies at once")
+@Suite("Correlator: waiting for several replies at once, and callbacks")
 struct CorrelatorTests {
     func reply(_ id: String, _ body: String) -> Delivery {
         Delivery(
@@ -66,5 +67,31 @@ struct CorrelatorTests {
     @Test("nothing to wait for answers at once")
     func empty() async {
         #expect(await Correlator().waitAll(ids: []).isEmpty)
+    }
+    @Test("a callback hears a reply that came before it, one that comes after it, a failure and a deadline, once each")
+    func callbacks() async throws {
+        let correlator = Correlator()
+        let heard = Mutex<[String: [Result<String, Correlator.Failure>]]>([:])
+        func listen(_ id: String) {
+            correlator.whenReplied(id: id) { result in
+                heard.withLock { $0[id, default: []].append(result.map { String(buffer: $0.body) }) }
+            }
+        }
+        for id in ["early", "late", "failed"] { #expect(correlator.register(id: id, timeoutMilliseconds: 5_000)) }
+        #expect(correlator.register(id: "expired", timeoutMilliseconds: 1))
+        correlator.deliver(reply("early", "1"))
+        for id in ["early", "late", "failed", "expired"] { listen(id) }
+        #expect(heard.withLock { $0.count } == 1, "only the early reply is heard at once")
+        correlator.deliver(reply("late", "2"))
+        correlator.deliver(reply("late", "again"))
+        correlator.fail(id: "failed", with: .unroutable("NO_ROUTE"))
+        try await Task.sleep(for: .milliseconds(5))
+        correlator.expire()
+        let all = heard.withLock { $0 }
+        #expect(all["early"] == [.success("1")])
+        #expect(all["late"] == [.success("2")])
+        #expect(all["failed"] == [.failure(.unroutable("NO_ROUTE"))])
+        #expect(all["expired"] == [.failure(.timeout)])
+        #expect(correlator.pending == 0 && correlator.unknownReplies == 1)
     }
 }

@@ -100,6 +100,47 @@ struct RequestReplyTests {
         #expect(String(buffer: m.body) == "hi")
     }
 
+    @Test("send with a completion: a task asks about consumers the first time, then requests are published from the caller")
+    func completion() async throws {
+        let correlator = Correlator()
+        let holder = Mutex<RequestReplyTests?>(self)
+        let bus = ScriptedBus(onPublish: { message in
+            correlator.deliver(holder.withLock { $0 }!.reply(to: message, headers: ["x-status": .int(202)]))
+        })
+        let presence = ConsumerPresence(bus: bus)
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: presence, instanceID: "e")
+        #expect(!presence.isKnownPresent(queue: "demo.echo"))
+        let first = await withCheckedContinuation { continuation in
+            client.send(try! request()) { continuation.resume(returning: $0) }
+        }
+        #expect((try? first.get())?.status == 202)
+        #expect(presence.isKnownPresent(queue: "demo.echo"))
+
+        // Known now: published before `send` returns (this bus replies inside the publish).
+        let second = Mutex<Result<GatewayReply, GatewayError>?>(nil)
+        client.send(try request()) { result in second.withLock { $0 = result } }
+        #expect(bus.published.withLock { $0.count } == 2)
+        #expect(second.withLock { (try? $0?.get())?.status } == 202)
+        #expect(correlator.pending == 0)
+    }
+
+    @Test("send with a completion reports a returned publish as 503 and frees the slot")
+    func completionReturned() async throws {
+        let bus = ScriptedBus(outcome: .returned(replyCode: 312, replyText: "NO_ROUTE"))
+        let correlator = Correlator()
+        let presence = ConsumerPresence(bus: bus)
+        _ = await presence.check(queue: "demo.echo")
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: presence, instanceID: "e")
+        let result = Mutex<Result<GatewayReply, GatewayError>?>(nil)
+        client.send(try request()) { outcome in result.withLock { $0 = outcome } }
+        let error = result.withLock { outcome -> GatewayError? in
+            if case .failure(let error)? = outcome { return error }
+            return nil
+        }
+        #expect(error?.status == 503 && error?.detail.contains("NO_ROUTE") == true)
+        #expect(correlator.pending == 0)
+    }
+
     @Test("no consumers on the route's queue is 503 without publishing")
     func noConsumer() async throws {
         let bus = ScriptedBus(consumers: 0)

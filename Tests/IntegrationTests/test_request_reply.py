@@ -114,6 +114,35 @@ def test_requests_that_do_not_parse_get_a_problem_and_a_closed_connection(stack)
     assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
 
 
+def test_pipelined_requests_of_every_kind_are_answered_in_order_on_one_connection(stack):
+    # Request/reply routes are served in the connection's pipeline, the rest by Hummingbird:
+    # one client pipelining both kinds still gets every answer, in order.
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+
+    def post(body, request_id, extra=b""):
+        return (b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nX-Request-ID: " + request_id
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+
+    answer = raw_exchange(edge, post(b"first", b"r1")
+                          + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: r2\r\n\r\n"
+                          + post(b"third", b"r3")
+                          + b"GET /v1/time HTTP/1.1\r\nHost: x\r\nX-Request-ID: r4\r\n\r\n"
+                          + post(b"x" * (2 * 1024 * 1024 + 1), b"r5")
+                          + b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Request-ID: r6\r\n\r\n"
+                          + post(b"last", b"r7", b"Connection: close\r\n"))
+    responses = ["HTTP/1.1 " + part for part in answer.split("HTTP/1.1 ")[1:]]
+    statuses = [int(r.split(" ", 2)[1]) for r in responses]
+    assert statuses == [200, 200, 200, 503, 413, 200, 200], answer[:2000]
+    for i, response in enumerate(responses):
+        assert f"x-request-id: r{i + 1}\r\n" in response.lower(), response
+    assert responses[0].endswith("\r\n\r\nfirst") and responses[2].endswith("\r\n\r\nthird")
+    assert '"status":"ok"' in responses[1] and '"status":"ready"' in responses[5]
+    assert "no consumers" in responses[3] and "2097152" in responses[4]
+    # The last one asked to close: raw_exchange returned, so the edge closed the connection.
+    assert responses[6].endswith("\r\n\r\nlast")
+
+
 def test_body_over_the_route_limit_is_413(stack):
     edge = stack.start_edge()
     stack.start_worker("echo")

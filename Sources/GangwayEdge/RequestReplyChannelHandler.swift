@@ -1,0 +1,321 @@
+import GangwayConfig
+import GangwayCore
+import HTTPTypes
+import HummingbirdCore
+import NIOCore
+import NIOHTTPTypes
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Serves request/reply routes straight from a connection's pipeline, without a task.
+///
+/// Through Hummingbird, one request/reply request suspends and resumes its connection's task
+/// several times: for the head, for the body, for the reply, for the writes; each resumption
+/// is a job queued on the event loop, and the reply's arrives from the AMQP consumer's thread.
+/// Those hand-offs cost the event loops more than the HTTP work itself. This handler sits
+/// between Hummingbird's connection state handler and the rest of its pipeline. It takes a
+/// request whose route has the request/reply shape, publishes it as soon as its body is in,
+/// and writes the response when the reply (or the failure) is handed over, one hop to the
+/// event loop. The request id, trace context, limits and problem responses are those of the
+/// middleware: the client cannot tell which way a request went. Every other request goes up to
+/// Hummingbird unchanged.
+///
+/// Responses leave in request order. While Hummingbird owes a response, every request goes to
+/// Hummingbird, pipelined or not. While this handler owes one, what the client sends after the
+/// request (a pipelining client) is held and reading stops until the response is written.
+final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    /// What every connection's handler shares.
+    struct Configuration: Sendable {
+        var routes: RouteTable
+        /// Paths the edge serves itself, exactly, whatever the routes say.
+        var reservedPaths: Set<String>
+        /// Path prefixes of the edge's built-in endpoints (jobs, topics): left to Hummingbird,
+        /// which decides between them and the routes.
+        var reservedPrefixes: [String]
+        var serverName: String?
+        /// Sends a request; the callback may come on any thread.
+        var send: @Sendable (GatewayRequest, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void
+
+        /// The route of a request this handler serves, or nil for one that goes to Hummingbird.
+        func route(method: HTTPRequest.Method, path: String) -> (Route, [String: String])? {
+            guard !reservedPaths.contains(path), !reservedPrefixes.contains(where: { path.hasPrefix($0) }),
+                case .matched(let route, let parameters) = routes.match(method: method.rawValue, path: path),
+                route.shape == .requestReply
+            else { return nil }
+            return (route, parameters)
+        }
+    }
+
+    /// A request this handler serves.
+    struct Accepted {
+        var head: HTTPRequest
+        var uri: URI
+        var route: Route
+        var parameters: [String: String]
+        var body: ByteBuffer?
+        var requestID: String
+        var traceparent: String
+        /// The client asked to close the connection after the response.
+        var close: Bool
+    }
+
+    enum State {
+        /// Between requests: nothing owed, nothing being read.
+        case idle
+        /// Hummingbird owes `owed` responses; `reading` while the last request passed up to it
+        /// is still arriving.
+        case passing(owed: Int, reading: Bool)
+        /// Reading the body of a request served here.
+        case reading(Accepted)
+        /// The request is published; its response is not written yet.
+        case waiting
+        /// Answered before the end of the request arrived (its body too large): the rest of it
+        /// is dropped.
+        case discarding
+    }
+
+    let configuration: Configuration
+    private(set) var state = State.idle
+    /// Parts that arrived while a response was owed here, in order.
+    private var held = CircularBuffer<HTTPRequestPart>()
+    /// A read was asked for while parts were held or a response was owed.
+    private var readDeferred = false
+    /// ``resumeReading(context:)`` is handling held parts.
+    private var replaying = false
+    private var context: ChannelHandlerContext?
+    /// The cached `Date` value and the second it is for.
+    private var date = (second: 0, value: "")
+
+    init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .waiting = state {
+            held.append(part)
+        } else if !held.isEmpty {
+            held.append(part)
+        } else {
+            handle(part, context: context)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch state {
+        case .reading(let accepted):
+            // A malformed body (a bad chunk): answer and close, as Hummingbird would.
+            state = .discarding
+            respond(to: accepted, with: .failure(error), close: true, context: context)
+        default:
+            context.fireErrorCaught(error)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        held.removeAll()
+        context.fireChannelInactive()
+    }
+
+    /// One part in arrival order, none held before it.
+    private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            guard let accepted = accept(head) else {
+                state = .passing(owed: 1, reading: true)
+                context.fireChannelRead(wrapInboundOut(part))
+                return
+            }
+            if let length = head.headerFields[.contentLength].flatMap({ Int($0) }), length > accepted.route.maxBodyBytes {
+                state = .discarding
+                respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: accepted.route.maxBodyBytes)), close: accepted.close, context: context)
+            } else {
+                state = .reading(accepted)
+            }
+        case (.reading(var accepted), .body(let bytes)):
+            let limit = accepted.route.maxBodyBytes
+            if (accepted.body?.readableBytes ?? 0) + bytes.readableBytes > limit {
+                state = .discarding
+                respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: limit)), close: accepted.close, context: context)
+                return
+            }
+            state = .idle  // drop the copy held by the state while the body grows
+            if accepted.body == nil {
+                accepted.body = bytes
+            } else {
+                var more = bytes
+                accepted.body!.writeBuffer(&more)
+            }
+            state = .reading(accepted)
+        case (.reading(let accepted), .end):
+            state = .waiting
+            send(accepted)
+        case (.discarding, .end):
+            state = .idle
+            resumeReading(context: context)
+        case (.discarding, _):
+            break
+        case (.passing(let owed, _), .head):
+            state = .passing(owed: owed + 1, reading: true)
+            context.fireChannelRead(wrapInboundOut(part))
+        case (.passing(let owed, _), .end):
+            state = owed == 0 ? .idle : .passing(owed: owed, reading: false)
+            context.fireChannelRead(wrapInboundOut(part))
+        case (.passing, .body), (.idle, _), (.reading, .head), (.waiting, _):
+            // The decoder sends head, body, end in turn, and nothing is handled while waiting:
+            // only Hummingbird can make sense of anything else.
+            context.fireChannelRead(wrapInboundOut(part))
+        }
+    }
+
+    /// The request served here, or nil when its route is not a request/reply one.
+    private func accept(_ head: HTTPRequest) -> Accepted? {
+        let uri = URI(head.path ?? "")
+        guard let (route, parameters) = configuration.route(method: head.method, path: uri.path) else { return nil }
+        let close = head.headerFields[values: .connection].contains { value in
+            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
+        }
+        return Accepted(
+            head: head,
+            uri: uri,
+            route: route,
+            parameters: parameters,
+            body: nil,
+            requestID: RequestIdentity.requestID(from: head.headerFields[.xRequestID]),
+            traceparent: RequestIdentity.traceparent(from: head.headerFields[.traceparent]),
+            close: close
+        )
+    }
+
+    /// Publishes a complete request; its outcome comes back on the event loop.
+    private func send(_ accepted: Accepted) {
+        guard let context else { return }
+        let request = GatewayRequest(
+            head: accepted.head,
+            uri: accepted.uri,
+            route: accepted.route,
+            parameters: accepted.parameters,
+            body: accepted.body ?? ByteBuffer(),
+            requestID: accepted.requestID,
+            traceparent: accepted.traceparent
+        )
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        configuration.send(request) { result in
+            loop.execute {
+                handler.value.replied(accepted, result: result)
+            }
+        }
+    }
+
+    private func replied(_ accepted: Accepted, result: Result<GatewayReply, GatewayError>) {
+        // The connection closed meanwhile: there is no one to answer.
+        guard let context, case .waiting = state else { return }
+        state = .idle
+        respond(to: accepted, with: result.mapError { $0 as any Error }, close: accepted.close, context: context)
+        resumeReading(context: context)
+    }
+
+    /// After a response: handles what was held, in order, until a response is owed again;
+    /// then reads on if nothing is.
+    private func resumeReading(context: ChannelHandlerContext) {
+        // A request answered at once (a 413) among the held ones ends in here again.
+        guard !replaying else { return }
+        replaying = true
+        defer { replaying = false }
+        while !isOwing, let part = held.popFirst() {
+            handle(part, context: context)
+        }
+        if readDeferred && held.isEmpty && !isOwing {
+            readDeferred = false
+            context.read()
+        }
+    }
+
+    /// A response is owed here: what arrives now must wait for it.
+    private var isOwing: Bool {
+        if case .waiting = state { return true }
+        return false
+    }
+
+    // MARK: Outbound
+
+    func read(context: ChannelHandlerContext) {
+        if isOwing || !held.isEmpty {
+            readDeferred = true
+        } else {
+            context.read()
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // Hummingbird's responses: count the ones it still owes.
+        if case .end = unwrapOutboundIn(data), case .passing(let owed, let reading) = state {
+            state = owed <= 1 && !reading ? .idle : .passing(owed: max(owed - 1, 0), reading: reading)
+        }
+        context.write(data, promise: promise)
+    }
+
+    // MARK: Responses
+
+    /// Writes the response for a reply or an error, as the middleware would.
+    private func respond(to accepted: Accepted, with result: Result<GatewayReply, any Error>, close: Bool, context: ChannelHandlerContext) {
+        var status: HTTPResponse.Status
+        var fields: HTTPFields
+        let body: ByteBuffer
+        switch result {
+        case .success(let reply):
+            status = .init(code: reply.status)
+            fields = reply.httpHeaders
+            body = reply.body
+        case .failure(let error):
+            let problem = ProblemResponse.gatewayError(for: error, instance: accepted.uri.path)
+            status = .init(code: problem.status)
+            fields = ProblemResponse.headers(problem)
+            body = ProblemResponse.body(problem, instance: accepted.uri.path, requestID: accepted.requestID)
+        }
+        fields[.contentLength] = String(body.readableBytes)
+        fields[.xRequestID] = accepted.requestID
+        fields[.date] = currentDate()
+        if let serverName = configuration.serverName { fields[.server] = serverName }
+        if close { fields[.connection] = "close" }
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
+        if body.readableBytes > 0 {
+            context.write(wrapOutboundOut(.body(body)), promise: nil)
+        }
+        if close {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+
+    /// The `Date` header's value, formatted at most once a second per connection.
+    private func currentDate() -> String {
+        let now = Int(time(nil))
+        if now != date.second {
+            date = (now, HTTPDate.format(secondsSinceEpoch: now))
+        }
+        return date.value
+    }
+}
