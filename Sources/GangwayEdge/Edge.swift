@@ -5,7 +5,7 @@ import HummingbirdCore
 import Logging
 import NIOPosix
 
-/// The HTTP edge: request/reply routes served in each connection's pipeline
+/// The HTTP edge: request/reply and aggregate routes served in each connection's pipeline
 /// (``RequestReplyChannelHandler``), and everything else by Hummingbird wired with Gangway's
 /// middleware, in this order:
 ///
@@ -69,12 +69,13 @@ public struct Edge: Sendable {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let router = Router(context: GatewayRequestContext.self)
+        let aggregateClient = AggregateClient(client: client)
         router.add(middleware: ProblemMiddleware())
         router.add(
             middleware: RouteDispatchMiddleware(
                 routes: routes,
                 requestReply: RequestReplyHandler(client: client),
-                aggregate: AggregateHandler(client: AggregateClient(client: client)),
+                aggregate: AggregateHandler(client: aggregateClient),
                 stream: StreamHandler(client: StreamClient(client: client)),
                 gather: GatherHandler(client: GatherClient(client: client)),
                 job: JobHandler(client: JobClient(client: client, hub: jobs, claims: claims), clients: eventStreams),
@@ -107,7 +108,14 @@ public struct Edge: Sendable {
             reservedPaths: [healthPath, readyPath],
             reservedPrefixes: [JobHandler.prefix, TopicHandler.prefix],
             serverName: configuration.serverName,
-            send: { request, completion in client.send(request, completion: completion) }
+            send: { request, completion in client.send(request, completion: completion) },
+            aggregate: { request in
+                do throws(GatewayError) {
+                    return .success(try await aggregateClient.send(request))
+                } catch {
+                    return .failure(error)
+                }
+            }
         )
         return Application(
             responder: responder,

@@ -11,7 +11,8 @@ import Glibc
 import Darwin
 #endif
 
-/// Serves request/reply routes straight from a connection's pipeline, without a task.
+/// Serves request/reply routes straight from a connection's pipeline, without a task, and
+/// aggregate routes with one short task per request instead of Hummingbird's.
 ///
 /// Through Hummingbird, one request/reply request suspends and resumes its connection's task
 /// several times: for the head, for the body, for the reply, for the writes; each resumption
@@ -20,7 +21,8 @@ import Darwin
 /// between Hummingbird's connection state handler and the rest of its pipeline. It takes a
 /// request whose route has the request/reply shape, publishes it as soon as its body is in,
 /// and writes the response when the reply (or the failure) is handed over, one hop to the
-/// event loop. The request id, trace context, limits and problem responses are those of the
+/// event loop. An aggregate request runs as a task on the connection's event loop, and its
+/// response is written the same way. The request id, trace context, limits and problem responses are those of the
 /// middleware: the client cannot tell which way a request went. Every other request goes up to
 /// Hummingbird unchanged.
 ///
@@ -42,14 +44,17 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         /// which decides between them and the routes.
         var reservedPrefixes: [String]
         var serverName: String?
-        /// Sends a request; the callback may come on any thread.
+        /// Sends a request/reply request; the callback may come on any thread.
         var send: @Sendable (GatewayRequest, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void
+        /// Runs an aggregate request (from a task on the connection's event loop); nil leaves
+        /// aggregate routes to Hummingbird.
+        var aggregate: (@Sendable (GatewayRequest) async -> Result<GatewayReply, GatewayError>)?
 
         /// The route of a request this handler serves, or nil for one that goes to Hummingbird.
         func route(method: HTTPRequest.Method, path: String) -> (Route, [String: String])? {
             guard !reservedPaths.contains(path), !reservedPrefixes.contains(where: { path.hasPrefix($0) }),
                 case .matched(let route, let parameters) = routes.match(method: method.rawValue, path: path),
-                route.shape == .requestReply
+                route.shape == .requestReply || (route.shape == .aggregate && aggregate != nil)
             else { return nil }
             return (route, parameters)
         }
@@ -92,6 +97,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     /// ``resumeReading(context:)`` is handling held parts.
     private var replaying = false
     private var context: ChannelHandlerContext?
+    private var executor: EventLoopTaskExecutor?
     /// The cached `Date` value and the second it is for.
     private var date = (second: 0, value: "")
 
@@ -220,11 +226,27 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         )
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
+        if accepted.route.shape == .aggregate, let aggregate = configuration.aggregate {
+            // Its legs chain and gather: async code, run by a task on this loop.
+            Task(executorPreference: taskExecutor(on: loop)) {
+                let result = await aggregate(request)
+                loop.execute { handler.value.replied(accepted, result: result) }
+            }
+            return
+        }
         configuration.send(request) { result in
             loop.execute {
                 handler.value.replied(accepted, result: result)
             }
         }
+    }
+
+    /// The executor for this connection's tasks, made once.
+    private func taskExecutor(on loop: any EventLoop) -> EventLoopTaskExecutor {
+        if let executor { return executor }
+        let made = EventLoopTaskExecutor(eventLoop: loop)
+        executor = made
+        return made
     }
 
     private func replied(_ accepted: Accepted, result: Result<GatewayReply, GatewayError>) {

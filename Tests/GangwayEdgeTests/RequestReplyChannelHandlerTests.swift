@@ -53,19 +53,23 @@ struct RequestReplyChannelHandlerTests {
             try route("time", "GET", "/v1/time"),
             try route("count", "POST", "/v1/count", shape: .stream),
             try route("jobish", "GET", "/v1/jobs/{id}"),
+            try route("both", "GET", "/v1/both", shape: .aggregate),
         ])
     }
 
     /// The handler between a read counter (the socket's side) and the channel's end (where
     /// Hummingbird's async channel would be).
-    static func channel() throws -> (EmbeddedChannel, SentRequests, ReadCounter) {
+    static func channel(
+        aggregate: (@Sendable (GatewayRequest) async -> Result<GatewayReply, GatewayError>)? = nil
+    ) throws -> (EmbeddedChannel, SentRequests, ReadCounter) {
         let sent = SentRequests()
         let configuration = RequestReplyChannelHandler.Configuration(
             routes: try routes(),
             reservedPaths: ["/healthz"],
             reservedPrefixes: ["/v1/jobs/"],
             serverName: "gangway-test",
-            send: { request, completion in sent.record(request, completion) }
+            send: { request, completion in sent.record(request, completion) },
+            aggregate: aggregate
         )
         let reads = ReadCounter()
         let channel = EmbeddedChannel()
@@ -280,5 +284,23 @@ struct RequestReplyChannelHandlerTests {
         sent.answer(0, .success(Self.reply("late")))
         channel.embeddedEventLoop.run()
         #expect(try channel.readOutbound(as: HTTPResponsePart.self) == nil)
+    }
+    @Test("an aggregate route runs in a task and is answered like a reply; without an aggregate runner it goes to Hummingbird")
+    func aggregate() throws {
+        let (channel, sent, _) = try Self.channel(aggregate: { request in
+            .success(Self.reply("{\"route\":\"\(request.route.name)\"}"))
+        })
+        try channel.writeInbound(Self.head(.get, "/v1/both"))
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        // The task's jobs and then the response's write are queued on the embedded loop.
+        channel.embeddedEventLoop.run()
+        let response = try Self.response(channel)
+        #expect(response?.body == #"{"route":"both"}"#)
+        #expect(sent.count == 0)
+        #expect(try channel.readInbound(as: HTTPRequestPart.self) == nil)
+
+        let (other, _, _) = try Self.channel(aggregate: nil)
+        try other.writeInbound(Self.head(.get, "/v1/both"))
+        #expect(try other.readInbound(as: HTTPRequestPart.self) == Self.head(.get, "/v1/both"))
     }
 }
