@@ -148,6 +148,8 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         case (.idle, .head(let head)):
             guard let accepted = accept(head) else {
                 state = .passing(owed: 1, reading: true)
+                // Nothing is owed before it, so an interim answer cannot overtake a response.
+                continueIfExpected(head, context: context)
                 context.fireChannelRead(wrapInboundOut(part))
                 return
             }
@@ -156,6 +158,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
                 respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: accepted.route.maxBodyBytes)), close: accepted.close, context: context)
             } else {
                 state = .reading(accepted)
+                continueIfExpected(head, context: context)
             }
         case (.reading(var accepted), .body(let bytes)):
             let limit = accepted.route.maxBodyBytes
@@ -191,6 +194,16 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             // only Hummingbird can make sense of anything else.
             context.fireChannelRead(wrapInboundOut(part))
         }
+    }
+
+    /// Answers `Expect: 100-continue` with `100 Continue`, so that a client waiting for it
+    /// (curl does, for bodies over 1 MiB) sends its body at once instead of after its own
+    /// timeout (a second, for curl). A body too large for the route is refused with 413
+    /// before this. Requests that arrive while a response is owed do not get one: it would
+    /// overtake that response.
+    private func continueIfExpected(_ head: HTTPRequest, context: ChannelHandlerContext) {
+        guard let expect = head.headerFields[.expect], expect.lowercased() == "100-continue" else { return }
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
     }
 
     /// The request served here, or nil when its route is not a request/reply one.

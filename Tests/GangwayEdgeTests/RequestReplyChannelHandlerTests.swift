@@ -303,4 +303,31 @@ struct RequestReplyChannelHandlerTests {
         try other.writeInbound(Self.head(.get, "/v1/both"))
         #expect(try other.readInbound(as: HTTPRequestPart.self) == Self.head(.get, "/v1/both"))
     }
+    @Test("Expect: 100-continue gets 100 Continue before the body, unless the body is refused at once")
+    func expectContinue() throws {
+        let (channel, sent, _) = try Self.channel()
+        try channel.writeInbound(Self.head(.post, "/v1/echo/a", [.expect: "100-continue", .contentLength: "2"]))
+        guard case .head(let interim)? = try channel.readOutbound(as: HTTPResponsePart.self) else {
+            Issue.record("no interim response")
+            return
+        }
+        #expect(interim.status == .continue)
+        try channel.writeInbound(HTTPRequestPart.body(ByteBuffer(string: "ok")))
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        sent.answer(0, .success(Self.reply("ok")))
+        channel.embeddedEventLoop.run()
+        #expect(try Self.response(channel)?.head.status == .ok)
+
+        try channel.writeInbound(Self.head(.post, "/v1/echo/a", [.expect: "100-continue", .contentLength: "100"]))
+        #expect(try Self.response(channel)?.head.status.code == 413, "refused without a 100 first")
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+
+        // A request for Hummingbird, with nothing owed before it, gets one too.
+        try channel.writeInbound(Self.head(.post, "/nowhere", [.expect: "100-continue"]))
+        guard case .head(let passed)? = try channel.readOutbound(as: HTTPResponsePart.self) else {
+            Issue.record("no interim response for a request going to Hummingbird")
+            return
+        }
+        #expect(passed.status == .continue)
+    }
 }

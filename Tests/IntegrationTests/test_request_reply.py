@@ -143,6 +143,37 @@ def test_pipelined_requests_of_every_kind_are_answered_in_order_on_one_connectio
     assert responses[6].endswith("\r\n\r\nlast")
 
 
+def test_expect_100_continue_is_answered_before_the_body(stack):
+    # curl sends Expect: 100-continue for bodies over 1 MiB and waits a second for the answer.
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    host, port = edge.base.removeprefix("http://").split(":")
+    body = b"z" * (1536 * 1024)
+    for path, status in [("/v1/echo", 200), ("/v1/topics/orders.created", 413)]:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+            s.settimeout(0.5)  # well under curl's 1 s wait
+            first = s.recv(65536).decode("latin-1")
+            s.settimeout(10)
+            # Also for the topic endpoint, served by Hummingbird, which then refuses the body
+            # by its 1 MiB limit.
+            assert first.startswith("HTTP/1.1 100 Continue\r\n\r\n"), first
+            s.sendall(body)
+            out = first.encode("latin-1")
+            while chunk := s.recv(1 << 20):
+                out += chunk
+        final = out.decode("latin-1").split("\r\n\r\n", 1)[1]
+        assert final.startswith(f"HTTP/1.1 {status} "), final[:200]
+        assert final.endswith("z" * 100) if status == 200 else "1048576" in final, final[:400]
+    # A body the route refuses by its Content-Length gets the 413 at once, not a 100.
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 3000000\r\nConnection: close\r\n\r\n")
+        first = s.recv(65536).decode("latin-1")
+        assert first.startswith("HTTP/1.1 413 "), first
+
+
 def test_body_over_the_route_limit_is_413(stack):
     edge = stack.start_edge()
     stack.start_worker("echo")
