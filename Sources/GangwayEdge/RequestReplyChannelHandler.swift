@@ -92,6 +92,8 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     private(set) var state = State.idle
     /// Parts that arrived while a response was owed here, in order.
     private var held = CircularBuffer<HTTPRequestPart>()
+    /// An error the decoder raised after the held parts (a malformed body), passed on in turn.
+    private var heldError: (any Error)?
     /// A read was asked for while parts were held or a response was owed.
     private var readDeferred = false
     /// ``resumeReading(context:)`` is handling held parts.
@@ -127,6 +129,11 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if isOwing || !held.isEmpty {
+            // It belongs to a request after the one being answered: it waits its turn.
+            heldError = error
+            return
+        }
         switch state {
         case .reading(let accepted):
             // A malformed body (a bad chunk): answer and close, as Hummingbird would.
@@ -139,6 +146,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func channelInactive(context: ChannelHandlerContext) {
         held.removeAll()
+        heldError = nil
         context.fireChannelInactive()
     }
 
@@ -239,6 +247,9 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         )
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
+        // The response needs the request's id and path, not its body.
+        var accepted = accepted
+        accepted.body = nil
         if accepted.route.shape == .aggregate, let aggregate = configuration.aggregate {
             // Its legs chain and gather: async code, run by a task on this loop.
             Task(executorPreference: taskExecutor(on: loop)) {
@@ -279,6 +290,10 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         defer { replaying = false }
         while !isOwing, let part = held.popFirst() {
             handle(part, context: context)
+        }
+        if !isOwing, held.isEmpty, let error = heldError {
+            heldError = nil
+            errorCaught(context: context, error: error)
         }
         if readDeferred && held.isEmpty && !isOwing {
             readDeferred = false
@@ -334,7 +349,8 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         if let serverName = configuration.serverName { fields[.server] = serverName }
         if close { fields[.connection] = "close" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
-        if body.readableBytes > 0 {
+        // A HEAD request's response says how long the body would be, without it.
+        if body.readableBytes > 0 && accepted.head.method != .head {
             context.write(wrapOutboundOut(.body(body)), promise: nil)
         }
         if close {

@@ -4,6 +4,7 @@ import GangwayCore
 import HTTPTypes
 import NIOCore
 import NIOEmbedded
+import NIOHTTP1
 import NIOHTTPTypes
 import Synchronization
 import Testing
@@ -329,5 +330,31 @@ struct RequestReplyChannelHandlerTests {
             return
         }
         #expect(passed.status == .continue)
+    }
+    @Test("an error the decoder raises while a response is owed waits for that response")
+    func heldError() throws {
+        let (channel, sent, _) = try Self.channel()
+        try channel.writeInbound(Self.head(.get, "/v1/time"))
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        // A pipelined request for Hummingbird, whose chunked body turns out malformed.
+        try channel.writeInbound(Self.head(.post, "/nowhere"))
+        channel.pipeline.fireErrorCaught(HTTPParserError.invalidChunkSize)
+        #expect(throws: Never.self) { try channel.throwIfErrorCaught() }
+        sent.answer(0, .success(Self.reply("first")))
+        channel.embeddedEventLoop.run()
+        #expect(try Self.response(channel)?.body == "first")
+        #expect(try channel.readInbound(as: HTTPRequestPart.self) == Self.head(.post, "/nowhere"))
+        #expect(throws: HTTPParserError.self) { try channel.throwIfErrorCaught() }
+    }
+    @Test("HEAD on a GET route: the reply's length without its body")
+    func head() throws {
+        let (channel, sent, _) = try Self.channel()
+        try channel.writeInbound(Self.head(.head, "/v1/time"))
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        #expect(sent.request(0).method == "HEAD")
+        sent.answer(0, .success(Self.reply("twelve bytes")))
+        channel.embeddedEventLoop.run()
+        let response = try #require(try Self.response(channel))
+        #expect(response.head.headerFields[.contentLength] == "12" && response.body.isEmpty)
     }
 }

@@ -130,17 +130,20 @@ def test_pipelined_requests_of_every_kind_are_answered_in_order_on_one_connectio
                           + b"GET /v1/time HTTP/1.1\r\nHost: x\r\nX-Request-ID: r4\r\n\r\n"
                           + post(b"x" * (2 * 1024 * 1024 + 1), b"r5")
                           + b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Request-ID: r6\r\n\r\n"
-                          + post(b"last", b"r7", b"Connection: close\r\n"))
+                          + b"HEAD /v1/time HTTP/1.1\r\nHost: x\r\nX-Request-ID: r7\r\n\r\n"
+                          + post(b"last", b"r8", b"Connection: close\r\n"))
     responses = ["HTTP/1.1 " + part for part in answer.split("HTTP/1.1 ")[1:]]
     statuses = [int(r.split(" ", 2)[1]) for r in responses]
-    assert statuses == [200, 200, 200, 503, 413, 200, 200], answer[:2000]
+    assert statuses == [200, 200, 200, 503, 413, 200, 503, 200], answer[:2000]
     for i, response in enumerate(responses):
         assert f"x-request-id: r{i + 1}\r\n" in response.lower(), response
     assert responses[0].endswith("\r\n\r\nfirst") and responses[2].endswith("\r\n\r\nthird")
     assert '"status":"ok"' in responses[1] and '"status":"ready"' in responses[5]
     assert "no consumers" in responses[3] and "2097152" in responses[4]
+    # HEAD: the length of the problem a GET would get, without it.
+    assert responses[6].endswith("\r\n\r\n") and "content-length: " in responses[6].lower(), responses[6]
     # The last one asked to close: raw_exchange returned, so the edge closed the connection.
-    assert responses[6].endswith("\r\n\r\nlast")
+    assert responses[7].endswith("\r\n\r\nlast")
 
 
 def test_expect_100_continue_is_answered_before_the_body(stack):
