@@ -110,9 +110,11 @@ public final class AMQPConnection: Sendable {
         guard first else { return }
         let owner = ConnectionOwner(connection: self)
         let name = Self.threadName(configuration.name)
+        let batch = configuration.batchScheduling
         let thread = Thread {
             // Foundation's `Thread.name` does not reach the kernel on Linux.
             _ = gw_set_thread_name(name)
+            if batch { BatchScheduling.applyToCurrentThread() }
             owner.run()
         }
         thread.start()

@@ -14,6 +14,9 @@ public struct AMQPConnectionConfiguration: Sendable {
     /// Called on the owner thread when the connection comes up (`true`) or goes down
     /// (`false`). Must not block.
     public var onStateChange: (@Sendable (Bool) -> Void)?
+    /// Run the owner thread as a batch thread (``BatchScheduling``): for a connection that
+    /// hands work to and from other busy threads, such as the edge's.
+    public var batchScheduling: Bool
 
     public init(
         url: AMQPURL,
@@ -22,7 +25,8 @@ public struct AMQPConnectionConfiguration: Sendable {
         frameMax: Int32 = 131_072,
         rpcTimeoutMilliseconds: Int = 5_000,
         topology: Topology = Topology(),
-        onStateChange: (@Sendable (Bool) -> Void)? = nil
+        onStateChange: (@Sendable (Bool) -> Void)? = nil,
+        batchScheduling: Bool = false
     ) {
         self.url = url
         self.name = name
@@ -31,6 +35,7 @@ public struct AMQPConnectionConfiguration: Sendable {
         self.rpcTimeoutMilliseconds = rpcTimeoutMilliseconds
         self.topology = topology
         self.onStateChange = onStateChange
+        self.batchScheduling = batchScheduling
     }
 }
 

@@ -1,3 +1,4 @@
+import GangwayAMQPCore
 import GangwayConfig
 import GangwayCore
 import Hummingbird
@@ -29,6 +30,9 @@ public struct Edge: Sendable {
         public var topicMaxBodyBytes: Int
         /// Serve the demo page at `GET /` when no route takes `/`.
         public var demoPage: Bool
+        /// Run the HTTP event loops (and the edge's AMQP connection threads) as batch threads
+        /// (``BatchScheduling``).
+        public var batchScheduling: Bool
 
         public init(
             host: String = "0.0.0.0",
@@ -37,7 +41,8 @@ public struct Edge: Sendable {
             eventLoopThreads: Int? = nil,
             sseHeartbeatSeconds: Int = 15,
             topicMaxBodyBytes: Int = 1 << 20,
-            demoPage: Bool = true
+            demoPage: Bool = true,
+            batchScheduling: Bool = true
         ) {
             self.host = host
             self.port = port
@@ -46,6 +51,7 @@ public struct Edge: Sendable {
             self.sseHeartbeatSeconds = sseHeartbeatSeconds
             self.topicMaxBodyBytes = topicMaxBodyBytes
             self.demoPage = demoPage
+            self.batchScheduling = batchScheduling
         }
     }
 
@@ -101,6 +107,12 @@ public struct Edge: Sendable {
                 body: .init(byteBuffer: ByteBuffer(string: ready ? #"{"status":"ready"}"# : #"{"status":"not ready","reason":"broker unavailable"}"#))
             )
         }
+        let group = configuration.eventLoopThreads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) } ?? .singleton
+        if configuration.batchScheduling {
+            for loop in group.makeIterator() {
+                loop.execute { BatchScheduling.applyToCurrentThread() }
+            }
+        }
         let responder = router.buildResponder()
         let eventStreams = DetachedEventStreams(responder: responder, serverName: configuration.serverName)
         let requestReply = RequestReplyChannelHandler.Configuration(
@@ -124,7 +136,7 @@ public struct Edge: Sendable {
             },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
-            eventLoopGroupProvider: configuration.eventLoopThreads.map { .shared(MultiThreadedEventLoopGroup(numberOfThreads: $0)) } ?? .singleton,
+            eventLoopGroupProvider: .shared(group),
             logger: logger
         )
     }

@@ -220,9 +220,14 @@ final class FirstRequestGate: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The stream's request is complete and nothing after it will be read: the request
     /// decoder (and the buffers it keeps) can go, and a discarder takes the bytes it would have
-    /// parsed. The client's FIN still arrives as an event (``EventStreamTap``).
+    /// parsed. The client's FIN still arrives as an event (``EventStreamTap``). The handler
+    /// that serves request/reply routes goes too: there will be no requests to serve, and an
+    /// event stream may stay open for hours, one of tens of thousands.
     private func dropDecoder(context: ChannelHandlerContext) {
         let pipeline = context.pipeline.syncOperations
+        if let requestReply = try? pipeline.handler(type: RequestReplyChannelHandler.self) {
+            pipeline.removeHandler(requestReply, promise: nil)
+        }
         guard let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) else { return }
         do {
             try pipeline.addHandler(InboundDiscarder(), position: .before(decoder))

@@ -91,7 +91,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     let configuration: Configuration
     private(set) var state = State.idle
     /// Parts that arrived while a response was owed here, in order.
-    private var held = CircularBuffer<HTTPRequestPart>()
+    private var held = CircularBuffer<HTTPRequestPart>(initialCapacity: 2)
     /// An error the decoder raised after the held parts (a malformed body), passed on in turn.
     private var heldError: (any Error)?
     /// A read was asked for while parts were held or a response was owed.

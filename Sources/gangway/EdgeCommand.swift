@@ -47,6 +47,9 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "HTTP event-loop threads. Default: one per core.")
     var threads: Int?
 
+    @Flag(inversion: .prefixedNo, help: "Run the event loops and AMQP threads as Linux batch threads (SCHED_BATCH): fewer preemptions under load.")
+    var batchScheduling = true
+
     @Option(help: "Instance id, part of the reply queue name gangway.reply.<id>. Default: random.")
     var instanceID: String?
 
@@ -59,7 +62,7 @@ struct EdgeCommand: AsyncParsableCommand {
         let services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)), demoPage: demoPage),
+            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)), demoPage: demoPage, batchScheduling: batchScheduling),
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
             topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),

@@ -32,7 +32,8 @@ enum EdgeServices {
                 topology: configuration.topology
                     .ensuring(WireContract.cancelExchange)
                     .ensuring(WireContract.eventsExchangeSpec)
-                    .ensuring(WireContract.topicsExchange)
+                    .ensuring(WireContract.topicsExchange),
+                batchScheduling: http.batchScheduling
             ),
             logger: logger
         )
@@ -44,7 +45,8 @@ enum EdgeServices {
                 onStateChange: { up in
                     // The exclusive reply queue died with the connection: no reply can arrive.
                     if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
-                }
+                },
+                batchScheduling: http.batchScheduling
             ),
             logger: logger
         )

@@ -1,3 +1,4 @@
+import GangwayConfig
 @testable import GangwayEdge
 import HTTPTypes
 import Logging
@@ -30,6 +31,10 @@ struct FirstRequestGateTests {
             try EdgeHTTPChannel.configure(
                 channel.pipeline.syncOperations,
                 decoderLimits: .init(),
+                requestReply: .init(
+                    routes: RouteTable(routes: []), reservedPaths: [], reservedPrefixes: [], serverName: nil,
+                    send: { _, completion in completion(.failure(.shuttingDown)) }, aggregate: nil
+                ),
                 logger: Logger(label: "test")
             )
         }
@@ -79,6 +84,7 @@ struct FirstRequestGateTests {
         #expect(try await !Self.has(ByteToMessageHandler<HTTPRequestDecoder>.self, in: channel))
         #expect(try await Self.has(InboundDiscarder.self, in: channel))
         #expect(try await Self.has(FirstRequestGate.self, in: channel))
+        #expect(try await !Self.has(RequestReplyChannelHandler.self, in: channel), "no requests to serve on a stream's connection")
         // Whatever the client sends now is dropped, even bytes that are not HTTP.
         try await channel.writeInbound(ByteBuffer(string: "GET /again HTTP/1.1\r\n\r\n\u{0}\u{1}garbage"))
         await channel.testingEventLoop.run()
@@ -99,6 +105,7 @@ struct FirstRequestGateTests {
         }
         #expect(try await !Self.has(FirstRequestGate.self, in: channel))
         #expect(try await Self.has(ByteToMessageHandler<HTTPRequestDecoder>.self, in: channel))
+        #expect(try await Self.has(RequestReplyChannelHandler.self, in: channel))
         // The held head, and what followed it, reach the async channel in order.
         let parts = try await asyncChannel.executeThenClose { inbound, _ in
             var parts: [HTTPRequestPart] = []

@@ -364,3 +364,30 @@ def test_a_worker_drops_a_request_whose_deadline_has_passed(stack):
     assert replies == [("fresh", b"fresh")]
     # The expired one was acknowledged, not left in the queue or redelivered.
     assert stack.broker.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "--quiet", "--no-table-headers").stdout.count(f"{stack.queue['echo']}\t0\t0") == 1
+
+
+def thread_policies(pid):
+    """Each thread's name and Linux scheduling policy (0 normal, 3 batch), from /proc."""
+    policies = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        policy = int(stat[stat.rindex(")") + 2:].split()[38])  # field 41, policy
+        policies.setdefault(name, set()).add(policy)
+    return policies
+
+
+def test_the_edge_runs_its_event_loops_and_amqp_threads_as_batch_threads(stack):
+    worker = stack.start_worker("echo")
+    edge = stack.start_edge()
+    plain = stack.start_edge(extra=["--no-batch-scheduling"])
+    assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
+    batch, normal = thread_policies(edge.pid), thread_policies(plain.pid)
+    loops = [name for name in batch if name.startswith("NIO-SGLTN")]
+    assert loops, batch
+    for name in loops + ["edge.publish", "edge.consume"]:
+        assert batch[name] == {3}, (name, batch)
+        assert normal[name] == {0}, (name, normal)
+    # Workers keep the normal policy.
+    assert all(policies == {0} for policies in thread_policies(worker.pid).values())
