@@ -30,6 +30,10 @@ public struct Worker: Service {
         public var replierID: String?
         /// Where each handler starts running; see ``HandlerStart``.
         public var handlerStart: HandlerStart
+        /// Run the connection's thread as a batch thread (``BatchScheduling``): it hands every
+        /// message to a handler and takes every reply back, and under load a batch thread
+        /// finishes its round before the threads it woke take the core.
+        public var batchScheduling: Bool
 
         public init(
             url: AMQPURL,
@@ -38,7 +42,8 @@ public struct Worker: Service {
             topology: Topology = Topology(),
             name: String? = nil,
             replierID: String? = nil,
-            handlerStart: HandlerStart = .task
+            handlerStart: HandlerStart = .task,
+            batchScheduling: Bool = true
         ) {
             self.url = url
             self.queue = queue
@@ -47,6 +52,7 @@ public struct Worker: Service {
             self.name = name ?? "worker.\(queue)"
             self.replierID = replierID
             self.handlerStart = handlerStart
+            self.batchScheduling = batchScheduling
         }
     }
 
@@ -130,7 +136,9 @@ public struct Worker: Service {
         logger[metadataKey: "worker.queue"] = "\(configuration.queue)"
         self.logger = logger
         self.connection = AMQPConnection(
-            configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec)),
+            configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec),
+                batchScheduling: configuration.batchScheduling
+            ),
             logger: logger
         )
     }

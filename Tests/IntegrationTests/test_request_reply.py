@@ -378,8 +378,9 @@ def thread_policies(pid):
     return policies
 
 
-def test_the_edge_runs_its_event_loops_and_amqp_threads_as_batch_threads(stack):
+def test_edge_and_worker_run_their_busy_threads_as_batch_threads(stack):
     worker = stack.start_worker("echo")
+    plain_worker = stack.start_worker("echo", extra=["--no-batch-scheduling"])
     edge = stack.start_edge()
     plain = stack.start_edge(extra=["--no-batch-scheduling"])
     assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
@@ -389,5 +390,8 @@ def test_the_edge_runs_its_event_loops_and_amqp_threads_as_batch_threads(stack):
     for name in loops + ["edge.publish", "edge.consume"]:
         assert batch[name] == {3}, (name, batch)
         assert normal[name] == {0}, (name, normal)
-    # Workers keep the normal policy.
-    assert all(policies == {0} for policies in thread_policies(worker.pid).values())
+    # A worker's connection thread (named after its queue) and no other.
+    batch, normal = thread_policies(worker.pid), thread_policies(plain_worker.pid)
+    batch_threads = [name for name, policies in batch.items() if 3 in policies]
+    assert len(batch_threads) == 1 and batch_threads[0].startswith("echo."), batch
+    assert all(policies == {0} for policies in normal.values()), normal
