@@ -163,7 +163,10 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             }
             if let length = head.headerFields[.contentLength].flatMap({ Int($0) }), length > accepted.route.maxBodyBytes {
                 state = .discarding
-                respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: accepted.route.maxBodyBytes)), close: accepted.close, context: context)
+                // A client that expected a 100 may never send the body the decoder waits for
+                // (curl does not): the connection cannot carry another request.
+                let close = accepted.close || Self.expectsContinue(head)
+                respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: accepted.route.maxBodyBytes)), close: close, context: context)
             } else {
                 state = .reading(accepted)
                 continueIfExpected(head, context: context)
@@ -210,8 +213,12 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     /// before this. Requests that arrive while a response is owed do not get one: it would
     /// overtake that response.
     private func continueIfExpected(_ head: HTTPRequest, context: ChannelHandlerContext) {
-        guard let expect = head.headerFields[.expect], expect.lowercased() == "100-continue" else { return }
+        guard Self.expectsContinue(head) else { return }
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
+    }
+
+    static func expectsContinue(_ head: HTTPRequest) -> Bool {
+        head.headerFields[.expect]?.lowercased() == "100-continue"
     }
 
     /// The request served here, or nil when its route is not a request/reply one.

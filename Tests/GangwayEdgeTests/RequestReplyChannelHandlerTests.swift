@@ -319,10 +319,6 @@ struct RequestReplyChannelHandlerTests {
         channel.embeddedEventLoop.run()
         #expect(try Self.response(channel)?.head.status == .ok)
 
-        try channel.writeInbound(Self.head(.post, "/v1/echo/a", [.expect: "100-continue", .contentLength: "100"]))
-        #expect(try Self.response(channel)?.head.status.code == 413, "refused without a 100 first")
-        try channel.writeInbound(HTTPRequestPart.end(nil))
-
         // A request for Hummingbird, with nothing owed before it, gets one too.
         try channel.writeInbound(Self.head(.post, "/nowhere", [.expect: "100-continue"]))
         guard case .head(let passed)? = try channel.readOutbound(as: HTTPResponsePart.self) else {
@@ -330,6 +326,18 @@ struct RequestReplyChannelHandlerTests {
             return
         }
         #expect(passed.status == .continue)
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        channel.write(HTTPResponsePart.head(HTTPResponse(status: .notFound)), promise: nil)
+        channel.writeAndFlush(HTTPResponsePart.end(nil), promise: nil)
+        _ = try Self.response(channel)
+
+        // Too large by its Content-Length: the 413 instead of a 100, and the connection closes,
+        // as the client may never send the body.
+        try channel.writeInbound(Self.head(.post, "/v1/echo/a", [.expect: "100-continue", .contentLength: "100"]))
+        let refused = try #require(try Self.response(channel))
+        #expect(refused.head.status.code == 413 && refused.head.headerFields[.connection] == "close")
+        channel.embeddedEventLoop.run()
+        #expect(!channel.isActive)
     }
     @Test("an error the decoder raises while a response is owed waits for that response")
     func heldError() throws {
