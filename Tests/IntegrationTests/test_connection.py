@@ -173,7 +173,9 @@ def test_a_worker_past_its_shutdown_timeout_leaves_the_request_to_another_worker
     t = threading.Thread(target=call)
     t.start()
     time.sleep(0.3)  # the slow worker holds the request now; the next one cannot take it
-    stack.start_worker("echo")
+    # Not waiting for its consumer to show (rabbitmqctl takes up to a second a look, and the
+    # request has 3 s in all): the request waits in the queue until it is there.
+    stack.start_worker("echo", wait=False)
     stopped_at = time.monotonic()
     os.killpg(slow.pid, signal.SIGTERM)
     assert slow.wait(timeout=10) == 0
