@@ -116,12 +116,7 @@ public final class RequestReplyClient: Sendable {
         }
         let route = request.route
         correlator.whenReplied(id: prepared.pending.correlationID) { result in
-            switch result {
-            case .success(let delivery):
-                completion(Result { () throws(GatewayError) in try Self.decodeReply(delivery, route: route.name) })
-            case .failure(let failure):
-                completion(.failure(Self.error(for: failure, route: route)))
-            }
+            completion(Self.outcome(result, route: route))
         }
     }
 
@@ -166,13 +161,16 @@ public final class RequestReplyClient: Sendable {
     /// - Returns: each one's reply or error, in order, as ``finish(_:)`` would give it.
     public func finishAll(_ pendings: [Pending]) async -> [Result<GatewayReply, GatewayError>] {
         let results = await correlator.waitAll(ids: pendings.map(\.correlationID))
-        return zip(pendings, results).map { pending, result in
-            switch result {
-            case .success(let delivery):
-                return Result { () throws(GatewayError) in try Self.decodeReply(delivery, route: pending.route.name) }
-            case .failure(let failure):
-                return .failure(Self.error(for: failure, route: pending.route))
-            }
+        return zip(pendings, results).map { pending, result in Self.outcome(result, route: pending.route) }
+    }
+
+    /// What a settled reply slot means to the client: the checked reply, or the error.
+    static func outcome(_ result: Result<Delivery, Correlator.Failure>, route: Route) -> Result<GatewayReply, GatewayError> {
+        switch result {
+        case .success(let delivery):
+            return Result { () throws(GatewayError) in try decodeReply(delivery, route: route.name) }
+        case .failure(let failure):
+            return .failure(error(for: failure, route: route))
         }
     }
 
