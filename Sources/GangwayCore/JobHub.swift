@@ -80,6 +80,49 @@ public final class JobHub: Sendable {
         self.finishedAgeMilliseconds = finishedAgeMilliseconds
     }
 
+    // MARK: Catching up with the event log
+
+    /// When the event log's consumer last connected (uptime ns; 0 while it is not) and when
+    /// the last event came from it.
+    private let replayStartedAt = Atomic<UInt64>(0)
+    private let lastReplayEvent = Atomic<UInt64>(0)
+    /// How long the event log must stay quiet after its consumer connected before this edge
+    /// counts as caught up with the history.
+    public static let replayQuiet: UInt64 = 300_000_000
+
+    /// The event log's consumer connected (`true`), so its replay of the history starts over,
+    /// or lost its connection (`false`).
+    public func replayRestarted(_ connected: Bool, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
+        replayStartedAt.store(connected ? max(now, 1) : 0, ordering: .relaxed)
+    }
+
+    /// An event came from the event log (replayed or live).
+    public func replayDelivered(now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
+        lastReplayEvent.store(now, ordering: .relaxed)
+    }
+
+    /// Whether this edge has caught up with the event log: its consumer is connected, and no
+    /// event has come for ``replayQuiet`` since the later of the connection and the last event.
+    public func isReplaySettled(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Bool {
+        let started = replayStartedAt.load(ordering: .relaxed)
+        guard started != 0 else { return false }
+        let since = max(started, lastReplayEvent.load(ordering: .relaxed))
+        return now > since && now - since >= Self.replayQuiet
+    }
+
+    /// For a job this edge does not know: waits, at most `limit`, until it learns of the job or
+    /// has caught up with the event log. An edge that has just started (or reconnected) is
+    /// still replaying the history, and a job it has not reached yet is not unknown.
+    /// - Returns: whether the job is known.
+    public func awaitKnown(jobID: String, limit: Duration = .seconds(3)) async -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while status(of: jobID) == nil {
+            if isReplaySettled() || ContinuousClock.now >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
     /// Forgets the oldest jobs while they are finished and past their age.
     private func expire(_ s: inout State, now: Int64) {
         while let first = s.order.first, let job = s.jobs[first], job.status.isFinished, now - job.status.updated > finishedAgeMilliseconds {

@@ -37,6 +37,8 @@ struct JobHandler: Sendable {
         guard request.method == .get || request.method == .delete, path.hasPrefix(Self.prefix) else { return nil }
         let rest = path.dropFirst(Self.prefix.count).split(separator: "/", omittingEmptySubsequences: false)
         guard let id = rest.first.map(String.init), Self.isJobID(id) else { return nil }
+        // Right after this edge started, a job may be in the history it is still replaying.
+        if client.hub.status(of: id) == nil { _ = await client.hub.awaitKnown(jobID: id) }
         if request.method == .delete {
             guard rest.count == 1 else { return nil }
             return try await cancel(id)

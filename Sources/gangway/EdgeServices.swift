@@ -45,6 +45,8 @@ enum EdgeServices {
                 onStateChange: { up in
                     // The exclusive reply queue died with the connection: no reply can arrive.
                     if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
+                    // The event log is replayed from its start on every connection.
+                    jobs.replayRestarted(up)
                 },
                 batchScheduling: http.batchScheduling
             ),
@@ -73,6 +75,7 @@ enum EdgeServices {
                 arguments: ["x-stream-offset": "first"]
             )
         ) { delivery in
+            jobs.replayDelivered()
             let parts = delivery.routingKey.split(separator: ".")
             if parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue {
                 let jobID = String(parts[1])

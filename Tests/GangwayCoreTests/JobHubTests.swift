@@ -118,4 +118,37 @@ struct JobHubTests {
         hub.release(idempotencyKey: "r race", for: "mine")
         #expect(hub.job(forIdempotencyKey: "r race") == "theirs")
     }
+    @Test("caught up with the event log only once it has been quiet for a while since the consumer connected")
+    func replaySettles() {
+        let hub = JobHub()
+        let quiet = JobHub.replayQuiet
+        #expect(!hub.isReplaySettled(now: 10 * quiet), "not before the consumer has connected")
+        hub.replayRestarted(true, now: quiet)
+        #expect(!hub.isReplaySettled(now: quiet + quiet / 2))
+        #expect(hub.isReplaySettled(now: 2 * quiet))
+        hub.replayDelivered(now: 3 * quiet)
+        #expect(!hub.isReplaySettled(now: 3 * quiet + quiet / 2), "events still coming in")
+        #expect(hub.isReplaySettled(now: 4 * quiet))
+        hub.replayRestarted(false, now: 5 * quiet)
+        #expect(!hub.isReplaySettled(now: 10 * quiet), "not while disconnected")
+        hub.replayRestarted(true, now: 11 * quiet)
+        #expect(!hub.isReplaySettled(now: 11 * quiet + 1), "the replay starts over")
+    }
+
+    @Test("a lookup of a job not known yet waits for the replay to reach it, and no longer than it must")
+    func awaitKnown() async throws {
+        let hub = JobHub()
+        hub.replayRestarted(true)
+        let learnt = Task {
+            try await Task.sleep(for: .milliseconds(50))
+            hub.replayDelivered()
+            hub.record(jobID: "a", kind: "progress", seq: 1, body: ByteBuffer(string: #"{"percent":10}"#))
+        }
+        #expect(await hub.awaitKnown(jobID: "a", limit: .seconds(5)))
+        try await learnt.value
+        // Unknown for good: the answer comes once the log has been quiet, well before the limit.
+        let start = ContinuousClock.now
+        #expect(!(await hub.awaitKnown(jobID: "b", limit: .seconds(5))))
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
 }
