@@ -80,7 +80,7 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
             withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: decoderLimits
         )
-        try pipeline.addHandler(ParseErrorProblemHandler(maxHeaderBytes: decoderLimits.maxHeaderListSize))
+        try pipeline.addHandler(HTTP1ProtocolHandler(maxHeaderBytes: decoderLimits.maxHeaderListSize))
         try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
         try pipeline.addHandler(HTTPConnectionStateHandler(logger: logger))
         if let requestReply {

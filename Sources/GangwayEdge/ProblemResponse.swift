@@ -47,7 +47,7 @@ enum ProblemResponse {
             return e
         case let e as HTTPParserError:
             // Inside a request body (a malformed chunk); the others are answered below Hummingbird.
-            return ParseErrorProblemHandler.problem(for: e, maxHeaderBytes: nil)
+            return HTTP1ProtocolHandler.problem(for: e, maxHeaderBytes: nil)
         case is NIOTooManyBytesError:
             return .badRequest("the request body is too large")
         case let e as HTTPError:

@@ -128,7 +128,7 @@ struct FirstRequestGateTests {
         let (channel, settled) = try await Self.pipeline()
         _ = try? await channel.writeInbound(ByteBuffer(string: "NOT HTTP AT ALL\r\n\r\n"))
         await channel.testingEventLoop.run()
-        let answer = try await ParseErrorProblemHandlerTests.written(channel)
+        let answer = try await HTTP1ProtocolHandlerTests.written(channel)
         #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
         #expect(answer.contains(#""status":400"#) && answer.contains("not valid HTTP/1.1"), "\(answer)")
         // The gate never saw a request: the connection closed under it.

@@ -1,6 +1,7 @@
 """Request/reply through a real RabbitMQ with the real edge binary and workers."""
 import concurrent.futures
 import os
+import re
 import signal
 import socket
 import threading
@@ -144,6 +145,70 @@ def test_pipelined_requests_of_every_kind_are_answered_in_order_on_one_connectio
     assert responses[6].endswith("\r\n\r\n") and "content-length: " in responses[6].lower(), responses[6]
     # The last one asked to close: raw_exchange returned, so the edge closed the connection.
     assert responses[7].endswith("\r\n\r\nlast")
+
+
+def read_response(s):
+    """Reads one response with a Content-Length from an open socket: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    head = head.decode("latin-1")
+    length = int(re.search(r"(?im)^content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, f"closed inside the body: {head}"
+        body += chunk
+    assert len(body) == length, (head, body)
+    return head, body
+
+
+def test_http_1_0_clients_get_http_1_0_responses_and_connections(stack):
+    # Without keep-alive, an HTTP/1.0 connection closes after its response; with it, the
+    # response says so and the connection stays; a response without a length is not chunked
+    # and ends with the connection. Alike for request/reply routes (served in the pipeline),
+    # the edge's own endpoints and unknown paths (Hummingbird) and streamed replies.
+    edge = stack.start_edge()
+    stack.start_worker("echo")
+    stack.start_worker("count", queue=stack.queue["count"])
+    host, port = edge.base.removeprefix("http://").split(":")
+    for request, status in [(b"POST /v1/echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello", 200),
+                            (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
+                            (b"GET /v1/nothing HTTP/1.0\r\n\r\n", 404),
+                            # HTTP/1.0 knows no 100-continue: no interim response.
+                            (b"POST /v1/echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello", 200)]:
+        answer = raw_exchange(edge, request)  # returns only once the edge closes
+        assert answer.startswith(f"HTTP/1.0 {status} "), answer
+        assert answer.lower().count("connection: close\r\n") == 1, answer
+        assert "100 Continue" not in answer and (status != 200 or "hello" in answer or "ok" in answer), answer
+
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nabc")
+        head, body = read_response(s)
+        assert head.startswith("HTTP/1.0 200 ") and "connection: keep-alive" in head.lower() and body == b"abc", head
+        s.sendall(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        head, body = read_response(s)
+        assert head.startswith("HTTP/1.0 200 ") and "connection: keep-alive" in head.lower() and b'"status"' in body, head
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        head, body = read_response(s)
+        assert "connection: close" in head.lower(), head
+        assert s.recv(65536) == b""  # and closed
+
+    # A streamed reply has no length: plain bytes, then the close ends it, keep-alive or not.
+    answer = raw_exchange(edge, b"POST /v1/count?n=50&delay_ms=0 HTTP/1.0\r\nConnection: keep-alive\r\n"
+                                b"Content-Length: 0\r\n\r\n")
+    head, body = answer.split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.0 200 ") and "connection: close" in head.lower(), head
+    assert "transfer-encoding" not in head.lower(), head
+    assert body.startswith('{"n":0,'), body[:200]
+    assert [int(m) for m in re.findall(r'\{"n":(\d+),', body)] == list(range(50))
+
+    # HTTP/1.1 with close among other Connection tokens closes too, and says so.
+    for path in [b"GET /healthz", b"POST /v1/echo"]:
+        answer = raw_exchange(edge, path + b" HTTP/1.1\r\nHost: x\r\nConnection: TE, Close\r\nContent-Length: 0\r\n\r\n")
+        assert answer.startswith("HTTP/1.1 200 ") and "connection: close\r\n" in answer.lower(), answer
 
 
 def test_expect_100_continue_is_answered_before_the_body(stack):

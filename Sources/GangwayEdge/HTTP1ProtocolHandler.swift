@@ -1,0 +1,163 @@
+import GangwayCore
+import NIOCore
+import NIOHTTP1
+
+/// What the HTTP/1 server needs where the version-free HTTP types above it cannot see it: the
+/// answer to a request that does not parse, and HTTP/1.0's connection rules. It sits right
+/// above the decoder, where NIO's `HTTPServerProtocolErrorHandler` would.
+///
+/// **Requests that do not parse** get a problem JSON body, as every other error is answered:
+/// 431 when their header fields pass the decoder's limits, 400 otherwise; then the connection
+/// closes, as nothing after such a request can be read. (Without this, Hummingbird answers
+/// with an empty 400.) A pipelined request that cannot be parsed is answered after the
+/// responses to the requests before it, in order. An error inside a request whose head was
+/// read already (a malformed chunked body) is passed on to the handler reading that body.
+///
+/// **Connections** the request does not keep alive close after the response. Above this
+/// handler a request has no version, and Hummingbird (and ``RequestReplyChannelHandler``)
+/// close a connection only on `Connection: close`; so a request that does not keep the
+/// connection alive (HTTP/1.0 without `Connection: keep-alive`, or `close` among other
+/// `Connection` tokens) goes up with exactly `Connection: close`, and its response says
+/// `Connection: close`, as RFC 9112 asks. An HTTP/1.0 request's
+/// response is an HTTP/1.0 one: never chunked (a body without a length ends when the
+/// connection closes) and, when the connection stays open, saying `Connection: keep-alive`.
+/// HTTP/1.0 knows no `Expect: 100-continue`, so the expectation is dropped, as RFC 9110 asks.
+final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let maxHeaderBytes: Int
+    private let requestID: @Sendable () -> String
+    /// What each request read whose response has not ended yet needs of it, oldest first.
+    private var owed = CircularBuffer<Owed>(initialCapacity: 4)
+    /// The response being written is an HTTP/1.0 one without a length to a request that asked
+    /// for keep-alive: only the close can end its body, once the response's end is written.
+    private var closeAfterResponse = false
+    /// A request head was read and its end not yet.
+    private var readingRequest = false
+    /// The answer to a request that could not be parsed, held until the responses before it end.
+    private var held: GatewayError?
+
+    init(maxHeaderBytes: Int, requestID: @escaping @Sendable () -> String = { RequestIdentity.requestID(from: nil) }) {
+        self.maxHeaderBytes = maxHeaderBytes
+        self.requestID = requestID
+    }
+
+    struct Owed {
+        var http10: Bool
+        var keepAlive: Bool
+        var isHead: Bool
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(var head):
+            readingRequest = true
+            let http10 = head.version == .http1_0
+            let keepAlive = head.isKeepAlive
+            owed.append(Owed(http10: http10, keepAlive: keepAlive, isHead: head.method == .HEAD))
+            guard http10 || !keepAlive else { break }
+            if !keepAlive && head.headers["connection"] != ["close"] {
+                head.headers.replaceOrAdd(name: "connection", value: "close")
+            }
+            if http10 {
+                head.headers.remove(name: "expect")
+            }
+            context.fireChannelRead(wrapInboundOut(.head(head)))
+            return
+        case .end:
+            readingRequest = false
+        case .body:
+            break
+        }
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parseError = error as? HTTPParserError, !readingRequest, held == nil else {
+            context.fireErrorCaught(error)
+            return
+        }
+        // Not passed on: this handler answers it, and the handlers above would answer it again.
+        let problem = Self.problem(for: parseError, maxHeaderBytes: maxHeaderBytes)
+        if owed.isEmpty {
+            answer(problem, context: context)
+        } else {
+            held = problem
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(var response):
+            // An informational response (100 Continue) is not the request's answer.
+            guard let request = owed.first, request.http10 || !request.keepAlive, response.status.code >= 200 else { break }
+            if request.http10 { response.version = .http1_0 }
+            let framed = !request.http10 || request.isHead || !response.status.mayHaveResponseBody || response.headers.contains(name: "content-length")
+            // The handlers above close the connection after a request that said close; one that
+            // asked for keep-alive and gets a body that only the close can end is closed here.
+            closeAfterResponse = request.keepAlive && !framed
+            let keptAlive = request.keepAlive && framed
+            response.headers.replaceOrAdd(name: "connection", value: keptAlive ? "keep-alive" : "close")
+            context.write(wrapOutboundOut(.head(response)), promise: promise)
+            return
+        case .body:
+            break
+        case .end:
+            ended(data, promise: promise, context: context)
+            return
+        }
+        context.write(data, promise: promise)
+    }
+
+    /// Writes a response's end, then answers a request that could not be parsed if it was waiting
+    /// for this one, or closes the connection if the response says so.
+    private func ended(_ end: NIOAny, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        _ = owed.popFirst()
+        if closeAfterResponse {
+            closeAfterResponse = false
+            let written = promise ?? context.eventLoop.makePromise()
+            context.write(end, promise: written)
+            let channel = context.channel
+            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        context.write(end, promise: promise)
+        if owed.isEmpty, let problem = held {
+            held = nil
+            answer(problem, context: context)
+        }
+    }
+
+    /// Writes the problem response, then closes the connection once it is written.
+    private func answer(_ problem: GatewayError, context: ChannelHandlerContext) {
+        let id = requestID()
+        let body = ProblemResponse.body(problem, instance: nil, requestID: id)
+        let headers = HTTPHeaders([
+            ("Content-Type", ProblemResponse.contentType),
+            ("Content-Length", String(body.readableBytes)),
+            ("Connection", "close"),
+            ("X-Request-ID", id),
+        ])
+        let head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: problem.status), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
+        let channel = context.channel
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// What the client is told about a request the decoder refused.
+    static func problem(for error: HTTPParserError, maxHeaderBytes: Int?) -> GatewayError {
+        switch error {
+        case .headerOverflow:
+            let limit = maxHeaderBytes.map { " of \($0) bytes in all" } ?? ""
+            return .headersTooLarge("the request's header fields pass the edge's limit\(limit)")
+        default:
+            return .badRequest("the request is not valid HTTP/1.1 (\(error))")
+        }
+    }
+}

@@ -1,0 +1,159 @@
+@testable import GangwayEdge
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@Suite("Requests the decoder refuses get a problem JSON answer, in order; HTTP/1.0 gets HTTP/1.0 connections")
+struct HTTP1ProtocolHandlerTests {
+    /// Everything written to the client so far, as text.
+    static func written(_ channel: NIOAsyncTestingChannel) async throws -> String {
+        var text = ""
+        while let buffer = try await channel.readOutbound(as: ByteBuffer.self) {
+            text += String(buffer: buffer)
+        }
+        return text
+    }
+
+    /// The decoder, the encoder and the handler, with `limits`; parts that pass reach the test.
+    static func pipeline(limits: NIOHTTPDecoderLimitConfiguration = .init()) async throws -> NIOAsyncTestingChannel {
+        let channel = NIOAsyncTestingChannel()
+        try await channel.testingEventLoop.executeInContext {
+            let pipeline = channel.pipeline.syncOperations
+            try pipeline.addHandler(HTTPResponseEncoder())
+            try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
+            try pipeline.addHandler(HTTP1ProtocolHandler(maxHeaderBytes: limits.maxHeaderListSize, requestID: { "test-id" }))
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 8080))
+        return channel
+    }
+
+    @Test("header fields past the limit get 431, with the limit named, and the connection closes")
+    func headersTooLarge() async throws {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = 1024
+        let channel = try await Self.pipeline(limits: limits)
+        let big = String(repeating: "k", count: 2000)
+        _ = try? await channel.writeInbound(ByteBuffer(string: "GET /v1/time HTTP/1.1\r\nHost: x\r\nX-Big: \(big)\r\n\r\n"))
+        await channel.testingEventLoop.run()
+        let answer = try await Self.written(channel)
+        #expect(answer.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "\(answer)")
+        #expect(answer.contains("content-type: application/problem+json\r\n") || answer.contains("Content-Type: application/problem+json\r\n"), "\(answer)")
+        #expect(answer.contains("Connection: close\r\n") && answer.contains("X-Request-ID: test-id\r\n"), "\(answer)")
+        #expect(answer.hasSuffix(#""detail":"the request's header fields pass the edge's limit of 1024 bytes in all","request_id":"test-id"}"#), "\(answer)")
+        #expect(try await channel.readInbound(as: HTTPServerRequestPart.self) == nil)
+        #expect(!channel.isActive)
+    }
+
+    @Test("a pipelined request that does not parse is answered after the response before it")
+    func pipelined() async throws {
+        let channel = try await Self.pipeline()
+        _ = try? await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo st: y\r\n\r\n"))
+        await channel.testingEventLoop.run()
+        guard case .head(let head)? = try await channel.readInbound(as: HTTPServerRequestPart.self) else {
+            Issue.record("the first request did not pass")
+            return
+        }
+        #expect(head.uri == "/a")
+        // Nothing is answered while the first request waits for its response.
+        #expect(try await Self.written(channel) == "")
+        #expect(channel.isActive)
+        let ok = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["Content-Length": "2"])
+        try await channel.writeOutbound(HTTPServerResponsePart.head(ok))
+        try await channel.writeOutbound(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "ok"))))
+        try await channel.writeOutbound(HTTPServerResponsePart.end(nil))
+        await channel.testingEventLoop.run()
+        let answer = try await Self.written(channel)
+        #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), "\(answer)")
+        #expect(answer.contains("okHTTP/1.1 400 Bad Request\r\n"), "\(answer)")
+        #expect(answer.hasSuffix(#""detail":"the request is not valid HTTP/1.1 (invalid character in header)","request_id":"test-id"}"#), "\(answer)")
+        #expect(!channel.isActive)
+    }
+
+    @Test("an error inside a request's body goes on to whoever reads that body; nothing is written here")
+    func insideABody() async throws {
+        let channel = try await Self.pipeline()
+        await #expect(throws: HTTPParserError.self) {
+            try await channel.writeInbound(ByteBuffer(string: "POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"))
+        }
+        await channel.testingEventLoop.run()
+        #expect(try await Self.written(channel) == "")
+    }
+
+    /// Reads the one request head that passed, or fails the test.
+    static func passedHead(_ channel: NIOAsyncTestingChannel) async throws -> HTTPRequestHead? {
+        while let part = try await channel.readInbound(as: HTTPServerRequestPart.self) {
+            if case .head(let head) = part { return head }
+        }
+        Issue.record("no request head passed")
+        return nil
+    }
+
+    /// Writes a response with `headers` and `body`, as the handlers above would.
+    static func respond(_ channel: NIOAsyncTestingChannel, headers: HTTPHeaders, body: String) async throws {
+        try await channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)))
+        try await channel.writeOutbound(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: body))))
+        try await channel.writeOutbound(HTTPServerResponsePart.end(nil))
+        await channel.testingEventLoop.run()
+    }
+
+    @Test("HTTP/1.0 without keep-alive: the request goes up with Connection: close and no Expect, for the handlers above to close after an HTTP/1.0 response")
+    func http10Close() async throws {
+        let channel = try await Self.pipeline()
+        try await channel.writeInbound(ByteBuffer(string: "POST /v1/echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"))
+        let head = try await Self.passedHead(channel)
+        #expect(head?.headers["connection"] == ["close"])
+        #expect(head?.headers["expect"] == [])
+        try await Self.respond(channel, headers: ["Content-Length": "2"], body: "hi")
+        let answer = try await Self.written(channel)
+        #expect(answer == "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nhi", "\(answer)")
+        // Closing is the handlers' above, which read the rest of a request before they do.
+        #expect(channel.isActive)
+    }
+
+    @Test("HTTP/1.0 with keep-alive: a response with a length says keep-alive and the connection stays; one without is unchunked and closes it")
+    func http10KeepAlive() async throws {
+        let channel = try await Self.pipeline()
+        try await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"))
+        let first = try await Self.passedHead(channel)
+        #expect(first?.headers["connection"] == ["Keep-Alive"])
+        try await Self.respond(channel, headers: ["Content-Length": "2"], body: "ok")
+        var answer = try await Self.written(channel)
+        #expect(answer == "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\nok", "\(answer)")
+        #expect(channel.isActive)
+
+        try await channel.writeInbound(ByteBuffer(string: "GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"))
+        _ = try await Self.passedHead(channel)
+        try await Self.respond(channel, headers: ["Content-Type": "text/plain"], body: "streamed")
+        answer = try await Self.written(channel)
+        #expect(answer == "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nconnection: close\r\n\r\nstreamed", "\(answer)")
+        #expect(!channel.isActive)
+    }
+
+    @Test("HTTP/1.1 with close among other Connection tokens goes up as exactly close, which the handlers above close on; the response says close")
+    func http11CloseAmongTokens() async throws {
+        let channel = try await Self.pipeline()
+        try await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: x\r\nConnection: TE, Close\r\n\r\n"))
+        let head = try await Self.passedHead(channel)
+        #expect(head?.headers["connection"] == ["close"])
+        try await Self.respond(channel, headers: ["Content-Length": "2"], body: "ok")
+        let answer = try await Self.written(channel)
+        #expect(answer == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok", "\(answer)")
+        #expect(channel.isActive)
+    }
+
+    @Test("HTTP/1.1 keep-alive passes untouched both ways: its head as sent, a response without a length chunked, the connection open")
+    func http11Untouched() async throws {
+        let channel = try await Self.pipeline()
+        try await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n"))
+        let head = try await Self.passedHead(channel)
+        #expect(head?.headers["expect"] == ["100-continue"] && head?.headers["connection"] == [])
+        // An interim 100 Continue is not the answer: the final response is still framed as 1.1.
+        try await channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .continue)))
+        try await Self.respond(channel, headers: [:], body: "ok")
+        let answer = try await Self.written(channel)
+        #expect(answer == "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "\(answer)")
+        #expect(channel.isActive)
+    }
+}
