@@ -33,6 +33,10 @@ public struct Edge: Sendable {
         /// Run the HTTP event loops (and the edge's AMQP connection threads) as batch threads
         /// (``BatchScheduling``).
         public var batchScheduling: Bool
+        /// Seconds a client connection may stay idle (nothing read, nothing owed to it) before
+        /// it is closed: a keep-alive connection between requests, or one whose request head
+        /// is still incomplete (a client that trickles its header fields). `nil`: never.
+        public var idleTimeoutSeconds: Int?
 
         public init(
             host: String = "0.0.0.0",
@@ -42,7 +46,8 @@ public struct Edge: Sendable {
             sseHeartbeatSeconds: Int = 15,
             topicMaxBodyBytes: Int = 1 << 20,
             demoPage: Bool = true,
-            batchScheduling: Bool = true
+            batchScheduling: Bool = true,
+            idleTimeoutSeconds: Int? = 60
         ) {
             self.host = host
             self.port = port
@@ -52,6 +57,7 @@ public struct Edge: Sendable {
             self.topicMaxBodyBytes = topicMaxBodyBytes
             self.demoPage = demoPage
             self.batchScheduling = batchScheduling
+            self.idleTimeoutSeconds = idleTimeoutSeconds
         }
     }
 
@@ -132,7 +138,12 @@ public struct Edge: Sendable {
         return Application(
             responder: responder,
             server: HTTPServerBuilder { responder in
-                EdgeHTTPChannel(responder: responder, eventStreams: eventStreams, requestReply: requestReply)
+                EdgeHTTPChannel(
+                    responder: responder,
+                    eventStreams: eventStreams,
+                    requestReply: requestReply,
+                    idleTimeout: configuration.idleTimeoutSeconds.map { .seconds($0) }
+                )
             },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },

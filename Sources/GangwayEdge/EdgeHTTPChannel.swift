@@ -35,12 +35,20 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     /// Request/reply routes served in the pipeline (``RequestReplyChannelHandler``).
     let requestReply: RequestReplyChannelHandler.Configuration?
     let decoderLimits: NIOHTTPDecoderLimitConfiguration
+    /// How long a connection may stay idle before it is closed (``Edge/Configuration/idleTimeoutSeconds``).
+    let idleTimeout: Duration?
     static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65536)
 
-    init(responder: @escaping HTTPChannelHandler.Responder, eventStreams: DetachedEventStreams, requestReply: RequestReplyChannelHandler.Configuration?) {
+    init(
+        responder: @escaping HTTPChannelHandler.Responder,
+        eventStreams: DetachedEventStreams,
+        requestReply: RequestReplyChannelHandler.Configuration?,
+        idleTimeout: Duration?
+    ) {
         self.responder = responder
         self.eventStreams = eventStreams
         self.requestReply = requestReply
+        self.idleTimeout = idleTimeout
         // Hummingbird's defaults, as `HTTP1Channel` applies them.
         let defaults = HTTP1Channel.Configuration.DecoderConfiguration()
         var limits = NIOHTTPDecoderLimitConfiguration()
@@ -59,17 +67,25 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
             // A request head rarely needs more than 1 KiB, and a larger request makes the
             // buffer grow for the reads after it.
             try channel.syncOptions?.setOption(.recvAllocator, value: Self.receiveBuffers)
-            let firstRequest = try Self.configure(channel.pipeline.syncOperations, decoderLimits: decoderLimits, requestReply: requestReply, logger: logger)
+            let firstRequest = try Self.configure(
+                channel.pipeline.syncOperations,
+                decoderLimits: decoderLimits,
+                idleTimeout: idleTimeout,
+                requestReply: requestReply,
+                logger: logger
+            )
             return Value(channel: channel, firstRequest: firstRequest)
         }
     }
 
-    /// Hummingbird's HTTP/1 handlers (with a problem JSON answer to requests the decoder
-    /// refuses), the request/reply handler when there is one, then the gate; the future tells
-    /// what the first request the gate sees is.
+    /// Hummingbird's HTTP/1 handlers (with ``HTTP1ProtocolHandler`` where NIO's protocol error
+    /// handler would be, and Hummingbird's connection-state handler closing connections idle
+    /// for `idleTimeout`), the request/reply handler when there is one, then the gate; the
+    /// future tells what the first request the gate sees is.
     static func configure(
         _ pipeline: ChannelPipeline.SynchronousOperations,
         decoderLimits: NIOHTTPDecoderLimitConfiguration,
+        idleTimeout: Duration? = nil,
         requestReply: RequestReplyChannelHandler.Configuration? = nil,
         logger: Logger
     ) throws -> EventLoopFuture<FirstRequestGate.Decision> {
@@ -82,7 +98,7 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
         )
         try pipeline.addHandler(HTTP1ProtocolHandler(maxHeaderBytes: decoderLimits.maxHeaderListSize))
         try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-        try pipeline.addHandler(HTTPConnectionStateHandler(logger: logger))
+        try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
         if let requestReply {
             try pipeline.addHandler(RequestReplyChannelHandler(configuration: requestReply))
         }

@@ -50,8 +50,17 @@ struct EdgeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Run the event loops and AMQP threads as Linux batch threads (SCHED_BATCH): fewer preemptions under load.")
     var batchScheduling = true
 
+    @Option(help: "Seconds a client connection may stay idle (between requests, or with its request head unfinished) before it is closed; 0: never.")
+    var idleTimeout = 60
+
     @Option(help: "Instance id, part of the reply queue name gangway.reply.<id>. Default: random.")
     var instanceID: String?
+
+    func validate() throws {
+        guard (0...86_400).contains(idleTimeout) else {
+            throw ValidationError("--idle-timeout must be 0 (never) or a number of seconds up to 86400, got \(idleTimeout)")
+        }
+    }
 
     func run() async throws {
         let logger = log.bootstrap(label: "gangway.edge")
@@ -62,7 +71,7 @@ struct EdgeCommand: AsyncParsableCommand {
         let services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)), demoPage: demoPage, batchScheduling: batchScheduling),
+            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)), demoPage: demoPage, batchScheduling: batchScheduling, idleTimeoutSeconds: idleTimeout > 0 ? idleTimeout : nil),
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
             topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),

@@ -23,7 +23,7 @@ final class Settled<Value: Sendable>: Sendable {
 
 @Suite("First-request gate: event-stream connections leave Hummingbird's task")
 struct FirstRequestGateTests {
-    /// The edge's HTTP/1 pipeline (``EdgeHTTPChannel/configure(_:decoderLimits:logger:)``) on a
+    /// The edge's HTTP/1 pipeline (``EdgeHTTPChannel/configure(_:decoderLimits:idleTimeout:requestReply:logger:)``) on a
     /// test channel, and what the gate decides.
     static func pipeline() async throws -> (NIOAsyncTestingChannel, Settled<FirstRequestGate.Decision>) {
         let channel = NIOAsyncTestingChannel()

@@ -1,6 +1,7 @@
 """Connection-level behaviour: graceful drain, heartbeats, a frozen broker, TLS to the broker."""
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -210,3 +211,55 @@ def test_a_worker_stopped_with_sigterm_finishes_what_it_holds(stack):
     out = stack.broker.ctl("list_queues", "name", "messages", "--quiet", "--no-table-headers").stdout
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if len(line.split()) == 2}
     assert counts.get(queue) == 0, out
+
+
+def test_idle_client_connections_close_but_busy_ones_do_not(stack):
+    # --idle-timeout: a connection with nothing read and nothing owed closes; one whose request
+    # waits for its reply, or that carries an event stream, stays however long that takes.
+    edge = stack.start_edge(extra=["--idle-timeout", "1"])
+    stack.start_worker("echo", extra=["--delay-ms", "2500"])
+    host, port = edge.base.removeprefix("http://").split(":")
+
+    def closes_within(s, seconds):
+        s.settimeout(seconds)
+        t = time.time()
+        while s.recv(65536):
+            pass
+        return time.time() - t
+
+    # Nothing ever sent.
+    with socket.create_connection((host, int(port))) as s:
+        assert 0.5 < closes_within(s, 5) < 3
+    # A request head that trickles in and never ends (a slow-headers client).
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t, closed = time.time(), False
+        s.settimeout(0.2)
+        while time.time() - t < 5 and not closed:
+            try:
+                s.sendall(b"X")
+                closed = s.recv(65536) == b""
+            except socket.timeout:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        assert closed and time.time() - t < 3
+    # Keep-alive after an answer: open while the worker takes 2.5 s, closed ~1 s after.
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nslow")
+        s.settimeout(10)
+        answer = b""
+        while not answer.endswith(b"slow"):
+            chunk = s.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert 0.5 < closes_within(s, 5) < 3
+    # An event stream with nothing to say for longer than the timeout stays open.
+    with requests.get(edge.base + "/v1/topics/stream?match=idle.*", stream=True, timeout=10) as r:
+        assert r.status_code == 200
+        time.sleep(2.5)
+        assert requests.post(edge.base + "/v1/topics/idle.tick", data=b'{"n":1}').status_code == 202
+        lines = r.iter_lines()
+        got = next(line for line in lines if line.startswith(b"data:"))
+        assert b"idle.tick" in got, got
