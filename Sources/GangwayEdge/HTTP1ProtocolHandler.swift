@@ -11,7 +11,9 @@ import NIOHTTP1
 /// closes, as nothing after such a request can be read. (Without this, Hummingbird answers
 /// with an empty 400.) A pipelined request that cannot be parsed is answered after the
 /// responses to the requests before it, in order. An error inside a request whose head was
-/// read already (a malformed chunked body) is passed on to the handler reading that body.
+/// read already (a malformed chunked body) is passed on to the handler reading that body. An
+/// HTTP/1.1 request without exactly one `Host` header field is refused the same way, with 400,
+/// as RFC 9112 asks.
 ///
 /// **Connections** the request does not keep alive close after the response. Above this
 /// handler a request has no version, and Hummingbird (and ``RequestReplyChannelHandler``)
@@ -39,6 +41,9 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var readingRequest = false
     /// The answer to a request that could not be parsed, held until the responses before it end.
     private var held: GatewayError?
+    /// A request was refused here: nothing read after it goes up, and the connection closes
+    /// once it is answered.
+    private var refusing = false
 
     init(maxHeaderBytes: Int, requestID: @escaping @Sendable () -> String = { RequestIdentity.requestID(from: nil) }) {
         self.maxHeaderBytes = maxHeaderBytes
@@ -52,9 +57,15 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refusing else { return }
         switch unwrapInboundIn(data) {
         case .head(var head):
             readingRequest = true
+            if head.version != .http1_0, case let hosts = Self.hostFields(head.headers), hosts != 1 {
+                let detail = hosts == 0 ? "an HTTP/1.1 request must carry a Host header field" : "the request carries \(hosts) Host header fields, where HTTP/1.1 allows one"
+                refuse(.badRequest(detail), context: context)
+                return
+            }
             let http10 = head.version == .http1_0
             let keepAlive = head.isKeepAlive
             owed.append(Owed(http10: http10, keepAlive: keepAlive, isHead: head.method == .HEAD))
@@ -76,17 +87,33 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !refusing else { return }
         guard let parseError = error as? HTTPParserError, !readingRequest, held == nil else {
             context.fireErrorCaught(error)
             return
         }
         // Not passed on: this handler answers it, and the handlers above would answer it again.
-        let problem = Self.problem(for: parseError, maxHeaderBytes: maxHeaderBytes)
+        refuse(Self.problem(for: parseError, maxHeaderBytes: maxHeaderBytes), context: context)
+    }
+
+    /// Answers `problem` once the responses owed before it have ended, then closes; nothing read
+    /// from now on goes up.
+    private func refuse(_ problem: GatewayError, context: ChannelHandlerContext) {
+        refusing = true
         if owed.isEmpty {
             answer(problem, context: context)
         } else {
             held = problem
         }
+    }
+
+    /// How many `Host` header fields there are (RFC 9112 asks for exactly one in HTTP/1.1).
+    static func hostFields(_ headers: HTTPHeaders) -> Int {
+        var count = 0
+        for header in headers where header.name.utf8.count == 4 {
+            if header.name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) { count += 1 }
+        }
+        return count
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

@@ -156,4 +156,29 @@ struct HTTP1ProtocolHandlerTests {
         #expect(answer == "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "\(answer)")
         #expect(channel.isActive)
     }
+
+    @Test("an HTTP/1.1 request without exactly one Host is a 400 problem, after the responses owed before it; nothing after it goes up, and the connection closes")
+    func hostRequired() async throws {
+        for (request, detail) in [
+            ("GET /b HTTP/1.1\r\n\r\n", "an HTTP/1.1 request must carry a Host header field"),
+            ("GET /b HTTP/1.1\r\nHost: x\r\nHOST: y\r\n\r\n", "the request carries 2 Host header fields, where HTTP/1.1 allows one"),
+        ] {
+            let channel = try await Self.pipeline()
+            try await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\nhost: x\r\n\r\n" + request + "GET /c HTTP/1.1\r\nHost: x\r\n\r\n"))
+            let first = try await Self.passedHead(channel)
+            #expect(first?.uri == "/a")
+            #expect(try await channel.readInbound(as: HTTPServerRequestPart.self) == .end(nil))
+            #expect(try await channel.readInbound(as: HTTPServerRequestPart.self) == nil, "nothing after the refused request goes up")
+            #expect(try await Self.written(channel) == "")
+            try await Self.respond(channel, headers: ["Content-Length": "2"], body: "ok")
+            let answer = try await Self.written(channel)
+            #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 400 Bad Request\r\n"), "\(answer)")
+            #expect(answer.hasSuffix(#""detail":"\#(detail)","request_id":"test-id"}"#), "\(answer)")
+            #expect(!channel.isActive)
+        }
+        // HTTP/1.0 needs none.
+        let channel = try await Self.pipeline()
+        try await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.0\r\n\r\n"))
+        #expect(try await Self.passedHead(channel)?.uri == "/a")
+    }
 }

@@ -205,6 +205,10 @@ def test_http_1_0_clients_get_http_1_0_responses_and_connections(stack):
     assert body.startswith('{"n":0,'), body[:200]
     assert [int(m) for m in re.findall(r'\{"n":(\d+),', body)] == list(range(50))
 
+    # HTTP/1.1 without a Host: 400, as RFC 9112 asks (HTTP/1.0 above needs none).
+    answer = raw_exchange(edge, b"GET /healthz HTTP/1.1\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400 ") and "must carry a Host header field" in answer, answer
+
     # HTTP/1.1 with close among other Connection tokens closes too, and says so.
     for path in [b"GET /healthz", b"POST /v1/echo"]:
         answer = raw_exchange(edge, path + b" HTTP/1.1\r\nHost: x\r\nConnection: TE, Close\r\nContent-Length: 0\r\n\r\n")
