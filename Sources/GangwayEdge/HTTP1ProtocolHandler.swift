@@ -20,10 +20,10 @@ import NIOHTTP1
 /// close a connection only on `Connection: close`; so a request that does not keep the
 /// connection alive (HTTP/1.0 without `Connection: keep-alive`, or `close` among other
 /// `Connection` tokens) goes up with exactly `Connection: close`, and its response says
-/// `Connection: close`, as RFC 9112 asks. An HTTP/1.0 request's
-/// response is an HTTP/1.0 one: never chunked (a body without a length ends when the
-/// connection closes) and, when the connection stays open, saying `Connection: keep-alive`.
-/// HTTP/1.0 knows no `Expect: 100-continue`, so the expectation is dropped, as RFC 9110 asks.
+/// `Connection: close`, as RFC 9112 asks. An HTTP/1.0 request's response is an HTTP/1.0 one:
+/// never chunked (a body without a length ends when the connection closes) and, when the
+/// connection stays open, saying `Connection: keep-alive`. HTTP/1.0 knows no
+/// `Expect: 100-continue`, so the expectation is dropped, as RFC 9110 asks.
 final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
