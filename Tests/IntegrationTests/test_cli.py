@@ -95,3 +95,11 @@ def test_worker_flags_out_of_range_are_refused_with_a_reason():
         r = run("worker", "echo", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", *flags)
         assert r.returncode != 0, flags
         assert reason in r.stderr, (flags, r.stderr)
+
+
+def test_edge_flags_out_of_range_are_refused_with_a_reason():
+    for flags, reason in ((["--idle-timeout=-1"], "--idle-timeout must be 0 (never) or a number of seconds up to 86400, got -1"),
+                          (["--idle-timeout", "100000"], "--idle-timeout must be 0 (never)")):
+        r = run("edge", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--port", "0", *flags)
+        assert r.returncode != 0, flags
+        assert reason in r.stderr, (flags, r.stderr)
