@@ -119,9 +119,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
-        if case .waiting = state {
-            held.append(part)
-        } else if !held.isEmpty {
+        if isOwing || !held.isEmpty {
             held.append(part)
         } else {
             handle(part, context: context)
@@ -225,9 +223,6 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     private func accept(_ head: HTTPRequest) -> Accepted? {
         let uri = URI(head.path ?? "")
         guard let (route, parameters) = configuration.route(method: head.method, path: uri.path) else { return nil }
-        let close = head.headerFields[values: .connection].contains { value in
-            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
-        }
         return Accepted(
             head: head,
             uri: uri,
@@ -236,7 +231,9 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             body: nil,
             requestID: RequestIdentity.requestID(from: head.headerFields[.xRequestID]),
             traceparent: RequestIdentity.traceparent(from: head.headerFields[.traceparent]),
-            close: close
+            // ``HTTP1ProtocolHandler`` below sends every request that does not keep the
+            // connection alive (HTTP/1.0, `close` among other tokens) up with exactly this.
+            close: head.headerFields[.connection] == "close"
         )
     }
 
