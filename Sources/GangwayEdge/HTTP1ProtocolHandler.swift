@@ -13,7 +13,11 @@ import NIOHTTP1
 /// responses to the requests before it, in order. An error inside a request whose head was
 /// read already (a malformed chunked body) is passed on to the handler reading that body. An
 /// HTTP/1.1 request without exactly one `Host` header field is refused the same way, with 400,
-/// as RFC 9112 asks.
+/// as RFC 9112 asks; so is a request with a header field value that is not UTF-8 (RFC 9110's
+/// obs-text, such as ISO-8859-1 bytes). The decoder reads every value as UTF-8 text and puts
+/// U+FFFD in place of what is not, so such a value would reach a worker, or an idempotency key,
+/// altered, and two different values could become one; the client is told instead. (A value
+/// that holds U+FFFD itself, as UTF-8, cannot be told apart and is refused too.)
 ///
 /// **Connections** the request does not keep alive close after the response. Above this
 /// handler a request has no version, and Hummingbird (and ``RequestReplyChannelHandler``)
@@ -66,6 +70,10 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 refuse(.badRequest(detail), context: context)
                 return
             }
+            if let name = Self.fieldNotUTF8(head.headers) {
+                refuse(.badRequest("the value of header field '\(name)' is not UTF-8 text, and the edge would have to alter it"), context: context)
+                return
+            }
             let http10 = head.version == .http1_0
             let keepAlive = head.isKeepAlive
             owed.append(Owed(http10: http10, keepAlive: keepAlive, isHead: head.method == .HEAD))
@@ -114,6 +122,23 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if header.name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) { count += 1 }
         }
         return count
+    }
+
+    /// The name of the first header field whose value the decoder could not read as UTF-8:
+    /// it holds U+FFFD (EF BF BD), which the decoder puts in place of bytes that are not.
+    static func fieldNotUTF8(_ headers: HTTPHeaders) -> String? {
+        for header in headers {
+            var value = header.value
+            let replaced = value.withUTF8 { bytes in
+                guard bytes.count >= 3 else { return false }
+                for i in 0..<(bytes.count - 2) where bytes[i] == 0xEF && bytes[i + 1] == 0xBF && bytes[i + 2] == 0xBD {
+                    return true
+                }
+                return false
+            }
+            if replaced { return header.name }
+        }
+        return nil
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

@@ -181,4 +181,22 @@ struct HTTP1ProtocolHandlerTests {
         try await channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.0\r\n\r\n"))
         #expect(try await Self.passedHead(channel)?.uri == "/a")
     }
+
+    @Test("a header value that is not UTF-8 is a 400 problem naming the field, not passed on altered; UTF-8 values pass as sent")
+    func headerValuesNotUTF8() async throws {
+        var request = ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: x\r\nX-Name: caf")
+        request.writeBytes([0xE9])  // ISO-8859-1 é
+        request.writeString("\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        let channel = try await Self.pipeline()
+        try await channel.writeInbound(request)
+        #expect(try await channel.readInbound(as: HTTPServerRequestPart.self) == nil, "nothing goes up")
+        let answer = try await Self.written(channel)
+        #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
+        #expect(answer.hasSuffix(#""detail":"the value of header field 'X-Name' is not UTF-8 text, and the edge would have to alter it","request_id":"test-id"}"#), "\(answer)")
+        #expect(!channel.isActive)
+
+        let utf8 = try await Self.pipeline()
+        try await utf8.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: x\r\nX-Name: café ✓\r\n\r\n"))
+        #expect(try await Self.passedHead(utf8)?.headers["x-name"] == ["café ✓"])
+    }
 }

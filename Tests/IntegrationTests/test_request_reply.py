@@ -115,6 +115,30 @@ def test_requests_that_do_not_parse_get_a_problem_and_a_closed_connection(stack)
     assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
 
 
+def test_header_values_that_are_not_utf8_are_refused_not_forwarded_altered(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["echo"])
+    # UTF-8 beyond ASCII reaches the worker byte for byte.
+    r = requests.get(edge.base + "/v1/echo/1", headers={"x-demo": "café ✓".encode()})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-seen-demo"].encode("latin-1") == "café ✓".encode()
+    # An ISO-8859-1 byte (RFC 9110's obs-text) would reach it as U+FFFD: a 400 naming the field.
+    answer = raw_exchange(edge, b"GET /v1/echo/2 HTTP/1.1\r\nHost: x\r\nX-Demo: caf\xe9\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400 Bad Request\r\n"), answer
+    assert "application/problem+json" in answer and "header field 'X-Demo' is not UTF-8 text" in answer, answer
+    assert "x-seen-demo" not in answer, answer
+    # Two job idempotency keys that differ only there would otherwise name one job.
+    stack.start_worker("render")
+    answer = raw_exchange(edge, b"POST /v1/jobs/render HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k\xe9\r\nContent-Length: 2\r\n\r\n{}")
+    assert answer.startswith("HTTP/1.1 400 Bad Request\r\n") and "'Idempotency-Key'" in answer, answer
+    r = requests.post(edge.base + "/v1/jobs/render", json={}, headers={"idempotency-key": "ké".encode()})
+    assert r.status_code == 202, r.text
+    again = requests.post(edge.base + "/v1/jobs/render", json={}, headers={"idempotency-key": "ké".encode()})
+    assert again.json()["id"] == r.json()["id"]
+    other = requests.post(edge.base + "/v1/jobs/render", json={}, headers={"idempotency-key": "kè".encode()})
+    assert other.json()["id"] != r.json()["id"]
+
+
 def test_pipelined_requests_of_every_kind_are_answered_in_order_on_one_connection(stack):
     # Request/reply routes are served in the connection's pipeline, the rest by Hummingbird:
     # one client pipelining both kinds still gets every answer, in order.
