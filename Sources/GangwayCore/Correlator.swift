@@ -108,14 +108,39 @@ public final class Correlator: Sendable {
         var map = CorrelationMap<Delivery, Failure, Waiter>()
         var deadlines = DeadlineQueue()
         var streams: [String: StreamSlot] = [:]
+        /// Why no reply can arrive now (the reply consumer is not up), or nil when replies can.
+        var notReceiving: String?
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     /// How often deadlines are checked: the precision of a 504.
     public let sweepInterval: Duration
 
-    public init(sweepInterval: Duration = .milliseconds(5)) {
+    /// - Parameter notReceiving: nil when replies can arrive from the start; otherwise why they
+    ///   cannot until ``repliesResumed()``.
+    public init(sweepInterval: Duration = .milliseconds(5), notReceiving: String? = nil) {
         self.sweepInterval = sweepInterval
+        self.state = Mutex(State(notReceiving: notReceiving))
+    }
+
+    /// Replies stopped (the reply consumer's connection was lost, and its exclusive reply queue
+    /// with it): every waiting request and stream fails with ``Failure/unavailable(_:)``, and so
+    /// does every slot opened until ``repliesResumed()``, before its request is published.
+    /// Under the same lock, so no request slips between the two and waits for its deadline.
+    public func repliesStopped(_ reason: String) {
+        let (waiters, streams) = state.withLock { s in
+            s.notReceiving = reason
+            defer { s.streams.removeAll() }
+            return (s.map.removeAll(), Array(s.streams.values))
+        }
+        let failure = Failure.unavailable(reason)
+        for w in waiters { w.resume(throwing: failure) }
+        for slot in streams { slot.continuation.finish(throwing: failure) }
+    }
+
+    /// The reply consumer is up again: slots open as usual.
+    public func repliesResumed() {
+        state.withLock { $0.notReceiving = nil }
     }
 
     /// Requests waiting for a reply, and open streams.
@@ -125,9 +150,12 @@ public final class Correlator: Sendable {
 
     /// Opens a slot before the request is published, so that an early reply is kept.
     /// - Returns: false if the id is already in use.
-    public func register(id: String, timeoutMilliseconds: Int) -> Bool {
+    /// - Throws: ``Failure/unavailable(_:)`` while no reply can arrive (``repliesStopped(_:)``):
+    ///   then the request must not be published.
+    public func register(id: String, timeoutMilliseconds: Int) throws(Failure) -> Bool {
         let now = NIODeadline.now().uptimeNanoseconds
-        return state.withLock { s in
+        return try state.withLock { s throws(Failure) in
+            if let reason = s.notReceiving { throw .unavailable(reason) }
             guard s.map.register(id) else { return false }
             s.deadlines.add(id: id, timeoutMilliseconds: timeoutMilliseconds, now: now)
             return true
@@ -166,12 +194,14 @@ public final class Correlator: Sendable {
     /// - Returns: the parts as they arrive, which throw ``Failure/idle`` after a gap of
     ///   `idleMilliseconds` and ``Failure/timeout`` past `timeoutMilliseconds` in all; and the
     ///   slot, to report parts taken.
+    /// - Throws: ``Failure/unavailable(_:)`` while no reply can arrive (``repliesStopped(_:)``):
+    ///   then the request must not be published.
     public func openStream(
         id: String,
         idleMilliseconds: Int,
         timeoutMilliseconds: Int,
         bufferBytes: Int = 8 << 20
-    ) -> (parts: AsyncThrowingStream<Delivery, any Error>, slot: StreamSlot) {
+    ) throws(Failure) -> (parts: AsyncThrowingStream<Delivery, any Error>, slot: StreamSlot) {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: Delivery.self, throwing: (any Error).self, bufferingPolicy: .unbounded)
         let now = NIODeadline.now().uptimeNanoseconds
         let slot = StreamSlot(
@@ -181,7 +211,10 @@ public final class Correlator: Sendable {
             now: now,
             limitBytes: bufferBytes
         )
-        state.withLock { $0.streams[id] = slot }
+        try state.withLock { s throws(Failure) in
+            if let reason = s.notReceiving { throw .unavailable(reason) }
+            s.streams[id] = slot
+        }
         continuation.onTermination = { [weak self] _ in
             self?.state.withLock { _ = $0.streams.removeValue(forKey: id) }
         }

@@ -20,7 +20,12 @@ public struct GatherClient: Sendable {
         let spec = route.gather ?? Route.GatherSpec()
         let correlationID = client.nextCorrelationID()
         let correlator = client.correlator
-        let (replies, slot) = correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        let (replies, slot): (AsyncThrowingStream<Delivery, any Error>, Correlator.StreamSlot)
+        do {
+            (replies, slot) = try correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        } catch {
+            throw RequestReplyClient.error(for: error, route: route)
+        }
         let message = client.makeMessage(request, correlationID: correlationID)
         do {
             try client.publish(message) { failure in correlator.closeStream(id: correlationID, with: failure) }

@@ -135,9 +135,13 @@ public final class RequestReplyClient: Sendable {
     private func prepareMessage(_ request: GatewayRequest) throws(GatewayError) -> Prepared {
         let correlationID = nextCorrelationID()
         let message = makeMessage(request, correlationID: correlationID)
-        guard correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds) else {
-            throw .brokerUnavailable("correlation id collision")
+        let registered: Bool
+        do {
+            registered = try correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds)
+        } catch {
+            throw Self.error(for: error, route: request.route)
         }
+        guard registered else { throw .brokerUnavailable("correlation id collision") }
         let correlator = self.correlator
         return (Pending(correlationID: correlationID, route: request.route), message, Self.settlement { correlator.fail(id: correlationID, with: $0) })
     }

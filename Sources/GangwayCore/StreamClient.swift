@@ -35,7 +35,12 @@ public struct StreamClient: Sendable {
         try await client.checkConsumers(request)
         let correlationID = client.nextCorrelationID()
         let correlator = client.correlator
-        let (stream, slot) = correlator.openStream(id: correlationID, idleMilliseconds: idleMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        let (stream, slot): (AsyncThrowingStream<Delivery, any Error>, Correlator.StreamSlot)
+        do {
+            (stream, slot) = try correlator.openStream(id: correlationID, idleMilliseconds: idleMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+        } catch {
+            throw RequestReplyClient.error(for: error, route: route)
+        }
         var message = client.makeMessage(request, correlationID: correlationID)
         message.properties.headers["x-idle-timeout"] = .int(Int64(idleMilliseconds))
         do {

@@ -21,7 +21,8 @@ enum EdgeServices {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> [any Service] {
         let replyQueue = "gangway.reply.\(instanceID)"
-        let correlator = Correlator()
+        // No reply can arrive before the reply consumer is up: until then requests fail at once.
+        let correlator = Correlator(notReceiving: "the reply connection to the broker is not up yet")
         let jobs = JobHub()
         let publisher = AMQPConnection(
             // Cancel messages go to gangway.cancel and published events to gangway.topics: make
@@ -43,8 +44,13 @@ enum EdgeServices {
                 name: "edge.consume",
                 topology: Topology(exchanges: [WireContract.eventsExchangeSpec, WireContract.deadJobsExchange, WireContract.topicsExchange]),
                 onStateChange: { up in
-                    // The exclusive reply queue died with the connection: no reply can arrive.
-                    if !up { correlator.failAll(.unavailable("the reply connection to the broker was lost")) }
+                    // The exclusive reply queue died with the connection: no reply can arrive,
+                    // for the requests waiting and for any published before it is back.
+                    if up {
+                        correlator.repliesResumed()
+                    } else {
+                        correlator.repliesStopped("the reply connection to the broker was lost")
+                    }
                     // The event log is replayed from its start on every connection.
                     jobs.replayRestarted(up)
                 },

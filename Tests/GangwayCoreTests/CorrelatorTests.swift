@@ -18,8 +18,8 @@ struct CorrelatorTests {
         let correlator = Correlator(sweepInterval: .milliseconds(2))
         let sweeper = Task { await correlator.run() }
         defer { sweeper.cancel() }
-        for id in ["early", "late", "failed"] { #expect(correlator.register(id: id, timeoutMilliseconds: 5_000)) }
-        #expect(correlator.register(id: "expired", timeoutMilliseconds: 20))
+        for id in ["early", "late", "failed"] { #expect(try correlator.register(id: id, timeoutMilliseconds: 5_000)) }
+        #expect(try correlator.register(id: "expired", timeoutMilliseconds: 20))
         correlator.deliver(reply("early", "1"))
         let later = Task {
             try await Task.sleep(for: .milliseconds(40))
@@ -49,7 +49,7 @@ struct CorrelatorTests {
     @Test("cancelling the waiting task ends every slot as cancelled")
     func cancelled() async throws {
         let correlator = Correlator()
-        for id in ["a", "b"] { #expect(correlator.register(id: id, timeoutMilliseconds: 60_000)) }
+        for id in ["a", "b"] { #expect(try correlator.register(id: id, timeoutMilliseconds: 60_000)) }
         let waiter = Task { await correlator.waitAll(ids: ["a", "b"]) }
         try await Task.sleep(for: .milliseconds(20))
         waiter.cancel()
@@ -77,8 +77,8 @@ struct CorrelatorTests {
                 heard.withLock { $0[id, default: []].append(result.map { String(buffer: $0.body) }) }
             }
         }
-        for id in ["early", "late", "failed"] { #expect(correlator.register(id: id, timeoutMilliseconds: 5_000)) }
-        #expect(correlator.register(id: "expired", timeoutMilliseconds: 1))
+        for id in ["early", "late", "failed"] { #expect(try correlator.register(id: id, timeoutMilliseconds: 5_000)) }
+        #expect(try correlator.register(id: "expired", timeoutMilliseconds: 1))
         correlator.deliver(reply("early", "1"))
         for id in ["early", "late", "failed", "expired"] { listen(id) }
         #expect(heard.withLock { $0.count } == 1, "only the early reply is heard at once")
@@ -93,5 +93,35 @@ struct CorrelatorTests {
         #expect(all["failed"] == [.failure(.unroutable("NO_ROUTE"))])
         #expect(all["expired"] == [.failure(.timeout)])
         #expect(correlator.pending == 0 && correlator.unknownReplies == 1)
+    }
+
+    @Test("while replies are stopped, waiting requests and streams fail as unavailable and no slot opens; once resumed, slots open again")
+    func repliesStoppedAndResumed() async throws {
+        let correlator = Correlator()
+        #expect(try correlator.register(id: "waiting", timeoutMilliseconds: 60_000))
+        let (parts, _) = try correlator.openStream(id: "streaming", idleMilliseconds: 60_000, timeoutMilliseconds: 60_000)
+        let waiter = Task { try await correlator.wait(id: "waiting") }
+        try await Task.sleep(for: .milliseconds(10))
+        correlator.repliesStopped("reply connection lost")
+        await #expect(throws: Correlator.Failure.unavailable("reply connection lost")) { try await waiter.value }
+        await #expect(throws: Correlator.Failure.unavailable("reply connection lost")) {
+            for try await _ in parts {}
+        }
+        #expect(throws: Correlator.Failure.unavailable("reply connection lost")) {
+            try correlator.register(id: "meanwhile", timeoutMilliseconds: 60_000)
+        }
+        #expect(throws: Correlator.Failure.unavailable("reply connection lost")) {
+            try correlator.openStream(id: "meanwhile-stream", idleMilliseconds: 60_000, timeoutMilliseconds: 60_000)
+        }
+        #expect(correlator.pending == 0)
+        correlator.repliesResumed()
+        #expect(try correlator.register(id: "after", timeoutMilliseconds: 60_000))
+        correlator.deliver(reply("after", "back"))
+        #expect(String(buffer: try await correlator.wait(id: "after").body) == "back")
+        // An edge starts with replies stopped until its reply consumer is up.
+        let starting = Correlator(notReceiving: "not up yet")
+        #expect(throws: Correlator.Failure.unavailable("not up yet")) {
+            try starting.register(id: "early", timeoutMilliseconds: 60_000)
+        }
     }
 }
