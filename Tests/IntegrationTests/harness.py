@@ -270,12 +270,15 @@ routes:
             time.sleep(0.1)
         raise RuntimeError("edge did not become ready: " + open(edge.log_path).read()[-2000:])
 
-    def start_worker(self, kind="echo", queue=None, extra=(), wait=True):
-        """Starts a worker; with `wait`, returns once the broker lists its consumer (each
-        look is a `rabbitmqctl` call of up to a second)."""
+    def start_worker(self, kind="echo", queue=None, extra=(), wait=True, url=None):
+        """Starts a worker (on the broker at `url`, when given); with `wait`, returns once the
+        broker lists its consumer (each look is a `rabbitmqctl` call of up to a second)."""
         queue = queue or self.queue[kind]
         before = self.consumer_count(queue) if wait else 0
-        p = self.spawn([gangway_bin(), "worker", kind, "--queue", queue, *extra], f"worker-{kind}")
+        args = [gangway_bin(), "worker", kind, "--queue", queue, *extra]
+        if url:
+            args += ["--amqp-url", url]
+        p = self.spawn(args, f"worker-{kind}")
         if wait:
             self.wait_consumers(queue, at_least=before + 1)
         return p
