@@ -258,6 +258,28 @@ public final class TopicHub: Sendable {
         }
     }
 
+    /// The event queue died with the consumer's connection (it is exclusive): events published
+    /// until it is declared and bound again, on the next connection, never reach this edge.
+    /// Every subscriber is told at once with an `event: reset` (without an id, so that a client
+    /// that resumes names the last event it really got), and a client that resumes from an
+    /// event before the loss gets a reset too: from here on, no pattern counts as bound all along.
+    public func connectionLost() {
+        let targets: [SSEOutbox] = state.withLock { s in
+            // Resuming after an event is exact only from the first event after the gap on
+            // (seq nextSeq): the condition `boundSince <= seq + 1` in subscribe.
+            for key in Array(s.bindings.keys) where s.bindings[key]!.bound {
+                s.bindings[key]!.boundSince = s.nextSeq + 1
+            }
+            return Array(s.subscribers.values)
+        }
+        SSEOutbox.fanOut(Self.connectionLostEvent, to: targets)
+    }
+
+    static let connectionLostEvent = SSEEncoder.event(
+        name: "reset",
+        data: #"{"reason":"the edge lost its connection to the broker; events published until it is back may be missing"}"#
+    )
+
     /// Records an event from the topic queue and sends it to every matching subscriber.
     /// Called on the consumer thread.
     /// - Parameters:

@@ -22,6 +22,8 @@ enum EdgeServices {
     ) -> [any Service] {
         let replyQueue = "gangway.reply.\(instanceID)"
         // No reply can arrive before the reply consumer is up: until then requests fail at once.
+        // Made below, once the hub that it tells exists.
+        let topicsLost = LateBound<@Sendable () -> Void>()
         let correlator = Correlator(notReceiving: "the reply connection to the broker is not up yet")
         let jobs = JobHub()
         let publisher = AMQPConnection(
@@ -50,6 +52,8 @@ enum EdgeServices {
                         correlator.repliesResumed()
                     } else {
                         correlator.repliesStopped("the reply connection to the broker was lost")
+                        // So did the topic queue, and the events published until it is back.
+                        topicsLost.value?()
                     }
                     // The event log is replayed from its start on every connection.
                     jobs.replayRestarted(up)
@@ -105,6 +109,7 @@ enum EdgeServices {
             instanceID: instanceID,
             configuration: topicConfiguration
         )
+        topicsLost.value = { topics.connectionLost() }
         topicTag.value = consumer.consume(
             .init(
                 queue: topicQueue,
@@ -163,6 +168,15 @@ struct AMQPTopicBinder: TopicBinder {
 
     func unbind(_ pattern: TopicPattern) async throws {
         try await connection.removeBinding(binding(pattern), fromConsumer: consumerTag.value)
+    }
+}
+
+/// A value set after the closure that reads it is made.
+final class LateBound<Value: Sendable>: Sendable {
+    private let storage = Mutex<Value?>(nil)
+    var value: Value? {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
     }
 }
 

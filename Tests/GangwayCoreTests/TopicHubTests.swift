@@ -101,6 +101,27 @@ struct TopicHubTests {
         }
     }
 
+    @Test("a lost connection tells every subscriber with a reset, and a resume from before the loss gets a reset; from after it, the events that followed")
+    func connectionLost() async throws {
+        try await withHub(linger: 60_000) { hub, _ in
+            let live = SSEOutbox(limit: 1 << 20)
+            _ = try await hub.subscribe(patterns("t.*"), lastEventID: nil, outbox: live)
+            for i in 1...2 { hub.deliver(topic: "t.x", messageID: "e\(i)", contentType: "text/plain", body: ByteBuffer(string: "\(i)")) }
+            hub.connectionLost()
+            for i in 3...4 { hub.deliver(topic: "t.x", messageID: "e\(i)", contentType: "text/plain", body: ByteBuffer(string: "\(i)")) }
+            let seen = await text(live)
+            #expect(seen.components(separatedBy: "\n\n").filter { !$0.isEmpty }.map { $0.components(separatedBy: "\n")[0] } == ["id: e1", "id: e2", "event: reset", "id: e3", "id: e4"], "\(seen)")
+            #expect(seen.contains("event: reset\ndata: {\"reason\":\"the edge lost its connection to the broker; events published until it is back may be missing\"}\n\n"))
+            for before in ["e1", "e2"] {
+                let resumed = try await hub.subscribe(patterns("t.*"), lastEventID: before, outbox: SSEOutbox(limit: 1024))
+                #expect(resumed.reset && resumed.replay.isEmpty, "after \(before)")
+            }
+            let after = try await hub.subscribe(patterns("t.*"), lastEventID: "e3", outbox: SSEOutbox(limit: 1024))
+            #expect(!after.reset)
+            #expect(after.replay.map { String(buffer: $0) } == ["id: e4\ndata: {\"topic\":\"t.x\",\"data\":\"4\"}\n\n"])
+        }
+    }
+
     @Test("history is bounded in count; ids missing or repeated get an edge id")
     func historyBound() async throws {
         try await withHub(history: 2) { hub, _ in

@@ -2,12 +2,14 @@
 (faultproxy.py): connections reset mid-stream, a partition that heals, a stream cut into
 pieces of a few bytes. The broker itself stays up throughout."""
 import concurrent.futures
+import json
 import os
 import threading
 import time
 
 import pytest
 import requests
+import sseclient
 
 from faultproxy import FaultProxy
 
@@ -150,3 +152,88 @@ def test_a_partition_is_detected_by_heartbeats_and_the_edge_recovers_when_it_hea
     recovered = serves_again(edge, within=20)
     assert recovered is not None, open(edge.log_path).read()[-3000:]
     assert recovered < 15, f"the edge served again only after {recovered:.1f} s"
+
+
+def test_a_job_followed_across_a_reset_of_the_edge_s_connections_loses_and_repeats_no_event(stack, proxy):
+    # The edge reads job events from the event log; its connections reset mid-job. A follower
+    # that stays connected, or resumes with Last-Event-ID if the edge ended its stream, sees
+    # every event once, in order.
+    edge = stack.start_edge(url=proxy.url)
+    stack.start_worker("render", queue=stack.queue["render"])
+    r = requests.post(edge.base + "/v1/jobs/render?steps=8&delay_ms=250", data="{}",
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    seen = []
+    cut = threading.Timer(0.9, proxy.cut)
+    cut.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        headers = {"Last-Event-ID": seen[-1].id} if seen else {}
+        try:
+            stream = requests.get(edge.base + f"/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=30)
+        except requests.RequestException:
+            time.sleep(0.2)
+            continue
+        if stream.status_code != 200:
+            time.sleep(0.2)
+            continue
+        try:
+            for e in sseclient.SSEClient(stream).events():
+                seen.append(e)
+        except requests.RequestException:
+            pass
+        if seen and seen[-1].event in ("done", "failed"):
+            break
+    cut.join()
+    assert [e.id for e in seen] == [str(i) for i in range(1, len(seen) + 1)], [(e.id, e.event) for e in seen]
+    assert seen[-1].event == "done", [(e.id, e.event) for e in seen]
+    assert len(seen) == 8 + 2, [(e.id, e.event) for e in seen]
+
+
+def test_a_topic_subscriber_is_told_of_the_gap_when_the_edge_s_connections_reset(stack, proxy):
+    # The edge's topic queue is exclusive: it dies with the connection, and events published
+    # until it is back never reach this edge. Its subscribers are told, never left a silent gap.
+    edge = stack.start_edge(url=proxy.url)
+    topic = f"orders{stack.suffix}"
+    r = requests.get(f"{edge.base}/v1/topics/stream?match={topic}.*", stream=True, timeout=30)
+    assert r.status_code == 200, r.text
+    events = []
+
+    def read():
+        try:
+            for e in sseclient.SSEClient(r).events():
+                events.append(e)
+                if e.event == "message" and json.loads(e.data)["data"]["n"] == 2:
+                    break
+        except Exception:
+            pass
+        r.close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def publish(n):
+        return requests.post(f"{edge.base}/v1/topics/{topic}.created", json={"n": n}).status_code
+
+    assert publish(1) == 202
+    deadline = time.monotonic() + 5
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first_id = events[0].id
+    proxy.cut()
+    # Published again once the edge is back: the subscription's binding was made again.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and publish(2) != 202:
+        time.sleep(0.2)
+    reader.join(timeout=5)
+    assert not reader.is_alive(), [(e.event, e.data) for e in events]
+    assert [e.event for e in events] == ["message", "reset", "message"], [(e.event, e.data) for e in events]
+    assert "lost its connection to the broker" in json.loads(events[1].data)["reason"]
+    assert [json.loads(events[i].data)["data"]["n"] for i in (0, 2)] == [1, 2]
+    # Resuming from before the gap: a reset, not a replay that would look complete.
+    resumed = requests.get(f"{edge.base}/v1/topics/stream?match={topic}.*", headers={"Last-Event-ID": first_id},
+                           stream=True, timeout=30)
+    first = next(sseclient.SSEClient(resumed).events())
+    resumed.close()
+    assert first.event == "reset", (first.event, first.data)
