@@ -112,7 +112,7 @@ public struct Worker: Service {
     private let inFlight = InFlight()
     /// Replies published whose confirm (and so the request's ack) has not come yet.
     private let unsettledReplies = Counter()
-    private let handlers = RunningHandlers()
+    private let handlers: RunningHandlers
 
     /// A worker that answers each request with one reply.
     public init(configuration: Configuration, logger: Logger, handler: @escaping Handler) {
@@ -135,8 +135,17 @@ public struct Worker: Service {
         var logger = logger
         logger[metadataKey: "worker.queue"] = "\(configuration.queue)"
         self.logger = logger
+        let handlers = RunningHandlers()
+        self.handlers = handlers
         self.connection = AMQPConnection(
             configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec),
+                onStateChange: { up in
+                    // What the lost connection delivered cannot be acked any more: the broker
+                    // gives it out again, possibly to this worker once it reconnects. Finishing
+                    // it here as well would run the request or job twice at once; it is
+                    // interrupted, as on a shutdown that took too long.
+                    if !up { handlers.interruptRunning() }
+                },
                 batchScheduling: configuration.batchScheduling
             ),
             logger: logger
@@ -276,7 +285,7 @@ public struct Worker: Service {
         // never outlives this delivery.
         let task = Task { try await handler(request, writer) }
         let cancelRequest = inFlight.insert(id, task)
-        defer { inFlight.remove(id) }
+        defer { inFlight.remove(id, cancelRequest) }
         do {
             try await withTaskCancellationHandler {
                 try await task.value
@@ -316,7 +325,7 @@ extension Worker {
         }
         let task = Task { try await handler(request, context) }
         let cancelRequest = inFlight.insert(id, task)
-        defer { inFlight.remove(id) }
+        defer { inFlight.remove(id, cancelRequest) }
         do {
             let result = try await withTaskCancellationHandler {
                 try await task.value
@@ -364,6 +373,8 @@ final class RunningHandlers: Sendable {
         var finishedEarly: Set<UInt64> = []
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
         var cancelled = false
+        /// How many times the handlers running were interrupted (``interruptRunning()``).
+        var interruptions: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -373,10 +384,10 @@ final class RunningHandlers: Sendable {
     /// and a short handler would otherwise finish there and wait for this lock (an immediate
     /// one finishes before `start` returns, and must not find the lock taken either).
     func start(immediately: Bool = false, _ body: @escaping @Sendable () async -> Void) {
-        let (id, cancelledAlready) = state.withLock { s -> (UInt64, Bool) in
+        let (id, cancelledAlready, interruptions) = state.withLock { s -> (UInt64, Bool, UInt64) in
             s.running += 1
             defer { s.next += 1 }
-            return (s.next, s.cancelled)
+            return (s.next, s.cancelled, s.interruptions)
         }
         let run: @Sendable () async -> Void = {
             // Started after cancelAll: cancelled before the handler runs, not some time after.
@@ -388,7 +399,8 @@ final class RunningHandlers: Sendable {
         let cancel = state.withLock { s -> Bool in
             if s.finishedEarly.remove(id) != nil { return false }
             s.tasks[id] = task
-            return s.cancelled
+            // Interrupted between the two locks: it was running then too.
+            return s.cancelled || s.interruptions != interruptions
         }
         if cancel { task.cancel() }
     }
@@ -425,6 +437,15 @@ final class RunningHandlers: Sendable {
         for task in tasks { task.cancel() }
     }
 
+    /// Cancels the handlers running now; those started afterwards run as usual.
+    func interruptRunning() {
+        let tasks = state.withLock { s -> [Task<Void, Never>] in
+            s.interruptions += 1
+            return Array(s.tasks.values)
+        }
+        for task in tasks { task.cancel() }
+    }
+
     var count: Int { state.withLock { $0.running } }
 
     /// Entries kept for running handlers (for tests: none are left once idle).
@@ -451,7 +472,9 @@ final class Counter: Sendable {
 /// in its queue is not run when it arrives (bounded: the newest 10,000, for an hour).
 final class InFlight: Sendable {
     struct State {
-        var tasks: [String: @Sendable () -> Void] = [:]
+        /// Each running task's cancel, and the flag that tells its own entry from a later one
+        /// under the same id (a redelivery that started before the interrupted run ended).
+        var tasks: [String: (request: CancelRequest, cancel: @Sendable () -> Void)] = [:]
         var early: [String: Int64] = [:]
         var earlyOrder: [String] = []
     }
@@ -466,10 +489,10 @@ final class InFlight: Sendable {
     func insert<Success: Sendable>(_ id: String, _ task: Task<Success, any Error>) -> CancelRequest {
         let request = CancelRequest()
         let cancelled = state.withLock { s -> Bool in
-            s.tasks[id] = {
+            s.tasks[id] = (request, {
                 request.mark()
                 task.cancel()
-            }
+            })
             return s.early.removeValue(forKey: id) != nil
         }
         if cancelled {
@@ -479,14 +502,17 @@ final class InFlight: Sendable {
         return request
     }
 
-    func remove(_ id: String) {
-        state.withLock { _ = $0.tasks.removeValue(forKey: id) }
+    /// Forgets the task that `request` was made for (and not a later one under the same id).
+    func remove(_ id: String, _ request: CancelRequest) {
+        state.withLock { s in
+            if s.tasks[id]?.request === request { s.tasks[id] = nil }
+        }
     }
 
     func cancel(_ id: String) {
         let now = WireContract.epochMilliseconds()
         let running: (@Sendable () -> Void)? = state.withLock { s in
-            if let cancel = s.tasks[id] { return cancel }
+            if let running = s.tasks[id] { return running.cancel }
             if s.early.updateValue(now, forKey: id) == nil { s.earlyOrder.append(id) }
             while s.earlyOrder.count > Self.earlyLimit || (s.earlyOrder.first.flatMap { s.early[$0] }.map { now - $0 > Self.earlyMilliseconds } ?? false) {
                 s.early[s.earlyOrder.removeFirst()] = nil

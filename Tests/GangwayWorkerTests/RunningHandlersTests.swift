@@ -117,6 +117,45 @@ struct RunningHandlersTests {
         #expect(cancelledCount == 4)
     }
 
+    @Test("interrupting cancels the handlers running, not those started afterwards", .timeLimit(.minutes(1)), arguments: [false, true])
+    func interruptRunning(immediately: Bool) async {
+        let handlers = RunningHandlers()
+        let cancelled = Atomic(0)
+        let later = Atomic(0)
+        for _ in 0 ..< 3 {
+            handlers.start(immediately: immediately) {
+                // Sleeps until cancelled; a handler that was not cancelled would hold the test.
+                try? await Task.sleep(for: .seconds(3600))
+                if Task.isCancelled { cancelled.add(1, ordering: .relaxed) }
+            }
+        }
+        handlers.interruptRunning()
+        handlers.start(immediately: immediately) {
+            try? await Task.sleep(for: .milliseconds(20))
+            if !Task.isCancelled { later.add(1, ordering: .relaxed) }
+        }
+        await handlers.waitUntilIdle()
+        #expect(cancelled.load(ordering: .relaxed) == 3)
+        #expect(later.load(ordering: .relaxed) == 1, "a handler started after the interruption runs to its end")
+    }
+
+    @Test("a run that ends after a later run of the same id started forgets only its own entry")
+    func inFlightEntries() async {
+        let inFlight = InFlight()
+        let interrupted = Task<Void, any Error> { try await Task.sleep(for: .seconds(3600)) }
+        let redelivered = Task<Void, any Error> { try await Task.sleep(for: .seconds(3600)) }
+        let first = inFlight.insert("job-1", interrupted)
+        let second = inFlight.insert("job-1", redelivered)
+        inFlight.remove("job-1", first)
+        inFlight.cancel("job-1")
+        #expect(second.requested && !first.requested, "the cancel message reaches the run still going")
+        #expect(redelivered.isCancelled && !interrupted.isCancelled)
+        inFlight.remove("job-1", second)
+        inFlight.cancel("job-1")
+        #expect(inFlight.takeEarlyCancel("job-1"), "once both ended, a cancel waits for the next delivery")
+        interrupted.cancel()
+    }
+
     @Test("an immediate handler runs on the caller's thread until it first suspends")
     func immediateRunsInline() async {
         let handlers = RunningHandlers()

@@ -7,11 +7,13 @@ import os
 import threading
 import time
 
+import pika
 import pytest
 import requests
 import sseclient
 
 from faultproxy import FaultProxy
+from test_jobs import wait_until_running
 
 
 @pytest.fixture
@@ -237,3 +239,45 @@ def test_a_topic_subscriber_is_told_of_the_gap_when_the_edge_s_connections_reset
     first = next(sseclient.SSEClient(resumed).events())
     resumed.close()
     assert first.event == "reset", (first.event, first.data)
+
+
+def test_a_job_worker_whose_connection_is_reset_mid_job_runs_it_again_not_twice_at_once(stack, proxy):
+    # The job is redelivered when the worker's connection goes; the worker reconnects and gets
+    # it again. The run the lost connection delivered is interrupted, so the job does not run
+    # twice at once, and a follower sees each event once, in order, then done.
+    edge = stack.start_edge()
+    worker = stack.start_worker("render", queue=stack.queue["render"], url=proxy.url)
+    r = requests.post(edge.base + "/v1/jobs/render?steps=8&delay_ms=250", data="{}",
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    wait_until_running(edge, job_id, 25)
+    assert proxy.cut() == 1
+    stream = requests.get(edge.base + f"/v1/jobs/{job_id}/events", stream=True, timeout=30)
+    events = list(sseclient.SSEClient(stream).events())
+    assert [e.id for e in events] == [str(i) for i in range(1, 11)], [(e.id, e.event) for e in events]
+    assert events[-1].event == "done"
+    log = open(worker.log_path).read()
+    assert log.count("worker.job.interrupted") == 1 and log.count("amqp.connected") == 2, log[-3000:]
+    status = requests.get(edge.base + f"/v1/jobs/{job_id}").json()
+    assert status["status"] == "succeeded", status
+    # Had the first run gone on, it would have published a done event of its own by now.
+    time.sleep(2.5)
+    assert published_events(stack, job_id).count("done") == 1
+
+
+def published_events(stack, job_id):
+    """The kinds of the job's events on gangway.events.log, in order, duplicates included."""
+    connection = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+    kinds = []
+    deadline = time.monotonic() + 10
+    for method, _, _ in channel.consume("gangway.events.log", arguments={"x-stream-offset": "first"}, inactivity_timeout=1):
+        if method is None or time.monotonic() > deadline:
+            break
+        if method.routing_key.startswith(f"job.{job_id}."):
+            kinds.append(method.routing_key.split(".")[2])
+        channel.basic_ack(method.delivery_tag)
+    connection.close()
+    return kinds
