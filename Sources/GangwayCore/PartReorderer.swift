@@ -13,7 +13,10 @@ public struct PartReorderer<Part> {
 
         public var description: String {
             switch self {
-            case .duplicate(let n): return "part \(n) arrived twice"
+            case .duplicate(let n):
+                // What a worker that lost its connection mid-stream does: the broker delivers the
+                // request again and the stream starts over.
+                return "part \(n) arrived twice (a worker that lost its connection mid-stream is given the request again and starts over)"
             case .afterFinal(let n): return "part \(n) arrived after the final part"
             case .windowExceeded(let n): return "part \(n) is too far ahead of the missing ones"
             case .negative(let n): return "part number \(n) is negative"

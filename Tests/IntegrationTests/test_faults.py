@@ -281,3 +281,20 @@ def published_events(stack, job_id):
         channel.basic_ack(method.delivery_tag)
     connection.close()
     return kinds
+
+
+def test_a_stream_whose_worker_s_connection_is_reset_ends_with_an_error_the_client_sees(stack, proxy):
+    # The parts sent cannot be taken back, and the redelivered request starts the stream over:
+    # the client gets the parts in order, then an error line, never a silent cut or a hang.
+    edge = stack.start_edge()
+    stack.start_worker("count", url=proxy.url)
+    threading.Timer(0.6, proxy.cut).start()
+    start = time.monotonic()
+    r = requests.post(edge.base + "/v1/count?n=30&delay_ms=50", headers={"accept": "application/x-ndjson"},
+                      stream=True, timeout=30)
+    assert r.status_code == 200
+    lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert time.monotonic() - start < 5
+    parts, last = lines[:-1], lines[-1]
+    assert 0 < len(parts) < 30 and [p["n"] for p in parts] == list(range(len(parts))), lines
+    assert last["error"]["status"] in (502, 504), last
