@@ -17,7 +17,9 @@ import Synchronization
 /// Graceful shutdown stops consuming and lets the handlers running finish. If the task running
 /// the worker is cancelled meanwhile (a shutdown that took too long), the handlers are
 /// cancelled: a request or job they did not finish is left unacknowledged, so the broker gives
-/// it to another worker, and a stream ends with an error part.
+/// it to another worker, and a stream ends with an error part. The same happens to the handlers
+/// of what a connection delivered when that connection is lost, since the broker gives those
+/// messages out again.
 public struct Worker: Service {
     public struct Configuration: Sendable {
         public var url: AMQPURL
@@ -217,8 +219,9 @@ public struct Worker: Service {
         do {
             reply = try await handler(request)
         } catch where Task.isCancelled {
-            // The worker is stopping and interrupted its handlers: no reply and no ack, so the
-            // broker gives the request to another worker once this connection closes.
+            // The worker is stopping, or lost the connection that delivered the request, and
+            // interrupted its handlers: no reply and no ack, so the broker gives the request to
+            // another worker (or this one again) once that connection is closed.
             logger.info("worker.interrupted", metadata: ["request.id": "\(request.requestID)"])
             return
         } catch {
@@ -295,8 +298,9 @@ public struct Worker: Service {
             try await writer.finishIfNeeded()
             connection.ack(delivery)
         } catch where task.isCancelled && !cancelRequest.requested {
-            // The worker is stopping: the parts sent cannot be taken back, so the client is told
-            // the stream broke rather than left waiting for its idle timeout.
+            // The worker is stopping (or lost its connection, and then this part cannot go
+            // either): the parts sent cannot be taken back, so the client is told the stream
+            // broke rather than left waiting for its idle timeout.
             logger.info("worker.interrupted", metadata: ["request.id": "\(request.requestID)", "stream.parts": "\(writer.count)"])
             if !writer.isFinished { try? await writer.fail("the worker stopped before the stream ended") }
             connection.ack(delivery)
@@ -335,8 +339,9 @@ extension Worker {
             try await context.emit("done", String(buffer: result).isEmpty ? "null" : String(buffer: result))
             connection.ack(delivery)
         } catch where task.isCancelled && !cancelRequest.requested {
-            // The worker is stopping, nobody cancelled the job: no final event and no ack, so
-            // the broker gives the job to another worker once this connection closes.
+            // The worker is stopping, or lost the connection that delivered the job, and nobody
+            // cancelled it: no final event and no ack, so the broker gives the job to another
+            // worker (or this one again) once that connection is closed.
             logger.info("worker.job.interrupted", metadata: ["job.id": "\(id)"])
         } catch where task.isCancelled {
             logger.info("worker.cancelled", metadata: ["job.id": "\(id)"])

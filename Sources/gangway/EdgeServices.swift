@@ -21,9 +21,9 @@ enum EdgeServices {
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> [any Service] {
         let replyQueue = "gangway.reply.\(instanceID)"
-        // No reply can arrive before the reply consumer is up: until then requests fail at once.
-        // Made below, once the hub that it tells exists.
+        // Set below, once the topic hub that it tells exists.
         let topicsLost = LateBound<@Sendable () -> Void>()
+        // No reply can arrive before the reply consumer is up: until then requests fail at once.
         let correlator = Correlator(notReceiving: "the reply connection to the broker is not up yet")
         let jobs = JobHub()
         let publisher = AMQPConnection(
