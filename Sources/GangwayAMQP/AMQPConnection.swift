@@ -58,7 +58,6 @@ public final class AMQPConnection: Sendable {
         case unbind(BindingSpec, CheckedContinuation<Void, any Error>)
         case purgeQueue(String, CheckedContinuation<Void, any Error>)
         case inspectQueue(String, CheckedContinuation<QueueInfo?, any Error>)
-        case take(String, @Sendable (Delivery) -> Bool, CheckedContinuation<TakeResult, any Error>)
         case startConsumer(tag: String)
         case cancelConsumer(tag: String)
     }
@@ -306,28 +305,6 @@ public final class AMQPConnection: Sendable {
         }
     }
 
-    /// What ``take(from:if:)`` found at the head of a queue.
-    public enum TakeResult: Sendable {
-        /// The queue was empty.
-        case empty
-        /// The head message, removed from the queue (acknowledged).
-        case taken(Delivery)
-        /// The head message, left in the queue (requeued), as `shouldTake` said.
-        case left(Delivery)
-    }
-
-    /// Looks at the head message of a queue (`basic.get`) and removes it only if `shouldTake`
-    /// says so, or puts it back: a compare-and-remove, since no one else can get that message
-    /// in between. `shouldTake` runs on the connection's thread; it must be short.
-    /// - Throws: an error with the broker's reply code (404) when the queue does not exist.
-    public func take(from queue: String, if shouldTake: @escaping @Sendable (Delivery) -> Bool) async throws -> TakeResult {
-        try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.take(queue, shouldTake, continuation), needsConnection: true, rejectWhenBlocked: false) {
-                continuation.resume(throwing: error)
-            }
-        }
-    }
-
     // MARK: Queue to the owner thread
 
     /// Queues a command for the owner thread, waking it if it sleeps. Returns an error instead
@@ -380,7 +357,7 @@ extension AMQPConnection.Command {
     var isOneWay: Bool {
         switch self {
         case .publish, .ack, .reject: return true
-        case .declare, .unbind, .purgeQueue, .inspectQueue, .take, .startConsumer, .cancelConsumer: return false
+        case .declare, .unbind, .purgeQueue, .inspectQueue, .startConsumer, .cancelConsumer: return false
         }
     }
 }

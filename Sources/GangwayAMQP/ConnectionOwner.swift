@@ -166,7 +166,6 @@ final class ConnectionOwner: @unchecked Sendable {
         case .unbind(_, let c): c.resume(throwing: error)
         case .purgeQueue(_, let c): c.resume(throwing: error)
         case .inspectQueue(_, let c): c.resume(throwing: error)
-        case .take(_, _, let c): c.resume(throwing: error)
         case .ack, .reject, .startConsumer, .cancelConsumer: break
         }
     }
@@ -525,13 +524,6 @@ final class ConnectionOwner: @unchecked Sendable {
                 continuation.resume(throwing: error)
                 if error.serverReplyCode == nil { throw Lost(reason: error.message) }
             }
-        case .take(let queue, let shouldTake, let continuation):
-            do {
-                continuation.resume(returning: try take(from: queue, if: shouldTake, on: state))
-            } catch let error as AMQPError {
-                continuation.resume(throwing: error)
-                if error.serverReplyCode == nil { throw Lost(reason: error.message) }
-            }
         case .startConsumer(let tag):
             guard active[tag] == nil, let consumer = connection.shared.withLock({ $0.consumers[tag] }) else { return }
             try startConsumer(tag: tag, consumer, on: state)
@@ -609,7 +601,11 @@ final class ConnectionOwner: @unchecked Sendable {
     }
 
     private func inspect(queue: String, on state: amqp_connection_state_t) throws -> QueueInfo? {
-        try openInspectChannel(on: state)
+        if !inspectChannelOpen {
+            amqp_channel_open(state, Self.inspectChannel)
+            try check(amqp_get_rpc_reply(state), "channel.open", channel: Self.inspectChannel)
+            inspectChannelOpen = true
+        }
         let ok = amqp_queue_declare(state, Self.inspectChannel, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table)
         do {
             try check(amqp_get_rpc_reply(state), "queue.declare passive \(queue)", channel: Self.inspectChannel)
@@ -622,50 +618,6 @@ final class ConnectionOwner: @unchecked Sendable {
         }
         guard let ok else { return nil }
         return QueueInfo(messageCount: ok.pointee.message_count, consumerCount: ok.pointee.consumer_count)
-    }
-
-    /// `basic.get` on the inspection channel, then ack or requeue as `shouldTake` says. A
-    /// channel error (no such queue) closes only that channel. Frames for other channels that
-    /// arrive meanwhile are queued by rabbitmq-c and handled after.
-    private func take(from queue: String, if shouldTake: (Delivery) -> Bool, on state: amqp_connection_state_t) throws -> AMQPConnection.TakeResult {
-        try openInspectChannel(on: state)
-        let reply = amqp_basic_get(state, Self.inspectChannel, amqp_cstring_bytes(queue), 0)
-        do {
-            try check(reply, "basic.get \(queue)", channel: Self.inspectChannel)
-        } catch let error as AMQPError where error.serverReplyCode != nil {
-            inspectChannelOpen = false
-            throw error
-        }
-        guard reply.reply.id == GW_BASIC_GET_OK else { return .empty }
-        let ok = reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
-        var message = amqp_message_t()
-        try check(amqp_read_message(state, Self.inspectChannel, &message, 0), "basic.get \(queue) content", channel: Self.inspectChannel)
-        defer { amqp_destroy_message(&message) }
-        let delivery = Delivery(
-            consumerTag: "",
-            deliveryTag: ok.delivery_tag,
-            redelivered: ok.redelivered != 0,
-            exchange: CDecode.string(ok.exchange),
-            routingKey: CDecode.string(ok.routing_key),
-            properties: CDecode.properties(message.properties),
-            body: ByteBuffer(bytes: UnsafeRawBufferPointer(start: message.body.bytes, count: message.body.len)),
-            generation: generation
-        )
-        if shouldTake(delivery) {
-            let rc = amqp_basic_ack(state, Self.inspectChannel, ok.delivery_tag, 0)
-            guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectionLost("basic.ack: \(Self.statusText(rc))") }
-            return .taken(delivery)
-        }
-        let rc = amqp_basic_reject(state, Self.inspectChannel, ok.delivery_tag, 1)
-        guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectionLost("basic.reject: \(Self.statusText(rc))") }
-        return .left(delivery)
-    }
-
-    private func openInspectChannel(on state: amqp_connection_state_t) throws {
-        guard !inspectChannelOpen else { return }
-        amqp_channel_open(state, Self.inspectChannel)
-        try check(amqp_get_rpc_reply(state), "channel.open", channel: Self.inspectChannel)
-        inspectChannelOpen = true
     }
 
     // MARK: Helpers

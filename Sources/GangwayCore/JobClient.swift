@@ -9,19 +9,11 @@ public struct JobClient: Sendable {
     public let hub: JobHub
     let claims: (any ClaimRegistry)?
 
-    /// Milliseconds after which a claim on an `Idempotency-Key` whose job no edge has heard of
-    /// counts as stale: its edge lost its connection, or died, between the claim and the job.
-    let staleClaimMilliseconds: Int64
-
-    /// - Parameters:
-    ///   - claims: makes an `Idempotency-Key` hold across edges; without it, per edge.
-    ///   - staleClaimMilliseconds: see ``staleClaimMilliseconds``; long enough that the job of a
-    ///     claim still in progress, or published and still queued, is not submitted again.
-    public init(client: RequestReplyClient, hub: JobHub, claims: (any ClaimRegistry)? = nil, staleClaimMilliseconds: Int64 = 300_000) {
+    /// - Parameter claims: makes an `Idempotency-Key` hold across edges; without it, per edge.
+    public init(client: RequestReplyClient, hub: JobHub, claims: (any ClaimRegistry)? = nil) {
         self.client = client
         self.hub = hub
         self.claims = claims
-        self.staleClaimMilliseconds = staleClaimMilliseconds
     }
 
     /// Publishes the job and waits for the broker's confirm: a returned id means the broker
@@ -54,75 +46,23 @@ public struct JobClient: Sendable {
 
     /// Claims the key at the broker, where all edges meet.
     /// - Returns: nil when `id` now holds the key; otherwise the job that holds it, learnt from
-    ///   its `queued` notice (which the winning edge sends within milliseconds of its claim), or
-    ///   from the claim itself when this edge knows that job but not its notice.
+    ///   its `queued` notice (which the winning edge sends within milliseconds of its claim).
     private func claimAcrossEdges(_ key: String, for id: String) async throws(GatewayError) -> String? {
         guard let claims else { return nil }
-        var claimedAgain = false
-        while true {
-            let won: Bool
-            do {
-                won = try await claims.claim(key, for: id)
-            } catch {
-                hub.release(idempotencyKey: key, for: id)
-                throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)")
-            }
-            if won { return nil }
-            hub.release(idempotencyKey: key, for: id)
-            if let existing = hub.job(forIdempotencyKey: key) { return existing }
-            // An edge that lost its connection, or died, after its claim and before its job
-            // leaves a claim that no job answers for: once stale, it is removed (that claim
-            // alone) and the key claimed again, once.
-            if !claimedAgain {
-                switch await inspect(key) {
-                case .job(let existing):
-                    return existing
-                case .claimAgain:
-                    claimedAgain = true
-                    if let existing = hub.claim(idempotencyKey: key, for: id) { return existing }
-                    continue
-                case .wait:
-                    break
-                }
-            }
-            for _ in 0..<60 {
-                if let existing = hub.job(forIdempotencyKey: key) { return existing }
-                try? await Task.sleep(for: .milliseconds(50))
-            }
-            throw .conflict("a job with this Idempotency-Key was claimed, through this edge or another, and is not known here yet; retry shortly (a claim whose job never came is given up after \(staleClaimMilliseconds / 1000) s)")
-        }
-    }
-
-    enum ClaimInspection {
-        case job(String)
-        case claimAgain
-        case wait
-    }
-
-    /// Looks at a claim this edge lost: its job is known here, or it is stale and removed (or
-    /// gone), or it is recent and its job's notice may still come.
-    private func inspect(_ key: String) async -> ClaimInspection {
-        guard let claims else { return .wait }
-        let hub = self.hub
-        let staleAfter = staleClaimMilliseconds
-        let now = WireContract.epochMilliseconds()
-        let lookup: ClaimLookup
+        let won: Bool
         do {
-            lookup = try await claims.inspectClaim(key) { holder in
-                hub.status(of: holder.value) == nil && now - (holder.claimedAt ?? 0) >= staleAfter
-            }
+            won = try await claims.claim(key, for: id)
         } catch {
-            return .wait
+            hub.release(idempotencyKey: key, for: id)
+            throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)")
         }
-        switch lookup {
-        case .free, .removed:
-            return .claimAgain
-        case .held(let holder):
-            // Known from its events though its notice never came: the key is its.
-            guard hub.status(of: holder.value) != nil else { return .wait }
-            hub.remember(idempotencyKey: key, for: holder.value)
-            return .job(holder.value)
+        if won { return nil }
+        hub.release(idempotencyKey: key, for: id)
+        for _ in 0..<60 {
+            if let existing = hub.job(forIdempotencyKey: key) { return existing }
+            try? await Task.sleep(for: .milliseconds(50))
         }
+        throw .conflict("a job with this Idempotency-Key was submitted through another edge and is not known here yet; retry shortly")
     }
 
     private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(GatewayError) -> String {

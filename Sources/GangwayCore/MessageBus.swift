@@ -39,29 +39,4 @@ public protocol ClaimRegistry: Sendable {
     func claim(_ key: String, for value: String) async throws -> Bool
     /// Gives a claim back: what it was for did not happen.
     func releaseClaim(_ key: String) async throws
-    /// Looks at who holds `key` and removes that claim if `isStale` says so; only that claim,
-    /// never one made since by someone else.
-    func inspectClaim(_ key: String, removeIf isStale: @escaping @Sendable (ClaimHolder) -> Bool) async throws -> ClaimLookup
-}
-
-/// Who holds a claim, as its record says.
-public struct ClaimHolder: Sendable, Equatable {
-    public var value: String
-    /// When it was claimed (epoch ms); nil for a claim that does not say.
-    public var claimedAt: Int64?
-
-    public init(value: String, claimedAt: Int64?) {
-        self.value = value
-        self.claimedAt = claimedAt
-    }
-}
-
-/// What ``ClaimRegistry/inspectClaim(_:removeIf:)`` found.
-public enum ClaimLookup: Sendable, Equatable {
-    /// No one holds the key.
-    case free
-    /// Held, and left so.
-    case held(ClaimHolder)
-    /// Held, and removed as stale.
-    case removed(ClaimHolder)
 }

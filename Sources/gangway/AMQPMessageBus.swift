@@ -56,12 +56,7 @@ extension AMQPMessageBus: ClaimRegistry {
             exchange: "",
             routingKey: queue.name,
             mandatory: true,
-            properties: AMQPProperties(
-                contentType: "text/plain",
-                headers: [Self.claimedAtHeader: .int(WireContract.epochMilliseconds())],
-                deliveryMode: 2,
-                appID: WireContract.appID
-            ),
+            properties: AMQPProperties(contentType: "text/plain", deliveryMode: 2, appID: WireContract.appID),
             body: ByteBuffer(string: value)
         )
         switch try await publisher.publish(message) {
@@ -73,27 +68,6 @@ extension AMQPMessageBus: ClaimRegistry {
 
     func releaseClaim(_ key: String) async throws {
         try await publisher.purgeQueue(Self.claimQueue(key).name)
-    }
-
-    /// When a claim was made (epoch ms), on its message.
-    static let claimedAtHeader = "x-claimed-at"
-
-    /// Reads the claim's message with `basic.get` and acks it (removing it) only if stale, or
-    /// puts it back: no other claim can be read or made in between.
-    func inspectClaim(_ key: String, removeIf isStale: @escaping @Sendable (ClaimHolder) -> Bool) async throws -> ClaimLookup {
-        let holder: @Sendable (Delivery) -> ClaimHolder = { delivery in
-            ClaimHolder(value: String(buffer: delivery.body), claimedAt: delivery.properties.headers[Self.claimedAtHeader]?.intValue)
-        }
-        do {
-            switch try await publisher.take(from: Self.claimQueue(key).name, if: { isStale(holder($0)) }) {
-            case .empty: return .free
-            case .taken(let delivery): return .removed(holder(delivery))
-            case .left(let delivery): return .held(holder(delivery))
-            }
-        } catch let error as AMQPError where error.serverReplyCode == 404 {
-            // The claim queue expired (unused for an hour): nothing holds the key.
-            return .free
-        }
     }
 }
 

@@ -1,5 +1,4 @@
 """Jobs: 202 after the broker confirmed, status, live SSE with history and resume, any edge."""
-import hashlib
 import http.client
 import json
 import os
@@ -322,54 +321,6 @@ def queued_notices(stack, key_suffix):
         channel.basic_ack(method.delivery_tag)
     connection.close()
     return found
-
-
-def plant_claim(stack, key, job_id, claimed_at_ms):
-    """Leaves the claim an edge makes for `key` on the job-render route, as one that lost its
-    connection (or died) between its claim and its job would leave it."""
-    queue = "gangway.claim." + hashlib.sha256(f"job-render {key}".encode()).hexdigest()[:40]
-    connection = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
-    channel = connection.channel()
-    channel.queue_declare(queue, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish",
-                                                           "x-expires": 3_600_000})
-    channel.basic_publish("", queue, job_id.encode(), pika.BasicProperties(
-        content_type="text/plain", delivery_mode=2, headers={"x-claimed-at": claimed_at_ms}))
-    connection.close()
-    return queue
-
-
-def test_a_claim_left_without_its_job_frees_its_key_once_stale(stack):
-    edge = stack.start_edge()
-    stack.start_worker("render", queue=stack.queue["render"])
-    now_ms = int(time.time() * 1000)
-    headers = {"content-type": "application/json"}
-    # Claimed ten minutes ago by an edge that never published the job: stale, so the key is
-    # claimed again and gets a job of its own, which every repeat then returns.
-    key = f"stale-{stack.suffix}"
-    queue = plant_claim(stack, key, "0" * 32, now_ms - 600_000)
-    start = time.monotonic()
-    r = requests.post(edge.base + "/v1/jobs/render?steps=2&delay_ms=50", data="{}", headers={**headers, "idempotency-key": key})
-    assert r.status_code == 202, r.text
-    assert time.monotonic() - start < 2, "a stale claim is given up at once, not after a wait"
-    job_id = r.json()["id"]
-    assert job_id != "0" * 32
-    _, events = follow(edge, job_id)
-    assert events[-1].event == "done"
-    again = requests.post(edge.base + "/v1/jobs/render", data="{}", headers={**headers, "idempotency-key": key})
-    assert again.json()["id"] == job_id
-    # The new claim is an ordinary one, and says when it was made.
-    connection = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
-    channel = connection.channel()
-    method, properties, body = channel.basic_get(queue)
-    channel.basic_nack(method.delivery_tag, requeue=True)
-    connection.close()
-    assert body.decode() == job_id and abs(properties.headers["x-claimed-at"] - now_ms) < 60_000
-    # Claimed a second ago: its job may still be on its way, so the key stays taken for now.
-    recent = f"recent-{stack.suffix}"
-    plant_claim(stack, recent, "1" * 32, now_ms - 1_000)
-    r = requests.post(edge.base + "/v1/jobs/render", data="{}", headers={**headers, "idempotency-key": recent})
-    assert r.status_code == 409, r.text
-    assert "retry shortly" in r.json()["detail"] and "300 s" in r.json()["detail"]
 
 
 def test_a_poison_job_is_dead_lettered_after_five_deliveries_and_reported_failed(stack):

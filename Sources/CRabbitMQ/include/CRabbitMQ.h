@@ -47,7 +47,6 @@ static const amqp_method_number_t GW_BASIC_RETURN = AMQP_BASIC_RETURN_METHOD;
 static const amqp_method_number_t GW_BASIC_ACK = AMQP_BASIC_ACK_METHOD;
 static const amqp_method_number_t GW_BASIC_NACK = AMQP_BASIC_NACK_METHOD;
 static const amqp_method_number_t GW_BASIC_CANCEL = AMQP_BASIC_CANCEL_METHOD;
-static const amqp_method_number_t GW_BASIC_GET_OK = AMQP_BASIC_GET_OK_METHOD;
 static const amqp_method_number_t GW_CHANNEL_CLOSE = AMQP_CHANNEL_CLOSE_METHOD;
 static const amqp_method_number_t GW_CHANNEL_CLOSE_OK = AMQP_CHANNEL_CLOSE_OK_METHOD;
 static const amqp_method_number_t GW_CONNECTION_CLOSE = AMQP_CONNECTION_CLOSE_METHOD;
