@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -327,3 +328,49 @@ routes:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+class EchoLoad:
+    """Threads that POST /v1/echo in a loop while the block runs, each outcome recorded as
+    (status or error, start, seconds taken)."""
+
+    def __init__(self, edge, threads=8):
+        self.edge = edge
+        self.outcomes = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+
+    def _run(self):
+        session = requests.Session()
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                r = session.post(self.edge.base + "/v1/echo", data="ping", timeout=10)
+                self.outcomes.append((r.status_code, start, time.monotonic() - start))
+            except requests.RequestException as e:
+                self.outcomes.append((repr(e), start, time.monotonic() - start))
+            time.sleep(0.01)
+
+
+def serves_again(edge, within):
+    """Seconds until the edge answers a request with its worker's reply, or None."""
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        try:
+            r = requests.post(edge.base + "/v1/echo", data="back?", timeout=5)
+            if r.status_code == 200 and r.text == "back?":
+                return time.monotonic() - start
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return None

@@ -13,6 +13,7 @@ import requests
 import sseclient
 
 from faultproxy import FaultProxy
+from harness import EchoLoad, serves_again
 from test_jobs import wait_until_running
 
 
@@ -21,20 +22,6 @@ def proxy(broker):
     p = FaultProxy(broker.port).start()
     yield p
     p.close()
-
-
-def serves_again(edge, within):
-    """Seconds until the edge answers a request with its worker's reply, or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < within:
-        try:
-            r = requests.post(edge.base + "/v1/echo", data="back?", timeout=5)
-            if r.status_code == 200 and r.text == "back?":
-                return time.monotonic() - start
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    return None
 
 
 def test_frames_cut_into_pieces_of_a_few_bytes_arrive_whole(stack, proxy):
@@ -61,23 +48,7 @@ def test_frames_cut_into_pieces_of_a_few_bytes_arrive_whole(stack, proxy):
 def test_connections_reset_while_requests_flow_fail_cleanly_and_recover(stack, proxy):
     edge = stack.start_edge(url=proxy.url)
     stack.start_worker("echo")
-    stop = threading.Event()
-    outcomes = []
-
-    def load():
-        s = requests.Session()
-        while not stop.is_set():
-            start = time.monotonic()
-            try:
-                r = s.post(edge.base + "/v1/echo", data="ping", timeout=10)
-                outcomes.append((r.status_code, start, time.monotonic() - start))
-            except requests.RequestException as e:
-                outcomes.append((repr(e), start, time.monotonic() - start))
-            time.sleep(0.01)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        for _ in range(8):
-            pool.submit(load)
+    with EchoLoad(edge) as load:
         time.sleep(1.0)
         assert proxy.cut() >= 2, "the edge's publishing and consuming connections pass the proxy"
         # And again while it recovers.
@@ -86,7 +57,7 @@ def test_connections_reset_while_requests_flow_fail_cleanly_and_recover(stack, p
         recovered = serves_again(edge, within=15)
         recovered_at = time.monotonic()
         time.sleep(1.0)
-        stop.set()
+    outcomes = load.outcomes
 
     assert recovered is not None, open(edge.log_path).read()[-3000:]
     assert recovered < 10, f"the edge served again only after {recovered:.1f} s"
