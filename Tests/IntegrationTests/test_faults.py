@@ -269,3 +269,33 @@ def test_a_stream_whose_worker_s_connection_is_reset_ends_with_an_error_the_clie
     parts, last = lines[:-1], lines[-1]
     assert 0 < len(parts) < 30 and [p["n"] for p in parts] == list(range(len(parts))), lines
     assert last["error"]["status"] in (502, 504), last
+
+
+def test_a_job_submitted_during_a_partition_is_refused_in_seconds_and_its_key_works_after(stack, proxy):
+    # 202 means the broker has the job: with the broker out of reach the edge cannot know that,
+    # so it answers 503 once heartbeats find the partition, and never hangs. Once healed, the
+    # same Idempotency-Key makes one job.
+    edge = stack.start_edge(url=proxy.url + "?heartbeat=1")
+    stack.start_worker("render", queue=stack.queue["render"])
+    headers = {"content-type": "application/json", "idempotency-key": f"partitioned-{stack.suffix}"}
+    url = edge.base + "/v1/jobs/render?steps=2&delay_ms=50"
+    proxy.partition()
+    try:
+        start = time.monotonic()
+        r = requests.post(url, data="{}", headers=headers, timeout=30)
+        assert r.status_code == 503, r.text
+        assert time.monotonic() - start < 6
+    finally:
+        proxy.heal()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = requests.post(url, data="{}", headers=headers, timeout=30)
+        if r.status_code == 202:
+            break
+        assert r.status_code == 503, r.text
+        time.sleep(0.2)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert requests.post(url, data="{}", headers=headers).json()["id"] == job_id
+    stream = requests.get(edge.base + f"/v1/jobs/{job_id}/events", stream=True, timeout=30)
+    assert list(sseclient.SSEClient(stream).events())[-1].event == "done"
