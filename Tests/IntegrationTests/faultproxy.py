@@ -4,7 +4,7 @@ partition (nothing moves either way, nothing is closed, new connections are acce
 left silent) that later heals, and a stream cut into pieces of a few bytes.
 
     proxy = FaultProxy(broker_port).start()
-    url = proxy.url           # amqp://guest:guest@localhost:<proxy port>/
+    url = proxy.url           # amqp://guest:guest@127.0.0.1:<proxy port>/
     proxy.cut()               # every open connection gets a TCP RST, both ways
     proxy.partition()         # bytes stop; proxy.heal() lets them move again
     proxy.pieces = 7          # forward in pieces of 1..7 bytes (0: as read)
@@ -23,7 +23,7 @@ class FaultProxy:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.url = f"amqp://guest:guest@localhost:{self.port}/"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self.pieces = 0
         self.accepted = 0
         self._flowing = threading.Event()
