@@ -124,7 +124,7 @@ public final class Correlator: Sendable {
     }
 
     /// Replies stopped (the reply consumer's connection was lost, and its exclusive reply queue
-    /// with it): every waiting request and stream fails with ``Failure/unavailable(_:)``, and so
+    /// with it; or the edge is shutting down): every waiting request and stream fails with ``Failure/unavailable(_:)``, and so
     /// does every slot opened until ``repliesResumed()``, before its request is published.
     /// Under the same lock, so no request slips between the two and waits for its deadline.
     public func repliesStopped(_ reason: String) {
@@ -293,16 +293,6 @@ public final class Correlator: Sendable {
         waiter?.resume(throwing: failure)
     }
 
-    /// Fails every waiting request and stream, e.g. when the reply consumer's connection is lost.
-    public func failAll(_ failure: Failure) {
-        let (waiters, streams) = state.withLock { s in
-            defer { s.streams.removeAll() }
-            return (s.map.removeAll(), Array(s.streams.values))
-        }
-        for w in waiters { w.resume(throwing: failure) }
-        for slot in streams { slot.continuation.finish(throwing: failure) }
-    }
-
     /// Fails the requests whose deadline has passed, and streams gone idle or past theirs.
     public func expire(now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
         let (waiters, streams): ([Waiter], [(String, Failure)]) = state.withLock { s in
@@ -333,6 +323,7 @@ public final class Correlator: Sendable {
             try? await Task.sleep(for: sweepInterval)
             expire()
         }
-        failAll(.unavailable("the edge is shutting down"))
+        // No sweeper from here on: a request opened later would never time out.
+        repliesStopped("the edge is shutting down")
     }
 }

@@ -22,7 +22,7 @@ enum EdgeServices {
     ) -> [any Service] {
         let replyQueue = "gangway.reply.\(instanceID)"
         // Set below, once the topic hub that it tells exists.
-        let topicsLost = LateBound<@Sendable () -> Void>()
+        let topicsLost = LateBound<(@Sendable () -> Void)?>(nil)
         // No reply can arrive before the reply consumer is up: until then requests fail at once.
         let correlator = Correlator(notReceiving: "the reply connection to the broker is not up yet")
         let jobs = JobHub()
@@ -103,7 +103,7 @@ enum EdgeServices {
         // hub as subscribers come and go (the bindings are declared again after a reconnect).
         let topicQueue = "gangway.topics.\(instanceID)"
         let eventStreams = SSEClients(bufferLimit: eventStreamBufferBytes)
-        let topicTag = ManagedTag()
+        let topicTag = LateBound("")
         let topics = TopicHub(
             binder: AMQPTopicBinder(connection: consumer, queue: topicQueue, consumerTag: topicTag),
             instanceID: instanceID,
@@ -151,7 +151,7 @@ enum EdgeServices {
 struct AMQPTopicBinder: TopicBinder {
     let connection: AMQPConnection
     let queue: String
-    let consumerTag: ManagedTag
+    let consumerTag: LateBound<String>
 
     func binding(_ pattern: TopicPattern) -> BindingSpec {
         BindingSpec(source: WireContract.topicsExchange.name, destination: queue, routingKey: pattern.text)
@@ -171,19 +171,16 @@ struct AMQPTopicBinder: TopicBinder {
     }
 }
 
-/// A value set after the closure that reads it is made.
+/// A value known only after what reads it is made: a consumer tag known once its consumer is
+/// registered, a hub the consumer's state changes tell once the hub exists.
 final class LateBound<Value: Sendable>: Sendable {
-    private let storage = Mutex<Value?>(nil)
-    var value: Value? {
-        get { storage.withLock { $0 } }
-        set { storage.withLock { $0 = newValue } }
-    }
-}
+    private let storage: Mutex<Value>
 
-/// A consumer tag known only after the consumer that uses it is registered.
-final class ManagedTag: Sendable {
-    private let storage = Mutex("")
-    var value: String {
+    init(_ initial: Value) {
+        storage = Mutex(initial)
+    }
+
+    var value: Value {
         get { storage.withLock { $0 } }
         set { storage.withLock { $0 = newValue } }
     }
