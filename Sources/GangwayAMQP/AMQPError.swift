@@ -1,10 +1,12 @@
 import GangwayAMQPCore
 
 /// An error from the AMQP client, with a message that is safe to show a user.
-public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
+public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable, PublishFailure {
     enum Code: Sendable, Equatable {
         case notConnected
         case connectionLost
+        /// Lost after a publish was written, before its confirm.
+        case unconfirmed
         /// The broker closed the whole connection with this reply code.
         case connectionClosed(UInt16)
         /// RabbitMQ failed a consumer on a stream queue it was still starting.
@@ -25,7 +27,7 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
     /// not in what was asked.
     public var isTransient: Bool {
         switch code {
-        case .notConnected, .connectionLost, .connectionClosed, .streamNotReady, .connectFailed, .blocked, .timeout: return true
+        case .notConnected, .connectionLost, .unconfirmed, .connectionClosed, .streamNotReady, .connectFailed, .blocked, .timeout: return true
         case .serverClosed, .shutdown: return false
         }
     }
@@ -53,6 +55,12 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
         )
     }
 
+    /// A publish written (perhaps in part) before the connection went away and never
+    /// confirmed: unlike every other failure, the broker may have the message.
+    public static func unconfirmed(_ reason: String) -> AMQPError {
+        AMQPError(code: .unconfirmed, message: "connection to the broker lost before it confirmed the message, which it may have: \(reason)")
+    }
+
     public static func connectFailed(_ reason: String) -> AMQPError {
         AMQPError(code: .connectFailed, message: "could not connect to the broker: \(reason)")
     }
@@ -70,6 +78,10 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
         if case .connectionClosed(let c) = code { return c }
         return nil
     }
+
+    /// True only for ``unconfirmed(_:)``: every other failure happened before the message
+    /// was written, or was not a publish.
+    public var brokerMayHaveMessage: Bool { code == .unconfirmed }
 
     /// True for ``streamNotReady(queue:)``.
     public var isStreamNotReady: Bool { code == .streamNotReady }

@@ -32,6 +32,10 @@ final class ConnectionOwner: @unchecked Sendable {
     private var lastActivity = NIODeadline.now()
     private var nextMessageID: UInt64 = 0
     private let arena = CArena()
+    /// Commands taken from the shared queue that the connection went away before executing:
+    /// failed with the rest when it is marked disconnected, never dropped, or their callers
+    /// would wait forever.
+    private var stranded: [AMQPConnection.Command] = []
 
     private static let publishChannel: amqp_channel_t = 1
     /// Idle rounds spent yielding before sleeping in poll; see `serve()`.
@@ -153,9 +157,14 @@ final class ConnectionOwner: @unchecked Sendable {
             return (state.commands, wasConnected)
         }
         if wasConnected { configuration.onStateChange?(false) }
-        let error: AMQPError = shutdownRequested() ? .shutdown : .connectionLost(reason)
-        for token in confirms.reset() { token.settle(.failure(error)) }
-        for command in commands { fail(command, with: error) }
+        let shutdown = shutdownRequested()
+        // Publishes written (perhaps in part) whose confirm has not come: the broker may have
+        // them. The commands after them were never written.
+        let unconfirmed: AMQPError = .unconfirmed(shutdown ? "shutting down" : reason)
+        for token in confirms.reset() { token.settle(.failure(unconfirmed)) }
+        let error: AMQPError = shutdown ? .shutdown : .connectionLost(reason)
+        for command in stranded + commands { fail(command, with: error) }
+        stranded = []
         active = [:]
     }
 
@@ -271,9 +280,9 @@ final class ConnectionOwner: @unchecked Sendable {
             }
             if shutdown {
                 // Acks queued last (a reply confirmed just before) still go out, or the broker
-                // would redeliver requests that were answered.
+                // would redeliver requests that were answered. The rest fail as shut down.
                 for command in commands {
-                    if case .ack = command { try execute(command, on: state) }
+                    if case .ack = command { try execute(command, on: state) } else { stranded.append(command) }
                 }
                 return
             }
@@ -281,13 +290,18 @@ final class ConnectionOwner: @unchecked Sendable {
             // segment each: fewer packets for the broker to read. A command that waits for an
             // answer (a declaration) is sent uncorked, or its request would sit in the kernel.
             var corked = false
-            for command in commands {
-                let oneWay = command.isOneWay
+            for index in commands.indices {
+                let oneWay = commands[index].isOneWay
                 if oneWay != corked && (corked || commands.count > 1) {
                     corked = oneWay
                     _ = gw_tcp_cork(socket, corked ? 1 : 0)
                 }
-                try execute(command, on: state)
+                do {
+                    try execute(commands[index], on: state)
+                } catch {
+                    stranded.append(contentsOf: commands[(index + 1)...])
+                    throw error
+                }
             }
             if corked { _ = gw_tcp_cork(socket, 0) }
             // Read only when there is something to read: the socket polled readable, or

@@ -84,3 +84,18 @@ public enum PublishOutcome: Sendable, Equatable {
     /// The broker refused the message (basic.nack), e.g. a queue at its length limit.
     case nacked
 }
+
+/// A failed publish that can say whether the broker may have the message after all: the
+/// connection went away after it was written and before its confirm came. Code that must not
+/// act twice (an idempotency claim given back, a retry) asks before treating the message as
+/// never sent.
+public protocol PublishFailure: Error {
+    var brokerMayHaveMessage: Bool { get }
+}
+
+extension Error {
+    /// False only when the failure says the message certainly did not reach the broker.
+    public var publishMayHaveReachedBroker: Bool {
+        (self as? any PublishFailure)?.brokerMayHaveMessage ?? true
+    }
+}
