@@ -56,6 +56,14 @@ public enum WireContract {
         public static let error = "x-error"
     }
 
+    /// The headers of a job message that its events carry too: its `x-idempotency-key`, from
+    /// which every edge learns which job a key made even if the edge that submitted it could
+    /// not announce it.
+    public static func echoedJobHeaders(_ job: AMQPTable) -> AMQPTable {
+        guard let key = job[Header.idempotencyKey] else { return [:] }
+        return [Header.idempotencyKey: key]
+    }
+
     /// A job event: `job.<id>.<kind>` on `gangway.events`, persistent, JSON, with `x-seq`.
     public static func jobEvent(jobID: String, kind: String, seq: Int, json: String, appID: String, extraHeaders: AMQPTable = [:]) -> OutboundMessage {
         var headers = extraHeaders

@@ -37,11 +37,38 @@ public struct JobClient: Sendable {
             return try await publish(request, id: id, idempotencyKey: idempotencyKey)
         } catch {
             if let idempotencyKey {
+                // This edge no longer answers the key with a job it cannot vouch for. The claim
+                // at the broker is given back only when the job certainly did not get there:
+                // given back otherwise, a retry could start a second one. A job that did get
+                // there tells every edge its key with its first event.
                 hub.release(idempotencyKey: idempotencyKey, for: id)
-                try? await claims?.releaseClaim(idempotencyKey)
+                if !error.jobMayExist, let claims { await Self.giveBack(idempotencyKey, to: claims) }
             }
-            throw error
+            throw error.error
         }
+    }
+
+    /// Gives a claim back at once if the broker can be reached, or else keeps trying in the
+    /// background (the usual case: the job failed because the connection is down), for half
+    /// the hour after which an unused claim queue expires. Retrying later could not remove a
+    /// newer claim from another edge: the queue and the claim in it stay until then.
+    static func giveBack(_ key: String, to claims: any ClaimRegistry, retryFor: Duration = .seconds(1800)) async {
+        if (try? await claims.releaseClaim(key)) != nil { return }
+        let giveUp = ContinuousClock.now + retryFor
+        Task {
+            var delay = Duration.milliseconds(250)
+            while ContinuousClock.now + delay < giveUp {
+                try? await Task.sleep(for: delay)
+                if (try? await claims.releaseClaim(key)) != nil { return }
+                delay = min(delay * 2, .seconds(30))
+            }
+        }
+    }
+
+    /// Why a job was not confirmed, and whether the broker may have it all the same.
+    struct PublishFailure: Error {
+        let error: GatewayError
+        let jobMayExist: Bool
     }
 
     /// Claims the key at the broker, where all edges meet.
@@ -54,7 +81,10 @@ public struct JobClient: Sendable {
             won = try await claims.claim(key, for: id)
         } catch {
             hub.release(idempotencyKey: key, for: id)
-            throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)")
+            // A claim the broker may have holds the key with no job behind it: say so, as a
+            // retry with this key then answers 409 until the claim expires.
+            let stuck = error.publishMayHaveReachedBroker ? "; if the broker has the claim, this key answers 409 for an hour: retry with a new key if it does" : ""
+            throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)\(stuck)")
         }
         if won { return nil }
         hub.release(idempotencyKey: key, for: id)
@@ -62,28 +92,37 @@ public struct JobClient: Sendable {
             if let existing = hub.job(forIdempotencyKey: key) { return existing }
             try? await Task.sleep(for: .milliseconds(50))
         }
-        throw .conflict("a job with this Idempotency-Key was submitted through another edge and is not known here yet; retry shortly")
+        throw .conflict("a job with this Idempotency-Key was submitted and is not known here yet; retry shortly (a claim whose job never reached the broker holds the key for an hour)")
     }
 
-    private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(GatewayError) -> String {
+    private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(PublishFailure) -> String {
         var message = client.makeMessage(request, correlationID: id)
         message.properties.deliveryMode = 2
         message.properties.replyTo = nil
         message.properties.expiration = nil
         message.properties.headers[WireContract.Header.deadline] = nil
         message.properties.headers[WireContract.Header.jobID] = .string(id)
+        if let idempotencyKey {
+            // Echoed by the worker on the job's events (contract v1), so that every edge learns
+            // the key from them even if the queued notice below never goes out.
+            message.properties.headers[WireContract.Header.idempotencyKey] = .string(idempotencyKey)
+        }
+        let outcome: PublishOutcome
         do {
-            switch try await client.bus.publish(message) {
-            case .confirmed: break
-            case .returned(let code, let text):
-                throw GatewayError.noConsumer(route: request.route.name, reason: "no queue takes the job (\(code) \(text))")
-            case .nacked:
-                throw GatewayError.brokerUnavailable("the broker refused the job")
-            }
-        } catch let error as GatewayError {
-            throw error
+            outcome = try await client.bus.publish(message)
         } catch {
-            throw .brokerUnavailable("\(error)")
+            guard error.publishMayHaveReachedBroker else {
+                throw PublishFailure(error: .brokerUnavailable("\(error)"), jobMayExist: false)
+            }
+            let retry = idempotencyKey == nil ? "" : "; a retry with the same Idempotency-Key answers with it once its worker has reported, 409 until then (for an hour if the broker does not have it)"
+            throw PublishFailure(error: .brokerUnavailable("\(error); if it has the job, it runs as job \(id)\(retry)"), jobMayExist: true)
+        }
+        switch outcome {
+        case .confirmed: break
+        case .returned(let code, let text):
+            throw PublishFailure(error: .noConsumer(route: request.route.name, reason: "no queue takes the job (\(code) \(text))"), jobMayExist: false)
+        case .nacked:
+            throw PublishFailure(error: .brokerUnavailable("the broker refused the job"), jobMayExist: false)
         }
         let json = #"{"id":"\#(id)","status":"queued"}"#
         hub.record(jobID: id, kind: "queued", seq: 0, body: ByteBuffer(string: json))

@@ -9,12 +9,15 @@ public final class JobContext: Sendable {
     public let jobID: String
     private let connection: AMQPConnection
     private let appID: String
+    /// Carried over from the job message onto every event (``WireContract/echoedJobHeaders(_:)``).
+    private let echoed: AMQPTable
     private let seq = Mutex(0)
 
-    init(jobID: String, connection: AMQPConnection, appID: String) {
+    init(jobID: String, connection: AMQPConnection, appID: String, echoed: AMQPTable = [:]) {
         self.jobID = jobID
         self.connection = connection
         self.appID = appID
+        self.echoed = echoed
     }
 
     /// Reports progress: `{"percent": …, "message": …}`.
@@ -32,7 +35,7 @@ public final class JobContext: Sendable {
             s += 1
             return s
         }
-        _ = try await connection.publish(WireContract.jobEvent(jobID: jobID, kind: kind, seq: n, json: json, appID: appID))
+        _ = try await connection.publish(WireContract.jobEvent(jobID: jobID, kind: kind, seq: n, json: json, appID: appID, extraHeaders: echoed))
     }
 
     static func quote(_ s: String) -> String {

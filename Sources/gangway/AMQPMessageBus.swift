@@ -71,8 +71,10 @@ extension AMQPMessageBus: ClaimRegistry {
     }
 }
 
-struct ClaimQueueMissing: Error, CustomStringConvertible {
+struct ClaimQueueMissing: PublishFailure, CustomStringConvertible {
     let queue: String
     let reason: String
     var description: String { "the claim queue \(queue) vanished (\(reason))" }
+    /// Returned: no queue took the claim.
+    var brokerMayHaveMessage: Bool { false }
 }

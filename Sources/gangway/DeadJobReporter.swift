@@ -51,7 +51,7 @@ struct DeadJobReporter: Service {
         let seq = (hub.status(of: jobID)?.lastSeq ?? 0) + 1
         let detail = "dead-lettered (\(reason)): no worker finished the job within its queue's delivery limit"
         let body = #"{"error":\#(JSONString.quote(detail)),"reason":\#(JSONString.quote(reason))}"#
-        let event = WireContract.jobEvent(jobID: jobID, kind: "failed", seq: seq, json: body, appID: WireContract.appID)
+        let event = WireContract.jobEvent(jobID: jobID, kind: "failed", seq: seq, json: body, appID: WireContract.appID, extraHeaders: WireContract.echoedJobHeaders(headers))
         do {
             _ = try await publisher.publish(event)
             consumer.ack(delivery)

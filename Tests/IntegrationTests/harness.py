@@ -1,4 +1,5 @@
 """Starts real RabbitMQ nodes, real gangway binaries and outside workers for the tests."""
+import itertools
 import json
 import os
 import signal
@@ -330,13 +331,18 @@ routes:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-class EchoLoad:
-    """Threads that POST /v1/echo in a loop while the block runs, each outcome recorded as
-    (status or error, start, seconds taken)."""
+class PostLoad:
+    """Threads that POST in a loop while the block runs (by default "ping" to /v1/echo), each
+    outcome recorded as (status or error, start, seconds taken, response or None).
+    `headers(n)` gives the headers of the n-th request (n counts across threads)."""
 
-    def __init__(self, edge, threads=8):
+    def __init__(self, edge, threads=8, path="/v1/echo", data="ping", headers=None):
         self.edge = edge
+        self.path = path
+        self.data = data
+        self.headers = headers or (lambda n: {})
         self.outcomes = []
+        self._count = itertools.count()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
@@ -353,12 +359,13 @@ class EchoLoad:
     def _run(self):
         session = requests.Session()
         while not self._stop.is_set():
+            headers = self.headers(next(self._count))
             start = time.monotonic()
             try:
-                r = session.post(self.edge.base + "/v1/echo", data="ping", timeout=10)
-                self.outcomes.append((r.status_code, start, time.monotonic() - start))
+                r = session.post(self.edge.base + self.path, data=self.data, headers=headers, timeout=10)
+                self.outcomes.append((r.status_code, start, time.monotonic() - start, r))
             except requests.RequestException as e:
-                self.outcomes.append((repr(e), start, time.monotonic() - start))
+                self.outcomes.append((repr(e), start, time.monotonic() - start, None))
             time.sleep(0.01)
 
 

@@ -4,7 +4,7 @@ import time
 import pytest
 import requests
 
-from harness import Broker, EchoLoad, Stack, serves_again
+from harness import Broker, PostLoad, Stack, serves_again
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def test_broker_restart_fails_requests_cleanly_and_recovers(own_broker, tmp_path
     try:
         edge = stack.start_edge()
         stack.start_worker("echo")
-        with EchoLoad(edge) as load:
+        with PostLoad(edge) as load:
             time.sleep(1.0)
             own_broker.stop_app()
             time.sleep(2.0)
@@ -27,7 +27,7 @@ def test_broker_restart_fails_requests_cleanly_and_recovers(own_broker, tmp_path
             own_broker.start_app()
             recovered = serves_again(edge, within=15)
             time.sleep(0.5)
-        outcomes = [(status, elapsed) for status, _, elapsed in load.outcomes]
+        outcomes = [(status, elapsed) for status, _, elapsed, _ in load.outcomes]
 
         assert during.status_code == 503, "edge must report not-ready while the broker is down"
         assert recovered is not None, "edge did not serve again after the broker came back"

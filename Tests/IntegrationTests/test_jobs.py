@@ -1,4 +1,5 @@
 """Jobs: 202 after the broker confirmed, status, live SSE with history and resume, any edge."""
+import hashlib
 import http.client
 import json
 import os
@@ -6,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 
 import pika
 import requests
@@ -321,6 +323,41 @@ def queued_notices(stack, key_suffix):
         channel.basic_ack(method.delivery_tag)
     connection.close()
     return found
+
+
+def test_a_key_whose_job_was_never_announced_answers_with_it_once_its_worker_reports(stack):
+    # An edge that dies after the broker confirmed its job and before it announced the job
+    # (its queued notice) leaves the key's claim behind with no job known for it. The job runs,
+    # and its worker's events carry the key, from which every edge learns it. Played with pika:
+    # the claim and the job as that edge left them.
+    edge = stack.start_edge()
+    key = f"orphan-{stack.suffix}"
+    scoped = f"job-render {key}"
+    job_id = uuid.uuid4().hex
+    connection = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    channel = connection.channel()
+    claim = "gangway.claim." + hashlib.sha256(scoped.encode()).hexdigest()[:40]
+    channel.queue_declare(claim, durable=True,
+                          arguments={"x-max-length": 1, "x-overflow": "reject-publish", "x-expires": 3600000})
+    channel.basic_publish("", claim, job_id.encode(), pika.BasicProperties(delivery_mode=2))
+    channel.basic_publish("", stack.queue["render"], b"{}", pika.BasicProperties(
+        delivery_mode=2, content_type="application/json",
+        headers={"x-job-id": job_id, "x-idempotency-key": scoped, "x-method": "POST",
+                 "x-path": "/v1/jobs/render", "x-query": "steps=2&delay_ms=50"}))
+    connection.close()
+    url = edge.base + "/v1/jobs/render"
+    headers = {"content-type": "application/json", "idempotency-key": key}
+    # Before a worker has run it, nothing says which job holds the key.
+    r = requests.post(url, data="{}", headers=headers, timeout=10)
+    assert r.status_code == 409, r.text
+    stack.start_worker("render", queue=stack.queue["render"])
+    deadline = time.monotonic() + 15
+    while (r := requests.post(url, data="{}", headers=headers, timeout=10)).status_code == 409:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+    assert r.status_code == 202 and r.json()["id"] == job_id, r.text
+    stream = requests.get(edge.base + f"/v1/jobs/{job_id}/events", stream=True, timeout=30)
+    assert [e.event for e in sseclient.SSEClient(stream).events()][-1] == "done"
 
 
 def test_a_poison_job_is_dead_lettered_after_five_deliveries_and_reported_failed(stack):

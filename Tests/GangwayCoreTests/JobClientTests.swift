@@ -1,0 +1,166 @@
+import GangwayAMQPCore
+import GangwayConfig
+@testable import GangwayCore
+import NIOCore
+import Synchronization
+import Testing
+
+/// A bus whose publishes fail with a given error: no IO.
+final class FailingBus: MessageBus {
+    let replyQueue = "gangway.reply.test"
+    let isReady = true
+    let error: any Error
+    let published = Mutex<[OutboundMessage]>([])
+
+    init(_ error: any Error) {
+        self.error = error
+    }
+
+    func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
+        published.withLock { $0.append(message) }
+        throw error
+    }
+
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        throw error
+    }
+
+    func consumerCount(queue: String) async throws -> UInt32? { 1 }
+}
+
+/// A publish failure that says whether the broker may have the message.
+struct ScriptedPublishFailure: PublishFailure, CustomStringConvertible {
+    let brokerMayHaveMessage: Bool
+    var description: String { brokerMayHaveMessage ? "lost before the confirm" : "never sent" }
+}
+
+/// Claims that always win, and a record of those given back; the first `unreachable`
+/// attempts to give one back fail, as when the broker cannot be reached.
+final class RecordingClaims: ClaimRegistry {
+    let released = Mutex<[String]>([])
+    let attempts = Mutex(0)
+    let unreachable: Int
+
+    init(unreachable: Int = 0) {
+        self.unreachable = unreachable
+    }
+
+    struct Unreachable: Error {}
+
+    func claim(_ key: String, for value: String) async throws -> Bool { true }
+
+    func releaseClaim(_ key: String) async throws {
+        let attempt = attempts.withLock { n -> Int in
+            n += 1
+            return n
+        }
+        guard attempt > unreachable else { throw Unreachable() }
+        released.withLock { $0.append(key) }
+    }
+}
+
+@Suite("Job submission: what a failed publish does to an Idempotency-Key")
+struct JobClientTests {
+    func request(key: String?) throws -> GatewayRequest {
+        let route = Route(
+            name: "render",
+            method: "POST",
+            path: try PathTemplate("/v1/jobs/render"),
+            shape: .job,
+            exchange: "gangway.jobs",
+            routingKey: try KeyTemplate("jobs.render"),
+            timeoutMilliseconds: 1000,
+            maxBodyBytes: 1000
+        )
+        return GatewayRequest(
+            route: route,
+            parameters: [:],
+            method: "POST",
+            path: "/v1/jobs/render",
+            query: "",
+            headers: key.map { [("idempotency-key", $0)] } ?? [],
+            body: ByteBuffer(string: "{}"),
+            requestID: "rid",
+            traceparent: "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
+        )
+    }
+
+    func client(_ bus: any MessageBus, hub: JobHub, claims: RecordingClaims) -> JobClient {
+        let client = RequestReplyClient(bus: bus, correlator: Correlator(), presence: ConsumerPresence(bus: bus), instanceID: "edge1")
+        return JobClient(client: client, hub: hub, claims: claims)
+    }
+
+    @Test(
+        "a job the broker may have keeps its key's claim; one it certainly lacks gives the claim back",
+        arguments: [true, false]
+    )
+    func claimAfterFailure(mayHave: Bool) async throws {
+        let hub = JobHub()
+        let claims = RecordingClaims()
+        let bus = FailingBus(ScriptedPublishFailure(brokerMayHaveMessage: mayHave))
+        let jobs = client(bus, hub: hub, claims: claims)
+        let error = await #expect(throws: GatewayError.self) { try await jobs.submit(try request(key: "k1")) }
+        #expect(error?.status == 503)
+        #expect(claims.released.withLock { $0 } == (mayHave ? [] : ["render k1"]))
+        // Either way this edge does not answer the key with a job it cannot vouch for.
+        #expect(hub.job(forIdempotencyKey: "render k1") == nil)
+        // The client is told the job may run, and under which id.
+        let id = try #require(bus.published.withLock { $0.first?.properties.headers[WireContract.Header.jobID]?.stringValue })
+        #expect(error?.detail.contains("runs as job \(id)") == mayHave)
+        #expect(error?.detail.contains("same Idempotency-Key") == mayHave)
+    }
+
+    @Test("an error that cannot say counts as one the broker may have")
+    func unknownFailure() async throws {
+        struct Opaque: Error {}
+        let claims = RecordingClaims()
+        let jobs = client(FailingBus(Opaque()), hub: JobHub(), claims: claims)
+        await #expect(throws: GatewayError.self) { try await jobs.submit(try request(key: "k2")) }
+        #expect(claims.released.withLock { $0 }.isEmpty)
+    }
+
+    @Test("the job message carries its scoped Idempotency-Key, for the worker to echo on its events")
+    func keyOnTheJob() async throws {
+        let bus = ScriptedBus()
+        let hub = JobHub()
+        let jobs = client(bus, hub: hub, claims: RecordingClaims())
+        let id = try await jobs.submit(try request(key: "k3"))
+        let published = bus.published.withLock { $0 }
+        let job = try #require(published.first)
+        #expect(job.properties.headers[WireContract.Header.jobID] == .string(id))
+        #expect(job.properties.headers[WireContract.Header.idempotencyKey] == "render k3")
+        #expect(WireContract.echoedJobHeaders(job.properties.headers) == [WireContract.Header.idempotencyKey: "render k3"])
+        #expect(hub.job(forIdempotencyKey: "render k3") == id)
+        // Without a key, nothing to echo.
+        let plain = try await jobs.submit(try request(key: nil))
+        let second = try #require(bus.published.withLock { $0 }.first { $0.properties.headers[WireContract.Header.jobID] == .string(plain) && $0.exchange == "gangway.jobs" })
+        #expect(second.properties.headers[WireContract.Header.idempotencyKey] == nil)
+        #expect(WireContract.echoedJobHeaders(second.properties.headers).isEmpty)
+    }
+
+    @Test("a claim that cannot be given back at once is given back once the broker can be reached")
+    func giveBackLater() async throws {
+        let claims = RecordingClaims(unreachable: 3)
+        let bus = FailingBus(ScriptedPublishFailure(brokerMayHaveMessage: false))
+        let jobs = client(bus, hub: JobHub(), claims: claims)
+        await #expect(throws: GatewayError.self) { try await jobs.submit(try request(key: "k4")) }
+        // The first attempt failed on the spot; the retries back off from 250 ms.
+        #expect(claims.released.withLock { $0 }.isEmpty)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while claims.released.withLock({ $0 }).isEmpty && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(claims.released.withLock { $0 } == ["render k4"])
+        #expect(claims.attempts.withLock { $0 } == 4)
+    }
+
+    @Test("retries stop when their time is up")
+    func giveBackGivesUp() async throws {
+        let claims = RecordingClaims(unreachable: .max)
+        await JobClient.giveBack("k5", to: claims, retryFor: .milliseconds(900))
+        try await Task.sleep(for: .milliseconds(1500))
+        // At once, then after 250 and 500 ms more; the next, 1 s later, would pass the limit.
+        #expect(claims.attempts.withLock { $0 } == 3)
+        #expect(claims.released.withLock { $0 }.isEmpty)
+    }
+}
