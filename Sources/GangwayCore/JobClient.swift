@@ -66,7 +66,7 @@ public struct JobClient: Sendable {
     }
 
     /// Why a job was not confirmed, and whether the broker may have it all the same.
-    struct PublishFailure: Error {
+    struct JobPublishFailure: Error {
         let error: GatewayError
         let jobMayExist: Bool
     }
@@ -95,7 +95,7 @@ public struct JobClient: Sendable {
         throw .conflict("a job with this Idempotency-Key was submitted and is not known here yet; retry shortly (a claim whose job never reached the broker holds the key for an hour)")
     }
 
-    private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(PublishFailure) -> String {
+    private func publish(_ request: GatewayRequest, id: String, idempotencyKey: String?) async throws(JobPublishFailure) -> String {
         var message = client.makeMessage(request, correlationID: id)
         message.properties.deliveryMode = 2
         message.properties.replyTo = nil
@@ -112,17 +112,17 @@ public struct JobClient: Sendable {
             outcome = try await client.bus.publish(message)
         } catch {
             guard error.publishMayHaveReachedBroker else {
-                throw PublishFailure(error: .brokerUnavailable("\(error)"), jobMayExist: false)
+                throw JobPublishFailure(error: .brokerUnavailable("\(error)"), jobMayExist: false)
             }
             let retry = idempotencyKey == nil ? "" : "; a retry with the same Idempotency-Key answers with it once its worker has reported, 409 until then (for an hour if the broker does not have it)"
-            throw PublishFailure(error: .brokerUnavailable("\(error); if it has the job, it runs as job \(id)\(retry)"), jobMayExist: true)
+            throw JobPublishFailure(error: .brokerUnavailable("\(error); if it has the job, it runs as job \(id)\(retry)"), jobMayExist: true)
         }
         switch outcome {
         case .confirmed: break
         case .returned(let code, let text):
-            throw PublishFailure(error: .noConsumer(route: request.route.name, reason: "no queue takes the job (\(code) \(text))"), jobMayExist: false)
+            throw JobPublishFailure(error: .noConsumer(route: request.route.name, reason: "no queue takes the job (\(code) \(text))"), jobMayExist: false)
         case .nacked:
-            throw PublishFailure(error: .brokerUnavailable("the broker refused the job"), jobMayExist: false)
+            throw JobPublishFailure(error: .brokerUnavailable("the broker refused the job"), jobMayExist: false)
         }
         let json = #"{"id":"\#(id)","status":"queued"}"#
         hub.record(jobID: id, kind: "queued", seq: 0, body: ByteBuffer(string: json))
