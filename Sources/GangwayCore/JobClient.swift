@@ -109,7 +109,7 @@ public struct JobClient: Sendable {
         }
         let outcome: PublishOutcome
         do {
-            outcome = try await client.bus.publish(message)
+            outcome = try await client.bus.publish(message, confirmWithin: .milliseconds(request.route.timeoutMilliseconds))
         } catch {
             guard error.publishMayHaveReachedBroker else {
                 throw JobPublishFailure(error: .brokerUnavailable("\(error)"), jobMayExist: false)
@@ -136,8 +136,9 @@ public struct JobClient: Sendable {
             headers[WireContract.Header.resultRedirect] = .bool(true)
         }
         let queued = WireContract.jobEvent(jobID: id, kind: "queued", seq: 0, json: json, appID: WireContract.appID, extraHeaders: headers)
-        // The job is safe already; other edges learn of it from this or from its first event.
-        _ = try? await client.bus.publish(queued)
+        // The job is safe already; other edges learn of it from this or from its first event,
+        // so the client waits for this confirm only briefly.
+        _ = try? await client.bus.publish(queued, confirmWithin: .seconds(1))
         return id
     }
 }
@@ -154,7 +155,7 @@ extension JobClient {
             properties: AMQPProperties(headers: [WireContract.Header.cancel: .string(jobID)], correlationID: jobID, appID: WireContract.appID)
         )
         do {
-            _ = try await client.bus.publish(message)
+            _ = try await client.bus.publish(message, confirmWithin: defaultConfirmTimeout)
         } catch {
             throw .brokerUnavailable("\(error)")
         }

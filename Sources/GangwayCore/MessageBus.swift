@@ -20,7 +20,17 @@ public protocol MessageBus: Sendable {
     func consumerCount(queue: String) async throws -> UInt32?
 }
 
+/// How long the edge waits for the broker to confirm a message a client is waiting on (a
+/// topic event, a cancel request) when no route timeout applies.
+public let defaultConfirmTimeout: Duration = .seconds(5)
+
 extension MessageBus {
+    /// Publishes and waits for the broker's confirm for at most `timeout`: past it, throws
+    /// ``ConfirmTimeout`` (the broker may be blocking publishers, and may have the message).
+    public func publish(_ message: OutboundMessage, confirmWithin timeout: Duration) async throws -> PublishOutcome {
+        try await confirmWithin(timeout) { settled in try publish(message, onSettled: settled) }
+    }
+
     /// One by one: for buses with no cheaper way. Unlike a real batch, a failure part way
     /// leaves the earlier messages sent (their callbacks still report).
     public func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {

@@ -61,7 +61,7 @@ struct TopicHandler: Sendable {
         let message = OutboundMessage(exchange: WireContract.topicsExchange.name, routingKey: topic, properties: properties, body: body)
         let outcome: PublishOutcome
         do {
-            outcome = try await bus.publish(message)
+            outcome = try await bus.publish(message, confirmWithin: defaultConfirmTimeout)
         } catch {
             throw GatewayError.brokerUnavailable("\(error)")
         }

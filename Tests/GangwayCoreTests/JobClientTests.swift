@@ -22,7 +22,25 @@ final class FailingBus: MessageBus {
     }
 
     func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        published.withLock { $0.append(message) }
         throw error
+    }
+
+    func consumerCount(queue: String) async throws -> UInt32? { 1 }
+}
+
+/// A bus that sends and never hears back, as when the broker blocks publishers.
+final class SilentBus: MessageBus {
+    let replyQueue = "gangway.reply.test"
+    let isReady = true
+    let published = Mutex<[OutboundMessage]>([])
+
+    func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
+        try await publish(message, confirmWithin: .seconds(3600))
+    }
+
+    func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
+        published.withLock { $0.append(message) }
     }
 
     func consumerCount(queue: String) async throws -> UInt32? { 1 }
@@ -161,6 +179,21 @@ struct JobClientTests {
         try await Task.sleep(for: .milliseconds(1500))
         // At once, then after 250 and 500 ms more; the next, 1 s later, would pass the limit.
         #expect(claims.attempts.withLock { $0 } == 3)
+        #expect(claims.released.withLock { $0 }.isEmpty)
+    }
+
+    @Test("a job the broker does not confirm within the route's timeout gets a 503 naming it, and keeps its claim")
+    func unconfirmedInTime() async throws {
+        let claims = RecordingClaims()
+        let bus = SilentBus()
+        let jobs = client(bus, hub: JobHub(), claims: claims)
+        let start = ContinuousClock.now
+        let error = await #expect(throws: GatewayError.self) { try await jobs.submit(try request(key: "k6")) }
+        #expect(ContinuousClock.now - start >= .milliseconds(1000))
+        #expect(error?.status == 503)
+        let id = try #require(bus.published.withLock { $0.first?.properties.headers[WireContract.Header.jobID]?.stringValue })
+        #expect(error?.detail.contains("did not confirm the message within 1000 ms") == true)
+        #expect(error?.detail.contains("runs as job \(id)") == true)
         #expect(claims.released.withLock { $0 }.isEmpty)
     }
 }
