@@ -14,9 +14,26 @@
 
 amqp_rpc_reply_t gw_login_plain(amqp_connection_state_t state, const char *vhost,
                                 int channel_max, int frame_max, int heartbeat,
-                                const char *user, const char *password) {
-  return amqp_login(state, vhost, channel_max, frame_max, heartbeat,
-                    AMQP_SASL_METHOD_PLAIN, user, password);
+                                const char *user, const char *password,
+                                const char *connection_name) {
+  // rabbitmq-c merges these into its own client properties (capabilities included).
+  // Without the connection.blocked capability the broker blocks a publishing connection
+  // during a resource alarm without saying so, and publishes just wait.
+  amqp_table_entry_t capabilities[1];
+  capabilities[0].key = amqp_cstring_bytes("connection.blocked");
+  capabilities[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  capabilities[0].value.value.boolean = 1;
+  amqp_table_entry_t entries[2];
+  entries[0].key = amqp_cstring_bytes("capabilities");
+  entries[0].value.kind = AMQP_FIELD_KIND_TABLE;
+  entries[0].value.value.table.num_entries = 1;
+  entries[0].value.value.table.entries = capabilities;
+  entries[1].key = amqp_cstring_bytes("connection_name");
+  entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
+  entries[1].value.value.bytes = amqp_cstring_bytes(connection_name);
+  amqp_table_t properties = {.num_entries = 2, .entries = entries};
+  return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat,
+                                    &properties, AMQP_SASL_METHOD_PLAIN, user, password);
 }
 
 int gw_eventfd_create(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }

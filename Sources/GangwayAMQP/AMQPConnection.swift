@@ -271,7 +271,7 @@ public final class AMQPConnection: Sendable {
     /// declared on every connect anyway; this is for one-off declarations.
     public func declare(_ topology: Topology) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.declare(topology, continuation), needsConnection: true, rejectWhenBlocked: false) {
+            if let error = enqueue(.declare(topology, continuation), needsConnection: true, rejectWhenBlocked: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -280,7 +280,7 @@ public final class AMQPConnection: Sendable {
     /// Removes a binding.
     public func unbind(_ binding: BindingSpec) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.unbind(binding, continuation), needsConnection: true, rejectWhenBlocked: false) {
+            if let error = enqueue(.unbind(binding, continuation), needsConnection: true, rejectWhenBlocked: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -289,7 +289,7 @@ public final class AMQPConnection: Sendable {
     /// Removes every ready message from a queue.
     public func purgeQueue(_ name: String) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.purgeQueue(name, continuation), needsConnection: true, rejectWhenBlocked: false) {
+            if let error = enqueue(.purgeQueue(name, continuation), needsConnection: true, rejectWhenBlocked: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -299,7 +299,7 @@ public final class AMQPConnection: Sendable {
     /// - Returns: message and consumer counts, or `nil` when the queue does not exist.
     public func inspectQueue(_ name: String) async throws -> QueueInfo? {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.inspectQueue(name, continuation), needsConnection: true, rejectWhenBlocked: false) {
+            if let error = enqueue(.inspectQueue(name, continuation), needsConnection: true, rejectWhenBlocked: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -326,7 +326,7 @@ public final class AMQPConnection: Sendable {
                 default: return (.notConnected(configuration.name), false)
                 }
             }
-            if rejectWhenBlocked && state.blocked { return (.blocked, false) }
+            if rejectWhenBlocked && state.blocked && configuration.failFastWhenBlocked { return (.blocked, false) }
             state.commands.append(contentsOf: batch)
             if state.sleeping {
                 state.sleeping = false
@@ -353,6 +353,15 @@ extension AMQPConnection: Service {
 }
 
 extension AMQPConnection.Command {
+    /// Someone waits for the broker's answer to it: a confirm, or the reply to an RPC. Such
+    /// commands fail at once on a connection the broker is blocking.
+    var waitsOnBroker: Bool {
+        switch self {
+        case .publish(_, .none), .ack, .reject, .startConsumer, .cancelConsumer: return false
+        case .publish, .declare, .unbind, .purgeQueue, .inspectQueue: return true
+        }
+    }
+
     /// Only writes frames, waiting for no answer on the spot (a confirm comes later, if at all).
     var isOneWay: Bool {
         switch self {

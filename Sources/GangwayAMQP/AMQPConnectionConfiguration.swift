@@ -17,6 +17,11 @@ public struct AMQPConnectionConfiguration: Sendable {
     /// Run the owner thread as a batch thread (``BatchScheduling``): for a connection that
     /// hands work to and from other busy threads, such as the edge's.
     public var batchScheduling: Bool
+    /// While the broker blocks this connection (a resource alarm, announced by
+    /// `connection.blocked`), publishes that wait for a confirm and declarations fail at once
+    /// with ``AMQPError/blocked`` instead of waiting for the alarm to clear: for an edge, whose
+    /// clients are waiting. A worker leaves it off, and its replies and events go out late.
+    public var failFastWhenBlocked: Bool
 
     public init(
         url: AMQPURL,
@@ -26,7 +31,8 @@ public struct AMQPConnectionConfiguration: Sendable {
         rpcTimeoutMilliseconds: Int = 5_000,
         topology: Topology = Topology(),
         onStateChange: (@Sendable (Bool) -> Void)? = nil,
-        batchScheduling: Bool = false
+        batchScheduling: Bool = false,
+        failFastWhenBlocked: Bool = true
     ) {
         self.url = url
         self.name = name
@@ -36,6 +42,7 @@ public struct AMQPConnectionConfiguration: Sendable {
         self.topology = topology
         self.onStateChange = onStateChange
         self.batchScheduling = batchScheduling
+        self.failFastWhenBlocked = failFastWhenBlocked
     }
 }
 

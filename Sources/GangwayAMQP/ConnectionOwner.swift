@@ -215,7 +215,7 @@ final class ConnectionOwner: @unchecked Sendable {
         amqp_set_handshake_timeout(state, &handshake)
         var rpc = Self.makeTimeval(milliseconds: configuration.rpcTimeoutMilliseconds)
         amqp_set_rpc_timeout(state, &rpc)
-        let login = gw_login_plain(state, url.vhost, 0, configuration.frameMax, Int32(url.heartbeatSeconds), url.user, url.password)
+        let login = gw_login_plain(state, url.vhost, 0, configuration.frameMax, Int32(url.heartbeatSeconds), url.user, url.password, configuration.name)
         try check(login, "login")
         amqp_channel_open(state, Self.publishChannel)
         try check(amqp_get_rpc_reply(state), "channel.open")
@@ -274,9 +274,9 @@ final class ConnectionOwner: @unchecked Sendable {
         commands.reserveCapacity(64)
         while true {
             commands.removeAll(keepingCapacity: true)
-            let shutdown = connection.shared.withLock { shared -> Bool in
+            let (shutdown, blocked) = connection.shared.withLock { shared -> (Bool, Bool) in
                 swap(&commands, &shared.commands)
-                return shared.shutdownRequested
+                return (shared.shutdownRequested, shared.blocked && configuration.failFastWhenBlocked)
             }
             if shutdown {
                 // Acks queued last (a reply confirmed just before) still go out, or the broker
@@ -291,6 +291,13 @@ final class ConnectionOwner: @unchecked Sendable {
             // answer (a declaration) is sent uncorked, or its request would sit in the kernel.
             var corked = false
             for index in commands.indices {
+                if blocked && commands[index].waitsOnBroker {
+                    // A broker blocking this connection (a resource alarm) reads nothing from
+                    // it until the alarm clears: what was queued before the notice came would
+                    // wait that long. It fails now, not sent, as it would have at enqueue.
+                    fail(commands[index], with: .blocked)
+                    continue
+                }
                 let oneWay = commands[index].isOneWay
                 if oneWay != corked && (corked || commands.count > 1) {
                     corked = oneWay
@@ -456,7 +463,8 @@ final class ConnectionOwner: @unchecked Sendable {
             amqp_send_method(state, 0, GW_CONNECTION_CLOSE_OK, &ok)
             throw Lost(reason: "broker closed the connection: \(m.reply_code) \(CDecode.string(m.reply_text))")
         case GW_CONNECTION_BLOCKED:
-            logger.warning("amqp.blocked", metadata: ["reason": "resource alarm"])
+            let m = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+            logger.warning("amqp.blocked", metadata: ["reason": "\(CDecode.string(m.reason))"])
             connection.shared.withLock { $0.blocked = true }
         case GW_CONNECTION_UNBLOCKED:
             logger.info("amqp.unblocked")

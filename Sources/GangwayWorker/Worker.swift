@@ -148,7 +148,10 @@ public struct Worker: Service {
                     // interrupted, as on a shutdown that took too long.
                     if !up { handlers.interruptRunning() }
                 },
-                batchScheduling: configuration.batchScheduling
+                batchScheduling: configuration.batchScheduling,
+                // Replies and job events wait out a resource alarm: failed, they would leave
+                // their requests unacknowledged until the connection closes.
+                failFastWhenBlocked: false
             ),
             logger: logger
         )

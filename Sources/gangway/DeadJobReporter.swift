@@ -57,8 +57,12 @@ struct DeadJobReporter: Service {
             consumer.ack(delivery)
             logger.info("job.dead", metadata: ["job.id": "\(jobID)", "job.dead.reason": "\(reason)"])
         } catch {
-            // Not acked: another edge, or this one after reconnecting, reports it.
+            // Handed back to the queue for this edge or another to report, after a pause: left
+            // unacknowledged it would wait for this connection to close, and handed back at
+            // once it would come straight back while the broker is away or blocking.
             logger.warning("job.dead.report.failed", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
+            try? await Task.sleep(for: .seconds(1))
+            consumer.reject(delivery, requeue: true)
         }
     }
 }

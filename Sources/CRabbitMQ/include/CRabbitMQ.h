@@ -6,10 +6,12 @@
 #include <amqp_tcp_socket.h>
 #include <amqp_ssl_socket.h>
 
-/// Logs in with SASL PLAIN. `amqp_login` is variadic, which Swift cannot call.
+/// Logs in with SASL PLAIN (`amqp_login_with_properties` is variadic, which Swift cannot
+/// call), naming the connection and asking for `connection.blocked` notifications.
 amqp_rpc_reply_t gw_login_plain(amqp_connection_state_t state, const char *vhost,
                                 int channel_max, int frame_max, int heartbeat,
-                                const char *user, const char *password);
+                                const char *user, const char *password,
+                                const char *connection_name);
 
 /// A non-blocking, close-on-exec eventfd used to wake a connection's owner thread.
 int gw_eventfd_create(void);
