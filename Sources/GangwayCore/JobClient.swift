@@ -54,12 +54,34 @@ public struct JobClient: Sendable {
     /// newer claim from another edge: the queue and the claim in it stay until then.
     static func giveBack(_ key: String, to claims: any ClaimRegistry, retryFor: Duration = .seconds(1800)) async {
         if (try? await claims.releaseClaim(key)) != nil { return }
+        retryInBackground(for: retryFor) { (try? await claims.releaseClaim(key)) != nil }
+    }
+
+    /// Finds out, once the broker can be reached, whether a claim whose publish was not
+    /// confirmed got there, by claiming again: a confirmed claim means the queue was empty, so
+    /// the first never arrived, and this one, which no other edge can have displaced, is given
+    /// back. A nacked one means a claim is there, this edge's or another's: nothing tells which,
+    /// and the key stays held.
+    static func settleUncertainClaim(_ key: String, for value: String, with claims: any ClaimRegistry, retryFor: Duration = .seconds(1800)) {
+        retryInBackground(for: retryFor) {
+            do {
+                if try await claims.claim(key, for: value) { await giveBack(key, to: claims, retryFor: retryFor) }
+                return true
+            } catch {
+                return false
+            }
+        }
+    }
+
+    /// Runs `attempt` in the background until it reports done, backing off from 250 ms to 30 s,
+    /// for at most `retryFor`.
+    static func retryInBackground(for retryFor: Duration, _ attempt: @escaping @Sendable () async -> Bool) {
         let giveUp = ContinuousClock.now + retryFor
         Task {
             var delay = Duration.milliseconds(250)
             while ContinuousClock.now + delay < giveUp {
                 try? await Task.sleep(for: delay)
-                if (try? await claims.releaseClaim(key)) != nil { return }
+                if await attempt() { return }
                 delay = min(delay * 2, .seconds(30))
             }
         }
@@ -81,10 +103,13 @@ public struct JobClient: Sendable {
             won = try await claims.claim(key, for: id)
         } catch {
             hub.release(idempotencyKey: key, for: id)
-            // A claim the broker may have holds the key with no job behind it: say so, as a
-            // retry with this key then answers 409 until the claim expires.
-            let stuck = error.publishMayHaveReachedBroker ? "; if the broker has the claim, this key answers 409 for an hour: retry with a new key if it does" : ""
-            throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)\(stuck)")
+            // A claim the broker may have would hold the key with no job behind it.
+            var unsure = ""
+            if error.publishMayHaveReachedBroker {
+                Self.settleUncertainClaim(key, for: id, with: claims)
+                unsure = "; the edge checks whether the broker got the claim once it can reach it, and frees the key if it did not (409 until then)"
+            }
+            throw .brokerUnavailable("could not claim the Idempotency-Key: \(error)\(unsure)")
         }
         if won { return nil }
         hub.release(idempotencyKey: key, for: id)

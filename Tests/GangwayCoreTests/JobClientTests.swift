@@ -58,14 +58,22 @@ final class RecordingClaims: ClaimRegistry {
     let released = Mutex<[String]>([])
     let attempts = Mutex(0)
     let unreachable: Int
+    /// What the claims answer, in turn; then they win.
+    let claimResults: Mutex<[Result<Bool, any Error>]>
+    let claimed = Mutex(0)
 
-    init(unreachable: Int = 0) {
+    init(unreachable: Int = 0, claimResults: [Result<Bool, any Error>] = []) {
         self.unreachable = unreachable
+        self.claimResults = Mutex(claimResults)
     }
 
     struct Unreachable: Error {}
 
-    func claim(_ key: String, for value: String) async throws -> Bool { true }
+    func claim(_ key: String, for value: String) async throws -> Bool {
+        claimed.withLock { $0 += 1 }
+        let next = claimResults.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+        return try next?.get() ?? true
+    }
 
     func releaseClaim(_ key: String) async throws {
         let attempt = attempts.withLock { n -> Int in
@@ -195,5 +203,33 @@ struct JobClientTests {
         #expect(error?.detail.contains("did not confirm the message within 1000 ms") == true)
         #expect(error?.detail.contains("runs as job \(id)") == true)
         #expect(claims.released.withLock { $0 }.isEmpty)
+    }
+
+    @Test(
+        "a claim the broker may have is checked by claiming again: confirmed, it is given back; nacked, the key stays held",
+        arguments: [true, false]
+    )
+    func uncertainClaim(secondWins: Bool) async throws {
+        let claims = RecordingClaims(claimResults: [.failure(ScriptedPublishFailure(brokerMayHaveMessage: true)), .success(secondWins)])
+        let jobs = client(ScriptedBus(), hub: JobHub(), claims: claims)
+        let error = await #expect(throws: GatewayError.self) { try await jobs.submit(try request(key: "k7")) }
+        #expect(error?.status == 503 && error?.detail.contains("frees the key if it did not") == true)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while claims.claimed.withLock({ $0 }) < 2 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(claims.claimed.withLock { $0 } == 2)
+        #expect(claims.released.withLock { $0 } == (secondWins ? ["render k7"] : []))
+    }
+
+    @Test("a claim that certainly did not reach the broker is not checked: there is nothing to free")
+    func unsentClaim() async throws {
+        let claims = RecordingClaims(claimResults: [.failure(ScriptedPublishFailure(brokerMayHaveMessage: false))])
+        let jobs = client(ScriptedBus(), hub: JobHub(), claims: claims)
+        let error = await #expect(throws: GatewayError.self) { try await jobs.submit(try request(key: "k8")) }
+        #expect(error?.detail.contains("frees the key") == false)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(claims.claimed.withLock { $0 } == 1 && claims.released.withLock { $0 }.isEmpty)
     }
 }
