@@ -173,7 +173,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` when not connected, blocked, or the connection drops first.
     public func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.publish(message, .continuation(continuation)), needsConnection: true, rejectWhenBlocked: true) {
+            if let error = enqueue(.publish(message, .continuation(continuation)), needsConnection: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -184,7 +184,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` at once when not connected or blocked; the callback is then
     ///   never called.
     public func publish(_ message: OutboundMessage, onSettled: @escaping PublishCallback) throws {
-        if let error = enqueue(.publish(message, .callback(onSettled)), needsConnection: true, rejectWhenBlocked: true) {
+        if let error = enqueue(.publish(message, .callback(onSettled)), needsConnection: true) {
             throw error
         }
     }
@@ -194,7 +194,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` at once when not connected or blocked; then none is sent and no
     ///   callback is called.
     public func publish(batch: [(message: OutboundMessage, onSettled: PublishCallback)]) throws {
-        if let error = enqueue(batch.map { .publish($0.message, .callback($0.onSettled)) }, needsConnection: true, rejectWhenBlocked: true) {
+        if let error = enqueue(batch.map { .publish($0.message, .callback($0.onSettled)) }, needsConnection: true) {
             throw error
         }
     }
@@ -203,7 +203,7 @@ public final class AMQPConnection: Sendable {
     /// a timeout anyway.
     /// - Throws: ``AMQPError`` when not connected.
     public func publishWithoutConfirm(_ message: OutboundMessage) throws {
-        if let error = enqueue(.publish(message, .none), needsConnection: true, rejectWhenBlocked: false) {
+        if let error = enqueue(.publish(message, .none), needsConnection: true) {
             throw error
         }
     }
@@ -223,14 +223,14 @@ public final class AMQPConnection: Sendable {
             state.consumers[tag] = Consumer(options: options, handler: handler)
             return tag
         }
-        _ = enqueue(.startConsumer(tag: tag), needsConnection: true, rejectWhenBlocked: false)
+        _ = enqueue(.startConsumer(tag: tag), needsConnection: true)
         return tag
     }
 
     /// Stops a consumer; unacknowledged deliveries go back to the queue.
     public func cancelConsumer(tag: String) {
         shared.withLock { _ = $0.consumers.removeValue(forKey: tag) }
-        _ = enqueue(.cancelConsumer(tag: tag), needsConnection: true, rejectWhenBlocked: false)
+        _ = enqueue(.cancelConsumer(tag: tag), needsConnection: true)
     }
 
     /// Binds a consumer's queue with one more binding, now and after every reconnect (the
@@ -257,12 +257,12 @@ public final class AMQPConnection: Sendable {
     /// Acknowledges a delivery. Dropped if the delivery came on an earlier connection: the broker
     /// has requeued it already.
     public func ack(_ delivery: Delivery, multiple: Bool = false) {
-        _ = enqueue(.ack(deliveryTag: delivery.deliveryTag, multiple: multiple, generation: delivery.generation), needsConnection: true, rejectWhenBlocked: false)
+        _ = enqueue(.ack(deliveryTag: delivery.deliveryTag, multiple: multiple, generation: delivery.generation), needsConnection: true)
     }
 
     /// Rejects a delivery; with `requeue: false` it is dead-lettered or dropped.
     public func reject(_ delivery: Delivery, requeue: Bool) {
-        _ = enqueue(.reject(deliveryTag: delivery.deliveryTag, requeue: requeue, generation: delivery.generation), needsConnection: true, rejectWhenBlocked: false)
+        _ = enqueue(.reject(deliveryTag: delivery.deliveryTag, requeue: requeue, generation: delivery.generation), needsConnection: true)
     }
 
     // MARK: Topology
@@ -271,7 +271,7 @@ public final class AMQPConnection: Sendable {
     /// declared on every connect anyway; this is for one-off declarations.
     public func declare(_ topology: Topology) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.declare(topology, continuation), needsConnection: true, rejectWhenBlocked: true) {
+            if let error = enqueue(.declare(topology, continuation), needsConnection: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -280,7 +280,7 @@ public final class AMQPConnection: Sendable {
     /// Removes a binding.
     public func unbind(_ binding: BindingSpec) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.unbind(binding, continuation), needsConnection: true, rejectWhenBlocked: true) {
+            if let error = enqueue(.unbind(binding, continuation), needsConnection: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -289,7 +289,7 @@ public final class AMQPConnection: Sendable {
     /// Removes every ready message from a queue.
     public func purgeQueue(_ name: String) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.purgeQueue(name, continuation), needsConnection: true, rejectWhenBlocked: true) {
+            if let error = enqueue(.purgeQueue(name, continuation), needsConnection: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -299,7 +299,7 @@ public final class AMQPConnection: Sendable {
     /// - Returns: message and consumer counts, or `nil` when the queue does not exist.
     public func inspectQueue(_ name: String) async throws -> QueueInfo? {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.inspectQueue(name, continuation), needsConnection: true, rejectWhenBlocked: true) {
+            if let error = enqueue(.inspectQueue(name, continuation), needsConnection: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -309,12 +309,12 @@ public final class AMQPConnection: Sendable {
 
     /// Queues a command for the owner thread, waking it if it sleeps. Returns an error instead
     /// of queueing when the command cannot succeed now, so callers fail fast.
-    private func enqueue(_ command: Command, needsConnection: Bool, rejectWhenBlocked: Bool) -> AMQPError? {
-        enqueue(CollectionOfOne(command), needsConnection: needsConnection, rejectWhenBlocked: rejectWhenBlocked)
+    private func enqueue(_ command: Command, needsConnection: Bool) -> AMQPError? {
+        enqueue(CollectionOfOne(command), needsConnection: needsConnection)
     }
 
     /// Queues commands together (all or none), waking the owner thread at most once.
-    private func enqueue(_ batch: some Collection<Command>, needsConnection: Bool, rejectWhenBlocked: Bool) -> AMQPError? {
+    private func enqueue(_ batch: some Collection<Command>, needsConnection: Bool) -> AMQPError? {
         guard let command = batch.first else { return nil }
         let (error, wake): (AMQPError?, Bool) = shared.withLock { state in
             if state.shutdownRequested { return (.shutdown, false) }
@@ -326,7 +326,8 @@ public final class AMQPConnection: Sendable {
                 default: return (.notConnected(configuration.name), false)
                 }
             }
-            if rejectWhenBlocked && state.blocked && configuration.failFastWhenBlocked { return (.blocked, false) }
+            // A batch is of one kind (publishes awaiting their confirms).
+            if command.waitsOnBroker && state.blocked && configuration.failFastWhenBlocked { return (.blocked, false) }
             state.commands.append(contentsOf: batch)
             if state.sleeping {
                 state.sleeping = false
@@ -354,7 +355,8 @@ extension AMQPConnection: Service {
 
 extension AMQPConnection.Command {
     /// Someone waits for the broker's answer to it: a confirm, or the reply to an RPC. Such
-    /// commands fail at once on a connection the broker is blocking.
+    /// commands fail at once on a connection the broker is blocking, when they are queued and,
+    /// if the notice came after that, when their turn comes (``AMQPConnectionConfiguration/failFastWhenBlocked``).
     var waitsOnBroker: Bool {
         switch self {
         case .publish(_, .none), .ack, .reject, .startConsumer, .cancelConsumer: return false

@@ -25,9 +25,8 @@ public func confirmWithin<Failure: Error>(
     _ timeout: Duration,
     publish: (@escaping @Sendable (Result<PublishOutcome, Failure>) -> Void) throws -> Void
 ) async throws -> PublishOutcome {
-    let waiter = ConfirmWaiter()
-    return try await withCheckedThrowingContinuation { continuation in
-        waiter.arm(continuation)
+    try await withCheckedThrowingContinuation { continuation in
+        let waiter = ConfirmWaiter(continuation)
         do {
             try publish { result in waiter.finish(result.mapError { $0 as any Error }) }
         } catch {
@@ -46,10 +45,10 @@ private final class ConfirmWaiter: Sendable {
         var finished = false
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
-    func arm(_ continuation: CheckedContinuation<PublishOutcome, any Error>) {
-        state.withLock { $0.continuation = continuation }
+    init(_ continuation: CheckedContinuation<PublishOutcome, any Error>) {
+        state = Mutex(State(continuation: continuation))
     }
 
     func startTimer(_ timeout: Duration) {

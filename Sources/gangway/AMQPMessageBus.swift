@@ -59,7 +59,7 @@ extension AMQPMessageBus: ClaimRegistry {
             properties: AMQPProperties(contentType: "text/plain", deliveryMode: 2, appID: WireContract.appID),
             body: ByteBuffer(string: value)
         )
-        switch try await confirmWithin(defaultConfirmTimeout, publish: { try publisher.publish(message, onSettled: $0) }) {
+        switch try await publish(message, confirmWithin: defaultConfirmTimeout) {
         case .confirmed: return true
         case .nacked: return false
         case .returned(let code, let text): throw ClaimQueueMissing(queue: queue.name, reason: "\(code) \(text)")
