@@ -191,6 +191,26 @@ final class FirstRequestGate: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard state == .waiting, let event = event as? ChannelEvent, event == .inputClosed else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        // The client closed its side and no request reached the gate: none will. (Requests
+        // served below it, by ``RequestReplyChannelHandler``, are answered before it lets the
+        // end of input through.) Hummingbird, which would close the connection, never got it,
+        // so the gate closes it, once what was written has gone out: an empty write below the
+        // response encoder completes after the writes before it.
+        guard let encoder = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self) else {
+            context.close(promise: nil)
+            return
+        }
+        let channel = context.channel
+        encoder.writeAndFlush(NIOAny(IOData.byteBuffer(ByteBuffer()))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if state == .waiting {
             state = .passing

@@ -28,7 +28,11 @@ import Darwin
 ///
 /// Responses leave in request order. While Hummingbird owes a response, every request goes to
 /// Hummingbird, pipelined or not. While this handler owes one, what the client sends after the
-/// request (a pipelining client) is held and reading stops until the response is written.
+/// request (a pipelining client) is held, and reading stops once something is held, until the
+/// response is written. Reading does not stop merely because a response is owed: a client that
+/// waits for its response sends nothing meanwhile, and stopping and resuming would cost two
+/// `epoll_ctl` calls per request. The client's end of input (a half-close after its request)
+/// is held the same way and passed on after the response.
 final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -94,8 +98,11 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     private var held = CircularBuffer<HTTPRequestPart>(initialCapacity: 2)
     /// An error the decoder raised after the held parts (a malformed body), passed on in turn.
     private var heldError: (any Error)?
-    /// A read was asked for while parts were held or a response was owed.
+    /// A read was asked for while parts were held.
     private var readDeferred = false
+    /// The client closed its side (`ChannelEvent.inputClosed`) while a response was owed or
+    /// parts were held: passed on after them.
+    private var inputClosedHeld = false
     /// ``resumeReading(context:)`` is handling held parts.
     private var replaying = false
     private var context: ChannelHandlerContext?
@@ -145,7 +152,18 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     func channelInactive(context: ChannelHandlerContext) {
         held.removeAll()
         heldError = nil
+        inputClosedHeld = false
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Hummingbird ends the connection at the end of its input: while a response is owed
+        // here, or requests are held, that would come before them.
+        if let event = event as? ChannelEvent, event == .inputClosed, isOwing || !held.isEmpty {
+            inputClosedHeld = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     /// One part in arrival order, none held before it.
@@ -299,7 +317,12 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             heldError = nil
             errorCaught(context: context, error: error)
         }
-        if readDeferred && held.isEmpty && !isOwing {
+        if !isOwing, held.isEmpty, inputClosedHeld {
+            inputClosedHeld = false
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            return
+        }
+        if readDeferred && held.isEmpty {
             readDeferred = false
             context.read()
         }
@@ -314,7 +337,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     // MARK: Outbound
 
     func read(context: ChannelHandlerContext) {
-        if isOwing || !held.isEmpty {
+        if !held.isEmpty || inputClosedHeld {
             readDeferred = true
         } else {
             context.read()

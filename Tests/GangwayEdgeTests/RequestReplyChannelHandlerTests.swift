@@ -28,6 +28,17 @@ final class SentRequests: Sendable {
     }
 }
 
+/// Counts the `inputClosed` events that reach the channel's end of the pipeline.
+final class EventRecorder: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    var inputClosed = 0
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed { inputClosed += 1 }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
 /// Counts the reads that reach the socket's end of the pipeline.
 final class ReadCounter: ChannelOutboundHandler {
     typealias OutboundIn = NIOAny
@@ -168,14 +179,14 @@ struct RequestReplyChannelHandlerTests {
         }
     }
 
-    @Test("a pipelined request waits for the response before it: reading stops, then goes on")
+    @Test("a pipelined request waits for the response before it: reading stops once it is held, then goes on")
     func pipelinedAfterOwnResponse() throws {
         let (channel, sent, reads) = try Self.channel()
         try channel.writeInbound(Self.head(.get, "/v1/time"))
         try channel.writeInbound(HTTPRequestPart.end(nil))
-        let readsBefore = reads.reads
+        var readsBefore = reads.reads
         channel.read()
-        #expect(reads.reads == readsBefore, "no reading while a response is owed")
+        #expect(reads.reads == readsBefore + 1, "a response owed and nothing held: reading goes on")
         // The client pipelines one request for Hummingbird and one for the handler.
         try channel.writeInbound(Self.head(.get, "/healthz"))
         try channel.writeInbound(HTTPRequestPart.end(nil))
@@ -183,6 +194,9 @@ struct RequestReplyChannelHandlerTests {
         try channel.writeInbound(HTTPRequestPart.end(nil))
         #expect(try channel.readInbound(as: HTTPRequestPart.self) == nil, "held until the first response is out")
         #expect(sent.count == 1)
+        readsBefore = reads.reads
+        channel.read()
+        #expect(reads.reads == readsBefore, "no reading while requests are held")
 
         sent.answer(0, .success(Self.reply("one")))
         channel.embeddedEventLoop.run()
@@ -197,6 +211,24 @@ struct RequestReplyChannelHandlerTests {
         #expect(try channel.readInbound(as: HTTPRequestPart.self) == Self.head(.get, "/v1/time"))
         #expect(sent.count == 1)
         #expect(reads.reads == readsBefore + 1, "the deferred read goes out once nothing is owed here")
+    }
+
+    @Test("the client's end of input while a response is owed is passed on after the response")
+    func halfCloseWaitsForResponse() throws {
+        let (channel, sent, _) = try Self.channel()
+        let events = EventRecorder()
+        try channel.pipeline.syncOperations.addHandler(events)
+        try channel.writeInbound(Self.head(.get, "/v1/time"))
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(events.inputClosed == 0, "held while the response is owed")
+        sent.answer(0, .success(Self.reply("one")))
+        channel.embeddedEventLoop.run()
+        #expect(try Self.response(channel)?.body == "one")
+        #expect(events.inputClosed == 1, "passed on once the response is written")
+        // With nothing owed, it goes on at once.
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(events.inputClosed == 2)
     }
 
     @Test("while Hummingbird owes a response every request goes to it; once it has answered, the handler serves again")

@@ -171,6 +171,25 @@ def test_pipelined_requests_of_every_kind_are_answered_in_order_on_one_connectio
     assert responses[7].endswith("\r\n\r\nlast")
 
 
+def test_a_client_that_half_closes_after_its_request_still_gets_the_reply(stack):
+    # The client sends its request and shuts its side down (as `nc -N` does), while the worker
+    # takes 300 ms: the edge keeps reading while it waits for the reply, sees the end of input
+    # then, and still answers before it closes the connection.
+    edge = stack.start_edge()
+    stack.start_worker("echo", extra=["--delay-ms", "300"])
+    host, port = edge.base.removeprefix("http://").split(":")
+    for sent in (b"hello", bytes(range(256)) * 4096):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                      + b"Content-Length: " + str(len(sent)).encode() + b"\r\n\r\n" + sent)
+            s.shutdown(socket.SHUT_WR)
+            start = time.monotonic()
+            head, body = read_response(s)
+            assert time.monotonic() - start >= 0.25, "answered before the worker did"
+            assert head.startswith("HTTP/1.1 200 OK\r\n") and body == sent, head
+            assert s.recv(1) == b"", "the connection closes after the response"
+
+
 def read_response(s):
     """Reads one response with a Content-Length from an open socket: (head, body)."""
     data = b""
