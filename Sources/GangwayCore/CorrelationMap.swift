@@ -54,6 +54,14 @@ public struct CorrelationMap<Reply, Failure, Waiter> {
         return true
     }
 
+    /// Opens a slot whose requester waits from the start (a callback, which needs no turn to
+    /// come for its reply). Returns false if the id is already in use.
+    public mutating func register(_ id: String, waiting waiter: Waiter) -> Bool {
+        guard slots[id] == nil else { return false }
+        slots[id] = .waiting(waiter)
+        return true
+    }
+
     public mutating func reply(_ id: String, _ reply: Reply) -> ReplyAction {
         switch slots[id] {
         case .pending:

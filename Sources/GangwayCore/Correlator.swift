@@ -162,6 +162,26 @@ public final class Correlator: Sendable {
         }
     }
 
+    /// Opens a slot, as ``register(id:timeoutMilliseconds:)``, whose reply or failure (as
+    /// ``wait(id:)`` throws it) goes to `callback`, exactly once: on the consumer's thread, the
+    /// publisher's or the deadline sweeper's, so it must be short and must not block. For
+    /// callers that are not tasks, such as a channel handler, which then hops to its event
+    /// loop. A publish that fails is reported with ``fail(id:with:)``.
+    /// - Returns: false if the id is already in use.
+    public func register(
+        id: String,
+        timeoutMilliseconds: Int,
+        whenReplied callback: @escaping @Sendable (Result<Delivery, Failure>) -> Void
+    ) throws(Failure) -> Bool {
+        let now = NIODeadline.now().uptimeNanoseconds
+        return try state.withLock { s throws(Failure) in
+            if let reason = s.notReceiving { throw .unavailable(reason) }
+            guard s.map.register(id, waiting: .callback(callback)) else { return false }
+            s.deadlines.add(id: id, timeoutMilliseconds: timeoutMilliseconds, now: now)
+            return true
+        }
+    }
+
     /// Hands a reply to its request. Called on the consumer thread; never blocks.
     public func deliver(_ delivery: Delivery) {
         let id = delivery.properties.correlationID ?? ""
@@ -259,14 +279,6 @@ public final class Correlator: Sendable {
         } onCancel: {
             for id in ids { cancel(id: id, with: .cancelled) }
         }
-    }
-
-    /// Calls `callback` with the reply of a registered request, or its failure (as ``wait(id:)``
-    /// throws it), exactly once: on the consumer's thread, the publisher's, the deadline
-    /// sweeper's or this one, so it must be short and must not block. For callers that are not
-    /// tasks, such as a channel handler, which then hops to its event loop.
-    public func whenReplied(id: String, _ callback: @escaping @Sendable (Result<Delivery, Failure>) -> Void) {
-        waitFor(id, .callback(callback))
     }
 
     /// Parks `waiter` on a slot, or resumes it at once with what the slot already holds.

@@ -100,9 +100,12 @@ public final class RequestReplyClient: Sendable {
             }
             return
         }
+        let route = request.route
         let prepared: Prepared
         do {
-            prepared = try prepareMessage(request)
+            // The slot is opened with its callback: the reply, a return or a failed publish
+            // settles it exactly once.
+            prepared = try prepareMessage(request) { result in completion(Self.outcome(result, route: route)) }
         } catch {
             completion(.failure(error))
             return
@@ -110,13 +113,7 @@ public final class RequestReplyClient: Sendable {
         do {
             try bus.publish(prepared.message, onSettled: prepared.onSettled)
         } catch {
-            correlator.cancel(id: prepared.pending.correlationID)
-            completion(.failure(.brokerUnavailable("\(error)")))
-            return
-        }
-        let route = request.route
-        correlator.whenReplied(id: prepared.pending.correlationID) { result in
-            completion(Self.outcome(result, route: route))
+            correlator.fail(id: prepared.pending.correlationID, with: .unavailable("\(error)"))
         }
     }
 
@@ -132,12 +129,21 @@ public final class RequestReplyClient: Sendable {
     }
 
     /// The message and its open reply slot, once the consumer check has passed.
-    private func prepareMessage(_ request: GatewayRequest) throws(GatewayError) -> Prepared {
+    /// - Parameter whenReplied: settles the slot instead of a later wait, when given.
+    private func prepareMessage(
+        _ request: GatewayRequest,
+        whenReplied: (@Sendable (Result<Delivery, Correlator.Failure>) -> Void)? = nil
+    ) throws(GatewayError) -> Prepared {
         let correlationID = nextCorrelationID()
         let message = makeMessage(request, correlationID: correlationID)
+        let timeout = request.route.timeoutMilliseconds
         let registered: Bool
         do {
-            registered = try correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds)
+            if let whenReplied {
+                registered = try correlator.register(id: correlationID, timeoutMilliseconds: timeout, whenReplied: whenReplied)
+            } else {
+                registered = try correlator.register(id: correlationID, timeoutMilliseconds: timeout)
+            }
         } catch {
             throw Self.error(for: error, route: request.route)
         }

@@ -69,6 +69,21 @@ struct CorrelationMapTests {
         #expect(check6)
     }
 
+    @Test("a slot registered with its waiter resumes it with the reply or a failure; the id stays taken until then")
+    func registerWaiting() {
+        var m = Map()
+        let opened = m.register("a", waiting: 7)
+        let again = m.register("a", waiting: 8) || m.register("a")
+        #expect(opened && !again)
+        guard case .resume(let waiter, let reply) = m.reply("a", "ok") else { Issue.record("expected resume"); return }
+        #expect(waiter == 7 && reply == "ok")
+        #expect(m.count == 0)
+        let second = m.register("b", waiting: 9)
+        #expect(second)
+        guard case .resume(let failed, _) = m.fail("b", "unroutable") else { Issue.record("expected resume"); return }
+        #expect(failed == 9 && m.count == 0)
+    }
+
     @Test("removal at the deadline fails a suspended waiter; a later reply is unknown")
     func expire() {
         var m = Map()

@@ -68,31 +68,34 @@ struct CorrelatorTests {
     func empty() async {
         #expect(await Correlator().waitAll(ids: []).isEmpty)
     }
-    @Test("a callback hears a reply that came before it, one that comes after it, a failure and a deadline, once each")
+    @Test("a callback registered with its slot hears its reply, a failure or the deadline, once each; a second reply is unknown")
     func callbacks() async throws {
         let correlator = Correlator()
         let heard = Mutex<[String: [Result<String, Correlator.Failure>]]>([:])
-        func listen(_ id: String) {
-            correlator.whenReplied(id: id) { result in
+        func register(_ id: String, timeout: Int = 5_000) throws -> Bool {
+            try correlator.register(id: id, timeoutMilliseconds: timeout) { result in
                 heard.withLock { $0[id, default: []].append(result.map { String(buffer: $0.body) }) }
             }
         }
-        for id in ["early", "late", "failed"] { #expect(try correlator.register(id: id, timeoutMilliseconds: 5_000)) }
-        #expect(try correlator.register(id: "expired", timeoutMilliseconds: 1))
-        correlator.deliver(reply("early", "1"))
-        for id in ["early", "late", "failed", "expired"] { listen(id) }
-        #expect(heard.withLock { $0.count } == 1, "only the early reply is heard at once")
-        correlator.deliver(reply("late", "2"))
-        correlator.deliver(reply("late", "again"))
+        for id in ["replied", "failed", "unpublished"] { #expect(try register(id)) }
+        #expect(try register("expired", timeout: 1))
+        #expect(try register("replied") == false, "an id in use is refused")
+        #expect(heard.withLock { $0.isEmpty }, "nothing is heard before it happens")
+        correlator.deliver(reply("replied", "1"))
+        correlator.deliver(reply("replied", "again"))
         correlator.fail(id: "failed", with: .unroutable("NO_ROUTE"))
+        correlator.fail(id: "unpublished", with: .unavailable("connection lost"))
+        correlator.deliver(reply("failed", "late"))
         try await Task.sleep(for: .milliseconds(5))
         correlator.expire()
         let all = heard.withLock { $0 }
-        #expect(all["early"] == [.success("1")])
-        #expect(all["late"] == [.success("2")])
+        #expect(all["replied"] == [.success("1")])
         #expect(all["failed"] == [.failure(.unroutable("NO_ROUTE"))])
+        #expect(all["unpublished"] == [.failure(.unavailable("connection lost"))])
         #expect(all["expired"] == [.failure(.timeout)])
-        #expect(correlator.pending == 0 && correlator.unknownReplies == 1)
+        #expect(correlator.pending == 0 && correlator.unknownReplies == 2)
+        correlator.repliesStopped("shutting down")
+        #expect(throws: Correlator.Failure.unavailable("shutting down")) { try register("after") }
     }
 
     @Test("while replies are stopped, waiting requests and streams fail as unavailable and no slot opens; once resumed, slots open again")
