@@ -144,6 +144,15 @@ struct FirstRequestGateTests {
         #expect(settled.failed)
     }
 
+    @Test("a connection whose input ends before any request reaches the gate closes, and the decision fails")
+    func inputClosedBeforeRequest() async throws {
+        let (channel, settled) = try await Self.pipeline()
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        await channel.testingEventLoop.run()
+        #expect(!channel.isActive)
+        #expect(settled.failed)
+    }
+
     @Test("the Date header's format")
     func date() {
         #expect(HTTPDate.format(secondsSinceEpoch: 784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
