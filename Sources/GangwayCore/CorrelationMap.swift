@@ -47,18 +47,11 @@ public struct CorrelationMap<Reply, Failure, Waiter> {
 
     public var count: Int { slots.count }
 
-    /// Opens a slot. Returns false if the id is already in use.
-    public mutating func register(_ id: String) -> Bool {
+    /// Opens a slot; with a waiter, one whose requester waits from the start (a callback,
+    /// which needs no turn to come for its reply). Returns false if the id is already in use.
+    public mutating func register(_ id: String, waiting waiter: Waiter? = nil) -> Bool {
         guard slots[id] == nil else { return false }
-        slots[id] = .pending
-        return true
-    }
-
-    /// Opens a slot whose requester waits from the start (a callback, which needs no turn to
-    /// come for its reply). Returns false if the id is already in use.
-    public mutating func register(_ id: String, waiting waiter: Waiter) -> Bool {
-        guard slots[id] == nil else { return false }
-        slots[id] = .waiting(waiter)
+        slots[id] = waiter.map { .waiting($0) } ?? .pending
         return true
     }
 

@@ -149,34 +149,23 @@ public final class Correlator: Sendable {
     public var unknownReplies: Int { state.withLock { $0.map.unknownReplies } }
 
     /// Opens a slot before the request is published, so that an early reply is kept.
+    /// - Parameter callback: when given, the slot's reply or failure (as ``wait(id:)`` throws
+    ///   it) goes to it, exactly once, instead of to a later wait: on the consumer's thread, the
+    ///   publisher's or the deadline sweeper's, so it must be short and must not block. For
+    ///   callers that are not tasks, such as a channel handler, which then hops to its event
+    ///   loop. A publish that fails is then reported with ``fail(id:with:)``.
     /// - Returns: false if the id is already in use.
     /// - Throws: ``Failure/unavailable(_:)`` while no reply can arrive (``repliesStopped(_:)``):
     ///   then the request must not be published.
-    public func register(id: String, timeoutMilliseconds: Int) throws(Failure) -> Bool {
-        let now = NIODeadline.now().uptimeNanoseconds
-        return try state.withLock { s throws(Failure) in
-            if let reason = s.notReceiving { throw .unavailable(reason) }
-            guard s.map.register(id) else { return false }
-            s.deadlines.add(id: id, timeoutMilliseconds: timeoutMilliseconds, now: now)
-            return true
-        }
-    }
-
-    /// Opens a slot, as ``register(id:timeoutMilliseconds:)``, whose reply or failure (as
-    /// ``wait(id:)`` throws it) goes to `callback`, exactly once: on the consumer's thread, the
-    /// publisher's or the deadline sweeper's, so it must be short and must not block. For
-    /// callers that are not tasks, such as a channel handler, which then hops to its event
-    /// loop. A publish that fails is reported with ``fail(id:with:)``.
-    /// - Returns: false if the id is already in use.
     public func register(
         id: String,
         timeoutMilliseconds: Int,
-        whenReplied callback: @escaping @Sendable (Result<Delivery, Failure>) -> Void
+        whenReplied callback: (@Sendable (Result<Delivery, Failure>) -> Void)? = nil
     ) throws(Failure) -> Bool {
         let now = NIODeadline.now().uptimeNanoseconds
         return try state.withLock { s throws(Failure) in
             if let reason = s.notReceiving { throw .unavailable(reason) }
-            guard s.map.register(id, waiting: .callback(callback)) else { return false }
+            guard s.map.register(id, waiting: callback.map { .callback($0) }) else { return false }
             s.deadlines.add(id: id, timeoutMilliseconds: timeoutMilliseconds, now: now)
             return true
         }

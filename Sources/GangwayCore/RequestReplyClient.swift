@@ -136,14 +136,9 @@ public final class RequestReplyClient: Sendable {
     ) throws(GatewayError) -> Prepared {
         let correlationID = nextCorrelationID()
         let message = makeMessage(request, correlationID: correlationID)
-        let timeout = request.route.timeoutMilliseconds
         let registered: Bool
         do {
-            if let whenReplied {
-                registered = try correlator.register(id: correlationID, timeoutMilliseconds: timeout, whenReplied: whenReplied)
-            } else {
-                registered = try correlator.register(id: correlationID, timeoutMilliseconds: timeout)
-            }
+            registered = try correlator.register(id: correlationID, timeoutMilliseconds: request.route.timeoutMilliseconds, whenReplied: whenReplied)
         } catch {
             throw Self.error(for: error, route: request.route)
         }
