@@ -26,9 +26,26 @@ public final class SSEOutbox: Sendable {
         case end(End)
     }
 
-    /// Writes bytes to the client and calls `written` once they have left the process (or
+    /// Writes bytes to the client and confirms the receipt once they have left the process (or
     /// failed to). Called in push order, possibly on any thread; must not block.
-    public typealias Sink = @Sendable (_ bytes: ByteBuffer, _ written: @escaping @Sendable () -> Void) -> Void
+    public typealias Sink = @Sendable (_ bytes: ByteBuffer, _ receipt: Receipt) -> Void
+
+    /// Handed to the sink with each write, for the sink to ``confirm()`` once the bytes have
+    /// left the process (or cannot): from then on they no longer count toward the bound. A
+    /// value, so that a write costs no allocation for its callback.
+    public struct Receipt: Sendable {
+        let outbox: SSEOutbox
+        let count: Int
+
+        package init(outbox: SSEOutbox, count: Int) {
+            self.outbox = outbox
+            self.count = count
+        }
+
+        public func confirm() {
+            outbox.unwritten.subtract(count, ordering: .relaxed)
+        }
+    }
 
     struct State {
         var pending: [ByteBuffer] = []
@@ -88,7 +105,7 @@ public final class SSEOutbox: Sendable {
     private func send(_ buffer: ByteBuffer, to sink: Sink) {
         let n = buffer.readableBytes
         unwritten.add(n, ordering: .relaxed)
-        sink(buffer) { self.unwritten.subtract(n, ordering: .relaxed) }
+        sink(buffer, Receipt(outbox: self, count: n))
     }
 
     /// How the outbox ended, or nil while it is open.
@@ -123,9 +140,15 @@ public final class SSEOutbox: Sendable {
     public func push(_ buffer: ByteBuffer) -> Bool {
         // Attached to a loop: every push happens there, so that none overtakes another.
         if let loop = state.withLock({ $0.loop }), !loop.inEventLoop {
-            loop.execute { self.push(buffer) }
+            loop.execute { self.pushHere(buffer) }
             return state.withLock { $0.end == nil }
         }
+        return pushHere(buffer)
+    }
+
+    /// ``push(_:)`` once on the outbox's loop (or on any thread, when it has none).
+    @discardableResult
+    private func pushHere(_ buffer: ByteBuffer) -> Bool {
         enum Action {
             case none
             case send(Sink)
@@ -185,24 +208,57 @@ public final class SSEOutbox: Sendable {
         }
     }
 
+    /// Outboxes grouped by the event loop each is attached to, for
+    /// ``fanOut(_:along:thenFinish:)``. Grouping costs a lock per outbox, so a caller that fans
+    /// out to the same outboxes again and again (the subscribers of a topic) keeps the plan
+    /// while it is ``isSettled``.
+    public struct FanOutPlan: Sendable {
+        var byLoop: [(loop: any EventLoop, outboxes: [SSEOutbox])] = []
+        var unattached: [SSEOutbox] = []
+
+        public init(_ outboxes: [SSEOutbox]) {
+            var index: [ObjectIdentifier: Int] = [:]
+            for outbox in outboxes {
+                guard let loop = outbox.state.withLock({ $0.loop }) else {
+                    unattached.append(outbox)
+                    continue
+                }
+                if let i = index[ObjectIdentifier(loop)] {
+                    byLoop[i].outboxes.append(outbox)
+                } else {
+                    index[ObjectIdentifier(loop)] = byLoop.count
+                    byLoop.append((loop, [outbox]))
+                }
+            }
+        }
+
+        /// Every outbox was attached to a loop when the plan was made, so the plan stays right
+        /// for as long as the set of outboxes does: an outbox never moves to another loop, and
+        /// one that has ended ignores what is pushed to it.
+        public var isSettled: Bool { unattached.isEmpty }
+
+        public var count: Int { byLoop.reduce(unattached.count) { $0 + $1.outboxes.count } }
+    }
+
     /// Pushes one buffer to many outboxes: those attached to an event loop get it in one task
     /// per loop, which writes to each of its connections in turn, so the caller's thread does
     /// not pay for every connection and the loops share the work.
     /// - Parameter thenFinish: the buffer is the stream's last: finish each outbox after it.
     public static func fanOut(_ buffer: ByteBuffer, to outboxes: [SSEOutbox], thenFinish: Bool = false) {
-        var byLoop: [ObjectIdentifier: (loop: any EventLoop, outboxes: [SSEOutbox])] = [:]
-        for outbox in outboxes {
-            if let loop = outbox.state.withLock({ $0.loop }) {
-                byLoop[ObjectIdentifier(loop), default: (loop, [])].outboxes.append(outbox)
-            } else {
-                outbox.push(buffer)
-                if thenFinish { outbox.finish() }
-            }
+        fanOut(buffer, along: FanOutPlan(outboxes), thenFinish: thenFinish)
+    }
+
+    /// ``fanOut(_:to:thenFinish:)`` with the outboxes grouped already.
+    public static func fanOut(_ buffer: ByteBuffer, along plan: FanOutPlan, thenFinish: Bool = false) {
+        for outbox in plan.unattached {
+            outbox.push(buffer)
+            if thenFinish { outbox.finish() }
         }
-        for (loop, group) in byLoop.values {
+        for (loop, group) in plan.byLoop {
             loop.execute {
                 for outbox in group {
-                    outbox.push(buffer)
+                    // On the loop the outbox was attached to: no hop to check for.
+                    outbox.pushHere(buffer)
                     if thenFinish { outbox.finish() }
                 }
             }

@@ -54,7 +54,16 @@ public final class TopicHub: Sendable {
 
     struct Binding {
         var pattern: TopicPattern
-        var subscribers: Set<Int> = []
+        var subscribers: Set<Int> = [] {
+            didSet {
+                plan = nil
+                generation &+= 1
+            }
+        }
+        /// The subscribers' outboxes grouped by loop, kept from one event to the next while
+        /// the subscribers stay the same; `generation` counts their changes.
+        var plan: SSEOutbox.FanOutPlan?
+        var generation = 0
         /// Subscribers waiting for the binding to be made.
         var pending = 0
         var bound = false
@@ -288,7 +297,7 @@ public final class TopicHub: Sendable {
     public func deliver(topic: String, messageID: String?, contentType: String?, body: ByteBuffer) {
         let now = WireContract.epochMilliseconds()
         let data = Self.envelope(topic: topic, contentType: contentType, body: body)
-        let (encoded, targets): (ByteBuffer, [SSEOutbox]) = state.withLock { s in
+        let (encoded, targets): (ByteBuffer, Targets) = state.withLock { s in
             let seq = s.nextSeq
             s.nextSeq += 1
             var id = messageID ?? ""
@@ -302,22 +311,45 @@ public final class TopicHub: Sendable {
                 s.historyIndex[s.history.removeFirst().id] = nil
             }
             var matched = Set<Int>()
-            var single: Set<Int>?
-            for binding in s.bindings.values where !binding.subscribers.isEmpty && binding.pattern.matches(topic) {
+            var single: (key: String, binding: Binding)?
+            for (key, binding) in s.bindings where !binding.subscribers.isEmpty && binding.pattern.matches(topic) {
                 if single == nil && matched.isEmpty {
-                    single = binding.subscribers
+                    single = (key, binding)
                 } else {
                     if let first = single {
-                        matched.formUnion(first)
+                        matched.formUnion(first.binding.subscribers)
                         single = nil
                     }
                     matched.formUnion(binding.subscribers)
                 }
             }
-            let ids = single ?? matched
-            return (encoded, ids.compactMap { s.subscribers[$0] })
+            guard let single else { return (encoded, .outboxes(matched.compactMap { s.subscribers[$0] })) }
+            if let plan = single.binding.plan { return (encoded, .plan(plan)) }
+            return (encoded, .unplanned(key: single.key, generation: single.binding.generation, single.binding.subscribers.compactMap { s.subscribers[$0] }))
         }
-        SSEOutbox.fanOut(encoded, to: targets)
+        switch targets {
+        case .plan(let plan):
+            SSEOutbox.fanOut(encoded, along: plan)
+        case .outboxes(let outboxes):
+            SSEOutbox.fanOut(encoded, to: outboxes)
+        case .unplanned(let key, let generation, let outboxes):
+            // Grouping thousands of outboxes by loop takes a lock each: done outside the hub's
+            // lock, and once for as long as the binding's subscribers stay the same.
+            let plan = SSEOutbox.FanOutPlan(outboxes)
+            SSEOutbox.fanOut(encoded, along: plan)
+            guard plan.isSettled else { return }
+            state.withLock { s in
+                if s.bindings[key]?.generation == generation { s.bindings[key]?.plan = plan }
+            }
+        }
+    }
+
+    /// Whom an event goes to: one binding's subscribers (planned already, or to plan and keep),
+    /// or the union of several bindings' subscribers.
+    enum Targets {
+        case plan(SSEOutbox.FanOutPlan)
+        case unplanned(key: String, generation: Int, [SSEOutbox])
+        case outboxes([SSEOutbox])
     }
 
     /// `{"topic": …, "data": …}`: a JSON body embedded as JSON, any other as a string.

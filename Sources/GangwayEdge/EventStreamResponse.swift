@@ -123,11 +123,11 @@ final class EventStream: Sendable {
     /// of streams. Call it once what must come first is in the pipeline.
     func attachSink() {
         guard let channel, let added else { return }
-        outbox.attach(on: channel.eventLoop) { bytes, written in
+        outbox.attach(on: channel.eventLoop) { bytes, receipt in
             // The sink runs on the loop, where the tap lives.
-            if case .tap(let handler)? = added.value, handler.writeChunk(bytes, written: written) { return }
+            if case .tap(let handler)? = added.value, handler.writeChunk(bytes, receipt: receipt) { return }
             let promise = channel.eventLoop.makePromise(of: Void.self)
-            promise.futureResult.whenComplete { _ in written() }
+            promise.futureResult.whenComplete { _ in receipt.confirm() }
             channel.writeAndFlush(HTTPResponsePart.body(bytes), promise: promise)
         }
     }
@@ -241,25 +241,25 @@ final class EventStreamTap: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
-    /// Writes `bytes` as one chunk and flushes it, if the response is chunked; `written` runs
-    /// once the chunk has left the process (or cannot).
+    /// Writes `bytes` as one chunk and flushes it, if the response is chunked; confirms
+    /// `receipt` once the chunk has left the process (or cannot).
     /// - Returns: false when it did not (framing unknown or not chunked): write it the usual way.
-    func writeChunk(_ bytes: ByteBuffer, written: @escaping @Sendable () -> Void) -> Bool {
+    func writeChunk(_ bytes: ByteBuffer, receipt: SSEOutbox.Receipt) -> Bool {
         guard framing == .chunked, let context else { return false }
         guard bytes.readableBytes > 0 else {
             // An empty chunk would end the body.
-            written()
+            receipt.confirm()
             return true
         }
         context.writeAndFlush(wrapOutboundOut(.byteBuffer(Self.chunk(of: bytes))), promise: nil)
         if let buffered = try? context.channel.syncOptions?.getOption(.bufferedWritableBytes), buffered == 0 {
             // The kernel took it all (the usual case): no promise to make and complete per write.
-            written()
+            receipt.confirm()
         } else {
             // Some is still queued (a slow client) or the channel is gone: an empty write after
             // it completes, in order, once everything before it has left.
             let promise = context.eventLoop.makePromise(of: Void.self)
-            promise.futureResult.whenComplete { _ in written() }
+            promise.futureResult.whenComplete { _ in receipt.confirm() }
             context.writeAndFlush(wrapOutboundOut(.byteBuffer(ByteBuffer())), promise: promise)
         }
         return true

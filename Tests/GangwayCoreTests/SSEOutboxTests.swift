@@ -113,16 +113,16 @@ struct SSEOutboxTests {
         let box = SSEOutbox(limit: 10)
         box.push(ByteBuffer(string: "ab"))
         let sent = Mutex<[String]>([])
-        let pendingAcks = Mutex<[@Sendable () -> Void]>([])
-        box.attach { bytes, written in
+        let receipts = Mutex<[SSEOutbox.Receipt]>([])
+        box.attach { bytes, receipt in
             sent.withLock { $0.append(String(buffer: bytes)) }
-            pendingAcks.withLock { $0.append(written) }
+            receipts.withLock { $0.append(receipt) }
         }
         #expect(box.push(ByteBuffer(string: "cd")))
         #expect(sent.withLock { $0 } == ["ab", "cd"])
         #expect(box.queuedBytes == 4)
         // Written: those bytes no longer count.
-        pendingAcks.withLock { acks in acks.forEach { $0() } }
+        receipts.withLock { $0.forEach { $0.confirm() } }
         #expect(box.queuedBytes == 0)
         #expect(box.push(ByteBuffer(string: "123456")))
         #expect(box.push(ByteBuffer(string: "789")))
@@ -144,9 +144,9 @@ struct SSEOutboxTests {
         let gate = DispatchSemaphore(value: 0)
         loop.execute { gate.wait() }
         box.push(ByteBuffer(string: "1"))
-        box.attach(on: loop) { bytes, written in
+        box.attach(on: loop) { bytes, receipt in
             sent.withLock { $0.append(String(buffer: bytes)) }
-            written()
+            receipt.confirm()
         }
         SSEOutbox.fanOut(ByteBuffer(string: "2"), to: [box])
         box.push(ByteBuffer(string: "3"))
@@ -162,6 +162,41 @@ struct SSEOutboxTests {
             return
         }
         #expect(box.queuedBytes == 0)
+        try await group.shutdownGracefully()
+    }
+
+    @Test("a fan-out plan groups outboxes by the loop each is attached to; an unattached one makes it unsettled and still gets the push")
+    func fanOutPlan() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let loops = [group.next(), group.next()]
+        let sent = Mutex<[String: [String]]>([:])
+        var attached: [SSEOutbox] = []
+        for (i, name) in ["a", "b", "c"].enumerated() {
+            let box = SSEOutbox(limit: 1000)
+            let loop = loops[i % 2]
+            box.attach(on: loop) { bytes, receipt in
+                #expect(loop.inEventLoop)
+                sent.withLock { $0[name, default: []].append(String(buffer: bytes)) }
+                receipt.confirm()
+            }
+            attached.append(box)
+        }
+        let plan = SSEOutbox.FanOutPlan(attached)
+        #expect(plan.isSettled && plan.count == 3)
+        for event in ["1", "2"] { SSEOutbox.fanOut(ByteBuffer(string: event), along: plan) }
+        let loose = SSEOutbox(limit: 1000)
+        let mixed = SSEOutbox.FanOutPlan([attached[0], loose])
+        #expect(!mixed.isSettled && mixed.count == 2)
+        SSEOutbox.fanOut(ByteBuffer(string: "3"), along: mixed, thenFinish: true)
+        for loop in loops { try await loop.submit {}.get() }
+        #expect(sent.withLock { $0 } == ["a": ["1", "2", "3"], "b": ["1", "2"], "c": ["1", "2"]])
+        #expect(attached[0].end == .finished && attached[1].end == nil)
+        guard case .bytes(let queued) = await loose.next() else {
+            Issue.record("the unattached outbox did not get the push")
+            return
+        }
+        #expect(queued.map { String(buffer: $0) } == ["3"])
+        #expect(loose.end == .finished)
         try await group.shutdownGracefully()
     }
 }

@@ -1,6 +1,7 @@
 import GangwayAMQPCore
 @testable import GangwayCore
 import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -53,6 +54,41 @@ struct TopicHubTests {
             #expect(await text(b) == "id: m1\ndata: {\"topic\":\"orders.created\",\"data\":{\"n\":1}}\n\nid: m2\ndata: {\"topic\":\"audit.login.ok\",\"data\":\"x\"}\n\n")
             #expect(await text(c) == "id: m2\ndata: {\"topic\":\"audit.login.ok\",\"data\":\"x\"}\n\n")
         }
+    }
+
+    @Test("subscribers attached to loops: events reach those subscribed when each was delivered, however the fan-out is planned")
+    func plannedFanOut() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let sent = Mutex<[String: [String]]>([:])
+        func attached(_ name: String) -> SSEOutbox {
+            let outbox = SSEOutbox(limit: 1 << 20)
+            outbox.attach(on: group.next()) { bytes, receipt in
+                let id = String(buffer: bytes).split(separator: "\n")[0]
+                sent.withLock { $0[name, default: []].append(String(id)) }
+                receipt.confirm()
+            }
+            return outbox
+        }
+        func deliver(_ hub: TopicHub, _ id: String) async throws {
+            hub.deliver(topic: "t.x", messageID: id, contentType: "text/plain", body: ByteBuffer(string: id))
+            // Fanned out on the loops: wait until each has written.
+            for _ in 0..<2 { try await group.next().submit {}.get() }
+        }
+        try await withHub(linger: 60_000) { hub, _ in
+            let a = try await hub.subscribe(patterns("t.*"), lastEventID: nil, outbox: attached("a"))
+            try await deliver(hub, "e1")
+            try await deliver(hub, "e2")
+            let b = try await hub.subscribe(patterns("t.*"), lastEventID: nil, outbox: attached("b"))
+            try await deliver(hub, "e3")
+            hub.unsubscribe(a.id)
+            try await deliver(hub, "e4")
+            hub.unsubscribe(b.id)
+            try await deliver(hub, "e5")
+            _ = try await hub.subscribe(patterns("t.*", "t.x"), lastEventID: nil, outbox: attached("c"))
+            try await deliver(hub, "e6")
+        }
+        #expect(sent.withLock { $0 } == ["a": ["id: e1", "id: e2", "id: e3"], "b": ["id: e3", "id: e4"], "c": ["id: e6"]])
+        try await group.shutdownGracefully()
     }
 
     @Test("the last subscriber leaving unbinds after the linger time, not before")

@@ -5,12 +5,6 @@ import NIOEmbedded
 import Synchronization
 import Testing
 
-final class Counter: Sendable {
-    private let count = Mutex(0)
-    var value: Int { count.withLock { $0 } }
-    func add() { count.withLock { $0 += 1 } }
-}
-
 @Suite("Event-stream tap: ready-made chunks below the HTTP/1 encoder")
 struct EventStreamTapTests {
     static let chunkedHead = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -25,27 +19,32 @@ struct EventStreamTapTests {
         #expect(EventStreamTap.framing(ofHead: ByteBuffer(string: "HTTP/1.1 200 OK\r\ntransfer-enc")) == nil)
     }
 
-    @Test("after a chunked head, events go out as one chunk each, in order with what passed through")
+    @Test("after a chunked head, events go out as one chunk each, in order with what passed through, and each is confirmed written")
     func chunks() throws {
         let outbox = SSEOutbox(limit: 1 << 16)
         let tap = EventStreamTap(outbox: outbox)
         let channel = EmbeddedChannel(handler: tap)
-        // Nothing seen yet: the caller must write the usual way.
-        let written = Counter()
-        let early = tap.writeChunk(ByteBuffer(string: "early"), written: { written.add() })
-        #expect(!early)
+        nonisolated(unsafe) let sink = tap  // the embedded channel runs on the test's thread
+        let taken = Mutex<[Bool]>([])
+        outbox.attach { bytes, receipt in
+            taken.withLock { $0.append(sink.writeChunk(bytes, receipt: receipt)) }
+        }
+        // Nothing seen yet: the caller must write the usual way (and confirm the receipt).
+        outbox.push(ByteBuffer(string: "early"))
+        #expect(taken.withLock { $0 } == [false] && outbox.queuedBytes == 5)
         try channel.writeOutbound(IOData.byteBuffer(ByteBuffer(string: Self.chunkedHead)))
-        let event = tap.writeChunk(ByteBuffer(string: "data: 0123456789abcdef\n\n"), written: { written.add() })
-        let empty = tap.writeChunk(ByteBuffer(), written: { written.add() })
-        #expect(event && empty)
+        outbox.push(ByteBuffer(string: "data: 0123456789abcdef\n\n"))
+        outbox.push(ByteBuffer())
+        #expect(taken.withLock { $0 } == [false, true, true])
         var out = ByteBuffer()
         while var part = try channel.readOutbound(as: IOData.self).flatMap({ if case .byteBuffer(let b) = $0 { b } else { nil } }) {
             out.writeBuffer(&part)
         }
         #expect(String(buffer: out) == Self.chunkedHead + "18\r\ndata: 0123456789abcdef\n\n\r\n")
-        // Each chunk reports written (the embedded channel has no buffered-bytes option, so
-        // the chunk's report comes from the empty write queued after it).
-        #expect(written.value == 2)
+        // Each chunk is confirmed written (the embedded channel has no buffered-bytes option,
+        // so the chunk's confirmation comes from the empty write queued after it): only the
+        // early bytes still count.
+        #expect(outbox.queuedBytes == 5)
         _ = try channel.finish()
     }
 
@@ -54,7 +53,7 @@ struct EventStreamTapTests {
         let tap = EventStreamTap(outbox: SSEOutbox(limit: 1024))
         let channel = EmbeddedChannel(handler: tap)
         try channel.writeOutbound(IOData.byteBuffer(ByteBuffer(string: "HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")))
-        let taken = tap.writeChunk(ByteBuffer(string: "data: x\n\n"), written: {})
+        let taken = tap.writeChunk(ByteBuffer(string: "data: x\n\n"), receipt: SSEOutbox.Receipt(outbox: SSEOutbox(limit: 1024), count: 0))
         #expect(!taken)
         _ = try channel.finish()
     }
