@@ -289,3 +289,34 @@ def test_sigterm_ends_a_topic_stream_that_opened_its_connection_and_the_edge_exi
     sock.close()
     assert b'"data":{"n": 1}' in data and data.endswith(b"0\r\n\r\n"), data
     assert edge.wait(timeout=15) == 0
+
+
+def test_an_http_1_0_client_gets_its_topic_stream_unchunked_each_event_as_it_comes(stack):
+    # HTTP/1.0 has no chunks: the events go out as the plain body, through the HTTP handlers
+    # rather than framed below them, and the body ends when the connection does.
+    edge = stack.start_edge()
+    port = int(edge.base.rsplit(":", 1)[1])
+    t = f"t{stack.suffix}"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET /v1/topics/stream?match={t}.* HTTP/1.0\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = s.recv(65536)
+            assert chunk, received
+            received += chunk
+        head, body = received.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.0 200"), head
+        assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower(), head
+        ids = []
+        for i in range(3):
+            ids.append(publish(edge, f"{t}.n", {"n": i}))
+            # Each event arrives before the next is published.
+            while body.count(b"\n\n") < i + 2:  # the retry hint, then the events so far
+                chunk = s.recv(65536)
+                assert chunk, body
+                body += chunk
+    blocks = [b for b in body.decode().split("\n\n") if b]
+    assert blocks[0].startswith("retry: "), blocks
+    events = [dict(line.split(": ", 1) for line in b.split("\n")) for b in blocks[1:]]
+    assert [e["id"] for e in events] == ids
+    assert [json.loads(e["data"]) for e in events] == [{"topic": f"{t}.n", "data": {"n": i}} for i in range(3)]
