@@ -1,6 +1,7 @@
 import GangwayAMQPCore
 import GangwayConfig
 import NIOCore
+import Synchronization
 
 // JSONSerialization: validating and reading leg replies is off the pass-through path.
 import Foundation
@@ -23,6 +24,96 @@ public struct AggregateClient: Sendable {
     enum Outcome: Sendable {
         case answered(GatewayReply, isJSON: Bool)
         case failed(status: Int, reason: String)
+    }
+
+    /// ``send(_:)`` without a task in the common case, and calls `completion` with what it
+    /// would return or throw.
+    ///
+    /// When no leg waits for another and every leg's queue is known to have consumers, the legs
+    /// are published as one batch from the calling thread, and `completion` is called from the
+    /// thread that settles the last of them (see ``RequestReplyClient/send(_:completion:)``);
+    /// it must be short and must not block. Otherwise a task runs ``send(_:)``, on `executor`
+    /// when one is given.
+    public func send(
+        _ request: GatewayRequest,
+        executor: (any TaskExecutor)? = nil,
+        completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void
+    ) {
+        if let spec = request.route.aggregate, spec.legs.allSatisfy({ $0.uses.isEmpty }),
+            sendWithoutTask(request, spec: spec, completion: completion)
+        {
+            return
+        }
+        Task(executorPreference: executor) {
+            do throws(GatewayError) {
+                completion(.success(try await send(request)))
+            } catch {
+                completion(.failure(error))
+            }
+        }
+    }
+
+    /// - Returns: false, having sent nothing, when a task must do it.
+    private func sendWithoutTask(
+        _ request: GatewayRequest,
+        spec: AggregateSpec,
+        completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void
+    ) -> Bool {
+        let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
+        var outcomes = [Outcome?](repeating: nil, count: spec.legs.count)
+        var requests: [GatewayRequest] = []
+        var legIndices: [Int] = []
+        for (index, leg) in spec.legs.enumerated() {
+            do {
+                requests.append(try legRequest(leg, request: request, extra: [:], deadline: deadline))
+                legIndices.append(index)
+            } catch {
+                outcomes[index] = .failed(status: error.status, reason: Self.reason(error))
+            }
+        }
+        let route = request.route.name
+        let collector = LegCollector(outcomes: outcomes, waiting: requests.count) { outcomes in
+            completion(Result { () throws(GatewayError) in try merge(spec: spec, route: route, outcomes: outcomes) })
+        }
+        guard !requests.isEmpty else {
+            collector.finishNow()
+            return true
+        }
+        return client.startAll(requests) { [legIndices] index, result in
+            let leg = legIndices[index]
+            collector.settle(leg, with: judge(result, leg: spec.legs[leg]))
+        }
+    }
+
+    /// The legs' outcomes as they come, from whichever threads settle them; the last one in
+    /// runs `done`.
+    final class LegCollector: Sendable {
+        private struct State {
+            var outcomes: [Outcome?]
+            var waiting: Int
+        }
+
+        private let state: Mutex<State>
+        private let done: @Sendable ([Outcome?]) -> Void
+
+        init(outcomes: [Outcome?], waiting: Int, done: @escaping @Sendable ([Outcome?]) -> Void) {
+            self.state = Mutex(State(outcomes: outcomes, waiting: waiting))
+            self.done = done
+        }
+
+        func settle(_ index: Int, with outcome: Outcome) {
+            let all: [Outcome?]? = state.withLock { s in
+                s.outcomes[index] = outcome
+                s.waiting -= 1
+                return s.waiting == 0 ? s.outcomes : nil
+            }
+            if let all { done(all) }
+        }
+
+        /// Nothing to wait for.
+        func finishNow() {
+            done(state.withLock { $0.outcomes })
+        }
     }
 
     /// - Throws: ``GatewayError``: 502 naming the failed legs under policy `all`, or when no
@@ -52,7 +143,7 @@ public struct AggregateClient: Sendable {
             for ((_, leg), reply) in zip(started, replies) {
                 outcomes[leg.key] = judge(reply, leg: leg)
             }
-            return try merge(spec: spec, route: request.route.name, outcomes: outcomes)
+            return try merge(spec: spec, route: request.route.name, outcomes: spec.legs.map { outcomes[$0.key] })
         }
         var pending: [(key: String, pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
         var started: Set<String> = []
@@ -81,7 +172,7 @@ public struct AggregateClient: Sendable {
             let next = pending.remove(at: index)
             outcomes[next.key] = await finish(next.pending, leg: next.leg)
         }
-        return try merge(spec: spec, route: request.route.name, outcomes: outcomes)
+        return try merge(spec: spec, route: request.route.name, outcomes: spec.legs.map { outcomes[$0.key] })
     }
 
     private func start(_ leg: AggregateSpec.Leg, request: GatewayRequest, extra: [String: String], deadline: NIODeadline) async throws(GatewayError) -> RequestReplyClient.Pending {
@@ -161,10 +252,11 @@ public struct AggregateClient: Sendable {
         init(_ description: String) { self.description = description }
     }
 
-    func merge(spec: AggregateSpec, route: String, outcomes: [String: Outcome]) throws(GatewayError) -> GatewayReply {
+    /// The response: `outcomes` holds each leg's, in the order of `spec.legs`.
+    func merge(spec: AggregateSpec, route: String, outcomes: [Outcome?]) throws(GatewayError) -> GatewayReply {
         var failures: [(key: String, reason: String, status: Int)] = []
-        for leg in spec.legs {
-            if case .failed(let status, let reason)? = outcomes[leg.key] { failures.append((leg.key, reason, status)) }
+        for (leg, outcome) in zip(spec.legs, outcomes) {
+            if case .failed(let status, let reason)? = outcome { failures.append((leg.key, reason, status)) }
         }
         if !failures.isEmpty && (spec.policy == .all || failures.count == spec.legs.count) {
             throw .legsFailed(route: route, failures: failures.map { ($0.key, $0.reason) })
@@ -173,8 +265,8 @@ public struct AggregateClient: Sendable {
         var headers: [(name: String, value: String)] = []
         body.writeStaticString("{")
         var first = true
-        for leg in spec.legs {
-            guard case .answered(let reply, let isJSON)? = outcomes[leg.key] else { continue }
+        for (leg, outcome) in zip(spec.legs, outcomes) {
+            guard case .answered(let reply, let isJSON)? = outcome else { continue }
             if !first { body.writeStaticString(",") }
             first = false
             body.writeString(JSONString.quote(leg.key))

@@ -117,6 +117,42 @@ public final class RequestReplyClient: Sendable {
         }
     }
 
+    /// Starts several requests without a task, as ``send(_:completion:)`` sends one: when
+    /// every request's queue is known to have consumers, each reply slot is opened with its
+    /// callback and the requests are published together, in one hand-off to the publisher.
+    /// - Parameter whenSettled: called once for each request, with its index: from the thread
+    ///   that settles it (as for ``send(_:completion:)``), or at once when it cannot start.
+    /// - Returns: false, having started nothing, when the broker has to be asked about some
+    ///   queue's consumers first: use ``startAll(_:)`` from a task then.
+    public func startAll(
+        _ requests: [GatewayRequest],
+        whenSettled: @escaping @Sendable (_ index: Int, _ result: Result<GatewayReply, GatewayError>) -> Void
+    ) -> Bool {
+        for request in requests {
+            if let queue = request.route.queue?.render(request.parameters), !presence.isKnownPresent(queue: queue) { return false }
+        }
+        var batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)] = []
+        var started: [String] = []
+        batch.reserveCapacity(requests.count)
+        for (index, request) in requests.enumerated() {
+            let route = request.route
+            do {
+                let prepared = try prepareMessage(request) { result in whenSettled(index, Self.outcome(result, route: route)) }
+                batch.append((prepared.message, prepared.onSettled))
+                started.append(prepared.pending.correlationID)
+            } catch {
+                whenSettled(index, .failure(error))
+            }
+        }
+        guard !batch.isEmpty else { return true }
+        do {
+            try bus.publish(batch)
+        } catch {
+            for id in started { correlator.fail(id: id, with: .unavailable("\(error)")) }
+        }
+        return true
+    }
+
     typealias Prepared = (pending: Pending, message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)
 
     /// Everything before the publish: the consumer check, the message and its open reply slot.

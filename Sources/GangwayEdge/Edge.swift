@@ -127,12 +127,8 @@ public struct Edge: Sendable {
             reservedPrefixes: [JobHandler.prefix, TopicHandler.prefix],
             serverName: configuration.serverName,
             send: { request, completion in client.send(request, completion: completion) },
-            aggregate: { request in
-                do throws(GatewayError) {
-                    return .success(try await aggregateClient.send(request))
-                } catch {
-                    return .failure(error)
-                }
+            aggregate: { request, executor, completion in
+                aggregateClient.send(request, executor: executor, completion: completion)
             }
         )
         return Application(

@@ -11,8 +11,8 @@ import Glibc
 import Darwin
 #endif
 
-/// Serves request/reply routes straight from a connection's pipeline, without a task, and
-/// aggregate routes with one short task per request instead of Hummingbird's.
+/// Serves request/reply and aggregate routes straight from a connection's pipeline, without
+/// a task in the common case (a task on the connection's loop for chained legs).
 ///
 /// Through Hummingbird, one request/reply request suspends and resumes its connection's task
 /// several times: for the head, for the body, for the reply, for the writes; each resumption
@@ -21,8 +21,8 @@ import Darwin
 /// between Hummingbird's connection state handler and the rest of its pipeline. It takes a
 /// request whose route has the request/reply shape, publishes it as soon as its body is in,
 /// and writes the response when the reply (or the failure) is handed over, one hop to the
-/// event loop. An aggregate request runs as a task on the connection's event loop, and its
-/// response is written the same way. The request id, trace context, limits and problem responses are those of the
+/// event loop. An aggregate request's legs go out together and its response is written the
+/// same way, once the last leg is settled. The request id, trace context, limits and problem responses are those of the
 /// middleware: the client cannot tell which way a request went. Every other request goes up to
 /// Hummingbird unchanged.
 ///
@@ -50,9 +50,10 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         var serverName: String?
         /// Sends a request/reply request; the callback may come on any thread.
         var send: @Sendable (GatewayRequest, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void
-        /// Runs an aggregate request (from a task on the connection's event loop); nil leaves
-        /// aggregate routes to Hummingbird.
-        var aggregate: (@Sendable (GatewayRequest) async -> Result<GatewayReply, GatewayError>)?
+        /// Sends an aggregate request; the callback may come on any thread. A task it needs
+        /// (for chained legs) runs on the executor given, the connection's event loop. Nil
+        /// leaves aggregate routes to Hummingbird.
+        var aggregate: (@Sendable (GatewayRequest, any TaskExecutor, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void)?
 
         /// The route of a request this handler serves, or nil for one that goes to Hummingbird.
         func route(method: HTTPRequest.Method, path: String) -> (Route, [String: String])? {
@@ -273,9 +274,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         var accepted = accepted
         accepted.body = nil
         if accepted.route.shape == .aggregate, let aggregate = configuration.aggregate {
-            // Its legs chain and gather: async code, run by a task on this loop.
-            Task(executorPreference: taskExecutor(on: loop)) {
-                let result = await aggregate(request)
+            aggregate(request, taskExecutor(on: loop)) { result in
                 loop.execute { handler.value.replied(accepted, result: result) }
             }
             return

@@ -131,6 +131,64 @@ struct AggregateTests {
         #expect(messages[1].properties.headers["x-param-user"] == "7")
     }
 
+    /// `send(_:executor:completion:)`, awaited.
+    func sendWithCompletion(_ c: AggregateClient, _ request: GatewayRequest) async -> Result<GatewayReply, GatewayError> {
+        await withCheckedContinuation { continuation in
+            c.send(request) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// `send(_:)`, as a result.
+    func sendWithTask(_ c: AggregateClient, _ request: GatewayRequest) async -> Result<GatewayReply, GatewayError> {
+        do throws(GatewayError) {
+            return .success(try await c.send(request))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// What a result shows a client: the status, then the body or the problem's detail.
+    func shown(_ result: Result<GatewayReply, GatewayError>) -> String {
+        switch result {
+        case .success(let reply): "\(reply.status) \(String(buffer: reply.body)) \(reply.headers.map { "\($0.name)=\($0.value)" })"
+        case .failure(let error): "\(error.status) \(error.detail)"
+        }
+    }
+
+    @Test("without a task the legs go out as one batch, and every outcome is what the task would give", arguments: [
+        (AggregateSpec.Policy.all, ["p", "t"]), (.all, ["p", "missing"]), (.partial, ["p", "n"]), (.partial, ["x", "y"]), (.all, ["bad"]),
+    ])
+    func withoutTask(_ policy: AggregateSpec.Policy, _ keys: [String]) async throws {
+        let answers: [String: (status: Int, contentType: String, body: String)] = [
+            "p": (200, "application/json", #"{"id": "u1"}"#), "t": (200, "text/plain", "hi"), "n": (404, "application/json", "{}"),
+            "bad": (200, "application/json", "{nope"),
+        ]
+        let legs = try keys.enumerated().map { try leg("k\($0.offset)", $0.element, keep: ["etag"]) }
+        let (c, bus) = client(answers)
+        let expected = shown(await sendWithTask(c, try request(policy: policy, legs: legs)))
+        let (direct, directBus) = client(answers)
+        let got = shown(await sendWithCompletion(direct, try request(policy: policy, legs: legs)))
+        #expect(got == expected)
+        #expect(directBus.batches.withLock { $0 } == [keys.count])
+        #expect(bus.batches.withLock { $0 } == [keys.count])
+    }
+
+    @Test("a leg whose queue's consumers are not known yet, or a chained leg, takes the task: the same answers")
+    func taskWhenNeeded() async throws {
+        let (c, bus) = client(["p": (200, "application/json", #"{"owner": {"id": 7}}"#), "o": (200, "application/json", "{}")])
+        var asked = try leg("profile", "p")
+        asked.route.queue = try KeyTemplate("p")
+        let first = await sendWithCompletion(c, try request(policy: .all, legs: [asked, try leg("orders", "o")]))
+        #expect(shown(first) == #"200 {"profile":{"owner": {"id": 7}},"orders":{}} []"#)
+        // The consumers are known now: the next one goes out without a task, in one batch.
+        _ = await sendWithCompletion(c, try request(policy: .all, legs: [asked, try leg("orders", "o")]))
+        #expect(bus.batches.withLock { $0 } == [2, 2])
+        let chained = try leg("orders", "o", uses: ["user": try #require(AggregateSpec.Reference("/profile/owner/id"))])
+        let third = await sendWithCompletion(c, try request(policy: .all, legs: [chained, try leg("profile", "p")]))
+        #expect(shown(third) == #"200 {"orders":{},"profile":{"owner": {"id": 7}}} []"#)
+        #expect(bus.seen.withLock { $0 }.suffix(2).map { $0.properties.headers["x-param-user"] } == [nil, "7"])
+    }
+
     @Test("a chained leg whose value is missing fails with the reason")
     func chainedMissing() async throws {
         let (c, _) = client(["p": (200, "application/json", #"{"owner": {}}"#), "o": (200, "application/json", "{}")])

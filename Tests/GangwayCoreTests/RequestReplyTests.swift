@@ -192,6 +192,39 @@ struct RequestReplyTests {
         #expect(correlator.pending == 0)
     }
 
+    @Test("started together without a task: nothing goes out until every queue's consumers are known; then one batch, and each request is settled once, by index")
+    func startAllWithCallbacks() async throws {
+        let correlator = Correlator()
+        let bus = AnsweringBus(correlator: correlator, answers: ["demo.echo": (200, "text/plain", "echoed")])
+        let presence = ConsumerPresence(bus: bus)
+        let client = RequestReplyClient(bus: bus, correlator: correlator, presence: presence, instanceID: "e")
+        var unroutable = try request()
+        unroutable.parameters = ["id": "nowhere"]
+        let settled = Mutex<[Int: String]>([:])
+        let record: @Sendable (Int, Result<GatewayReply, GatewayError>) -> Void = { index, result in
+            let shown = switch result {
+            case .success(let reply): "\(reply.status) \(String(buffer: reply.body))"
+            case .failure(let error): "\(error.status)"
+            }
+            settled.withLock { #expect($0.updateValue(shown, forKey: index) == nil, "settled twice: \(index)") }
+        }
+        #expect(!client.startAll([try request(), unroutable], whenSettled: record))
+        #expect(bus.seen.withLock { $0 }.isEmpty && settled.withLock { $0 }.isEmpty)
+        _ = await presence.check(queue: "demo.echo")
+        _ = await presence.check(queue: "demo.nowhere")
+        #expect(client.startAll([try request(), unroutable], whenSettled: record))
+        #expect(bus.batches.withLock { $0 } == [2])
+        #expect(settled.withLock { $0 } == [0: "200 echoed", 1: "503"])
+        #expect(correlator.pending == 0)
+
+        let refusing = AnsweringBus(correlator: correlator, answers: [:], refuse: true)
+        let refused = RequestReplyClient(bus: refusing, correlator: correlator, presence: presence, instanceID: "e")
+        settled.withLock { $0 = [:] }
+        #expect(refused.startAll([try request(), try request()], whenSettled: record))
+        #expect(settled.withLock { $0 } == [0: "503", 1: "503"])
+        #expect(correlator.pending == 0)
+    }
+
     @Test("a batch the bus cannot send fails every request in it and frees their slots")
     func startAllRefused() async throws {
         let correlator = Correlator()

@@ -72,7 +72,7 @@ struct RequestReplyChannelHandlerTests {
     /// The handler between a read counter (the socket's side) and the channel's end (where
     /// Hummingbird's async channel would be).
     static func channel(
-        aggregate: (@Sendable (GatewayRequest) async -> Result<GatewayReply, GatewayError>)? = nil
+        aggregate: (@Sendable (GatewayRequest, any TaskExecutor, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void)? = nil
     ) throws -> (EmbeddedChannel, SentRequests, ReadCounter) {
         let sent = SentRequests()
         let configuration = RequestReplyChannelHandler.Configuration(
@@ -319,10 +319,12 @@ struct RequestReplyChannelHandlerTests {
         channel.embeddedEventLoop.run()
         #expect(try channel.readOutbound(as: HTTPResponsePart.self) == nil)
     }
-    @Test("an aggregate route runs in a task and is answered like a reply; without an aggregate runner it goes to Hummingbird")
+    @Test("an aggregate route is answered like a reply, and a task it needs runs on the connection's loop; without an aggregate runner it goes to Hummingbird")
     func aggregate() throws {
-        let (channel, sent, _) = try Self.channel(aggregate: { request in
-            .success(Self.reply("{\"route\":\"\(request.route.name)\"}"))
+        let (channel, sent, _) = try Self.channel(aggregate: { request, executor, completion in
+            Task(executorPreference: executor) {
+                completion(.success(Self.reply("{\"route\":\"\(request.route.name)\"}")))
+            }
         })
         try channel.writeInbound(Self.head(.get, "/v1/both"))
         try channel.writeInbound(HTTPRequestPart.end(nil))
