@@ -26,29 +26,36 @@ public struct AggregateClient: Sendable {
         case failed(status: Int, reason: String)
     }
 
-    /// ``send(_:)`` without a task in the common case, and calls `completion` with what it
-    /// would return or throw.
+    /// ``send(_:)`` without a task in the common case, and calls `completion` on `loop` with
+    /// what it would return or throw.
     ///
     /// When no leg waits for another and every leg's queue is known to have consumers, the legs
-    /// are published as one batch from the calling thread, and `completion` is called from the
-    /// thread that settles the last of them (see ``RequestReplyClient/send(_:completion:)``);
-    /// it must be short and must not block. Otherwise a task runs ``send(_:)``, on `executor`
-    /// when one is given.
+    /// are published as one batch from the calling thread, each reply slot opened with a
+    /// callback; once the last leg is settled, the answers are checked and merged on `loop`
+    /// (their bodies may be large: not on the reply consumer's thread). Otherwise a task runs
+    /// ``send(_:)``, on `executor` when one is given.
     public func send(
         _ request: GatewayRequest,
+        on loop: any EventLoop,
         executor: (any TaskExecutor)? = nil,
         completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void
     ) {
         if let spec = request.route.aggregate, spec.legs.allSatisfy({ $0.uses.isEmpty }),
-            sendWithoutTask(request, spec: spec, completion: completion)
+            sendWithoutTask(request, spec: spec, on: loop, completion: completion)
         {
             return
         }
         Task(executorPreference: executor) {
+            let result: Result<GatewayReply, GatewayError>
             do throws(GatewayError) {
-                completion(.success(try await send(request)))
+                result = .success(try await send(request))
             } catch {
-                completion(.failure(error))
+                result = .failure(error)
+            }
+            if loop.inEventLoop {
+                completion(result)
+            } else {
+                loop.execute { completion(result) }
             }
         }
     }
@@ -57,10 +64,11 @@ public struct AggregateClient: Sendable {
     private func sendWithoutTask(
         _ request: GatewayRequest,
         spec: AggregateSpec,
+        on loop: any EventLoop,
         completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void
     ) -> Bool {
         let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
-        var outcomes = [Outcome?](repeating: nil, count: spec.legs.count)
+        var results = [Result<GatewayReply, GatewayError>?](repeating: nil, count: spec.legs.count)
         var requests: [GatewayRequest] = []
         var legIndices: [Int] = []
         for (index, leg) in spec.legs.enumerated() {
@@ -68,51 +76,53 @@ public struct AggregateClient: Sendable {
                 requests.append(try legRequest(leg, request: request, extra: [:], deadline: deadline))
                 legIndices.append(index)
             } catch {
-                outcomes[index] = .failed(status: error.status, reason: Self.reason(error))
+                results[index] = .failure(error)
             }
         }
         let route = request.route.name
-        let collector = LegCollector(outcomes: outcomes, waiting: requests.count) { outcomes in
-            completion(Result { () throws(GatewayError) in try merge(spec: spec, route: route, outcomes: outcomes) })
+        let collector = LegCollector(results: results, waiting: requests.count) { results in
+            loop.execute {
+                let outcomes = zip(spec.legs, results).map { leg, result in result.map { judge($0, leg: leg) } }
+                completion(Result { () throws(GatewayError) in try merge(spec: spec, route: route, outcomes: outcomes) })
+            }
         }
         guard !requests.isEmpty else {
             collector.finishNow()
             return true
         }
         return client.startAll(requests) { [legIndices] index, result in
-            let leg = legIndices[index]
-            collector.settle(leg, with: judge(result, leg: spec.legs[leg]))
+            collector.settle(legIndices[index], with: result)
         }
     }
 
-    /// The legs' outcomes as they come, from whichever threads settle them; the last one in
+    /// The legs' answers as they come, from whichever threads settle them; the last one in
     /// runs `done`.
     final class LegCollector: Sendable {
         private struct State {
-            var outcomes: [Outcome?]
+            var results: [Result<GatewayReply, GatewayError>?]
             var waiting: Int
         }
 
         private let state: Mutex<State>
-        private let done: @Sendable ([Outcome?]) -> Void
+        private let done: @Sendable ([Result<GatewayReply, GatewayError>?]) -> Void
 
-        init(outcomes: [Outcome?], waiting: Int, done: @escaping @Sendable ([Outcome?]) -> Void) {
-            self.state = Mutex(State(outcomes: outcomes, waiting: waiting))
+        init(results: [Result<GatewayReply, GatewayError>?], waiting: Int, done: @escaping @Sendable ([Result<GatewayReply, GatewayError>?]) -> Void) {
+            self.state = Mutex(State(results: results, waiting: waiting))
             self.done = done
         }
 
-        func settle(_ index: Int, with outcome: Outcome) {
-            let all: [Outcome?]? = state.withLock { s in
-                s.outcomes[index] = outcome
+        func settle(_ index: Int, with result: Result<GatewayReply, GatewayError>) {
+            let all: [Result<GatewayReply, GatewayError>?]? = state.withLock { s in
+                s.results[index] = result
                 s.waiting -= 1
-                return s.waiting == 0 ? s.outcomes : nil
+                return s.waiting == 0 ? s.results : nil
             }
             if let all { done(all) }
         }
 
         /// Nothing to wait for.
         func finishNow() {
-            done(state.withLock { $0.outcomes })
+            done(state.withLock { $0.results })
         }
     }
 

@@ -127,8 +127,8 @@ public struct Edge: Sendable {
             reservedPrefixes: [JobHandler.prefix, TopicHandler.prefix],
             serverName: configuration.serverName,
             send: { request, completion in client.send(request, completion: completion) },
-            aggregate: { request, executor, completion in
-                aggregateClient.send(request, executor: executor, completion: completion)
+            aggregate: { request, loop, executor, completion in
+                aggregateClient.send(request, on: loop, executor: executor, completion: completion)
             }
         )
         return Application(

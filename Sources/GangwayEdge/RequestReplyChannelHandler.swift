@@ -50,10 +50,10 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         var serverName: String?
         /// Sends a request/reply request; the callback may come on any thread.
         var send: @Sendable (GatewayRequest, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void
-        /// Sends an aggregate request; the callback may come on any thread. A task it needs
-        /// (for chained legs) runs on the executor given, the connection's event loop. Nil
-        /// leaves aggregate routes to Hummingbird.
-        var aggregate: (@Sendable (GatewayRequest, any TaskExecutor, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void)?
+        /// Sends an aggregate request; the callback comes on the event loop given, and a task
+        /// it needs (for chained legs) runs on the executor given, the same loop's. Nil leaves
+        /// aggregate routes to Hummingbird.
+        var aggregate: (@Sendable (GatewayRequest, any EventLoop, any TaskExecutor, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void)?
 
         /// The route of a request this handler serves, or nil for one that goes to Hummingbird.
         func route(method: HTTPRequest.Method, path: String) -> (Route, [String: String])? {
@@ -274,8 +274,8 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         var accepted = accepted
         accepted.body = nil
         if accepted.route.shape == .aggregate, let aggregate = configuration.aggregate {
-            aggregate(request, taskExecutor(on: loop)) { result in
-                loop.execute { handler.value.replied(accepted, result: result) }
+            aggregate(request, loop, taskExecutor(on: loop)) { [accepted] result in
+                handler.value.replied(accepted, result: result)
             }
             return
         }

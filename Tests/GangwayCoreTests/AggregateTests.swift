@@ -2,6 +2,7 @@ import GangwayAMQPCore
 import GangwayConfig
 @testable import GangwayCore
 import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -131,12 +132,17 @@ struct AggregateTests {
         #expect(messages[1].properties.headers["x-param-user"] == "7")
     }
 
-    /// `send(_:executor:completion:)`, awaited.
+    /// `send(_:on:executor:completion:)`, awaited; the completion must come on the loop.
     func sendWithCompletion(_ c: AggregateClient, _ request: GatewayRequest) async -> Result<GatewayReply, GatewayError> {
-        await withCheckedContinuation { continuation in
-            c.send(request) { continuation.resume(returning: $0) }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        return await withCheckedContinuation { continuation in
+            c.send(request, on: loop) { result in
+                #expect(loop.inEventLoop)
+                continuation.resume(returning: result)
+            }
         }
     }
+
 
     /// `send(_:)`, as a result.
     func sendWithTask(_ c: AggregateClient, _ request: GatewayRequest) async -> Result<GatewayReply, GatewayError> {

@@ -72,7 +72,7 @@ struct RequestReplyChannelHandlerTests {
     /// The handler between a read counter (the socket's side) and the channel's end (where
     /// Hummingbird's async channel would be).
     static func channel(
-        aggregate: (@Sendable (GatewayRequest, any TaskExecutor, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void)? = nil
+        aggregate: (@Sendable (GatewayRequest, any EventLoop, any TaskExecutor, @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) -> Void)? = nil
     ) throws -> (EmbeddedChannel, SentRequests, ReadCounter) {
         let sent = SentRequests()
         let configuration = RequestReplyChannelHandler.Configuration(
@@ -321,8 +321,9 @@ struct RequestReplyChannelHandlerTests {
     }
     @Test("an aggregate route is answered like a reply, and a task it needs runs on the connection's loop; without an aggregate runner it goes to Hummingbird")
     func aggregate() throws {
-        let (channel, sent, _) = try Self.channel(aggregate: { request, executor, completion in
+        let (channel, sent, _) = try Self.channel(aggregate: { request, loop, executor, completion in
             Task(executorPreference: executor) {
+                #expect(loop.inEventLoop)
                 completion(.success(Self.reply("{\"route\":\"\(request.route.name)\"}")))
             }
         })
