@@ -68,22 +68,11 @@ public struct AggregateClient: Sendable {
         completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void
     ) -> Bool {
         let deadline = NIODeadline.now() + .milliseconds(Int64(request.route.timeoutMilliseconds))
-        var results = [Result<GatewayReply, GatewayError>?](repeating: nil, count: spec.legs.count)
-        var requests: [GatewayRequest] = []
-        var legIndices: [Int] = []
-        for (index, leg) in spec.legs.enumerated() {
-            do {
-                requests.append(try legRequest(leg, request: request, extra: [:], deadline: deadline))
-                legIndices.append(index)
-            } catch {
-                results[index] = .failure(error)
-            }
-        }
+        let (requests, legIndices, early) = unchainedLegRequests(spec, request: request, deadline: deadline)
         let route = request.route.name
-        let collector = LegCollector(results: results, waiting: requests.count) { results in
+        let collector = LegCollector(answers: early, waiting: requests.count) { answers in
             loop.execute {
-                let outcomes = zip(spec.legs, results).map { leg, result in result.map { judge($0, leg: leg) } }
-                completion(Result { () throws(GatewayError) in try merge(spec: spec, route: route, outcomes: outcomes) })
+                completion(Result { () throws(GatewayError) in try merge(spec: spec, route: route, answers: answers) })
             }
         }
         guard !requests.isEmpty else {
@@ -95,34 +84,61 @@ public struct AggregateClient: Sendable {
         }
     }
 
+    /// The request of each leg of a route whose legs do not chain, with the index of its leg,
+    /// and an answer already for each leg that cannot be sent (its time is up).
+    private func unchainedLegRequests(
+        _ spec: AggregateSpec,
+        request: GatewayRequest,
+        deadline: NIODeadline
+    ) -> (requests: [GatewayRequest], legIndices: [Int], answers: [Result<GatewayReply, GatewayError>?]) {
+        var answers = [Result<GatewayReply, GatewayError>?](repeating: nil, count: spec.legs.count)
+        var requests: [GatewayRequest] = []
+        var legIndices: [Int] = []
+        for (index, leg) in spec.legs.enumerated() {
+            do {
+                requests.append(try legRequest(leg, request: request, extra: [:], deadline: deadline))
+                legIndices.append(index)
+            } catch {
+                answers[index] = .failure(error)
+            }
+        }
+        return (requests, legIndices, answers)
+    }
+
+    /// The response from each leg's answer, in the order of `spec.legs`, checked against the
+    /// route's rules.
+    func merge(spec: AggregateSpec, route: String, answers: [Result<GatewayReply, GatewayError>?]) throws(GatewayError) -> GatewayReply {
+        try merge(spec: spec, route: route, outcomes: zip(spec.legs, answers).map { leg, answer in answer.map { judge($0, leg: leg) } })
+    }
+
     /// The legs' answers as they come, from whichever threads settle them; the last one in
     /// runs `done`.
     final class LegCollector: Sendable {
         private struct State {
-            var results: [Result<GatewayReply, GatewayError>?]
+            var answers: [Result<GatewayReply, GatewayError>?]
             var waiting: Int
         }
 
         private let state: Mutex<State>
         private let done: @Sendable ([Result<GatewayReply, GatewayError>?]) -> Void
 
-        init(results: [Result<GatewayReply, GatewayError>?], waiting: Int, done: @escaping @Sendable ([Result<GatewayReply, GatewayError>?]) -> Void) {
-            self.state = Mutex(State(results: results, waiting: waiting))
+        init(answers: [Result<GatewayReply, GatewayError>?], waiting: Int, done: @escaping @Sendable ([Result<GatewayReply, GatewayError>?]) -> Void) {
+            self.state = Mutex(State(answers: answers, waiting: waiting))
             self.done = done
         }
 
-        func settle(_ index: Int, with result: Result<GatewayReply, GatewayError>) {
+        func settle(_ index: Int, with answer: Result<GatewayReply, GatewayError>) {
             let all: [Result<GatewayReply, GatewayError>?]? = state.withLock { s in
-                s.results[index] = result
+                s.answers[index] = answer
                 s.waiting -= 1
-                return s.waiting == 0 ? s.results : nil
+                return s.waiting == 0 ? s.answers : nil
             }
             if let all { done(all) }
         }
 
         /// Nothing to wait for.
         func finishNow() {
-            done(state.withLock { $0.results })
+            done(state.withLock { $0.answers })
         }
     }
 
@@ -134,26 +150,19 @@ public struct AggregateClient: Sendable {
         var outcomes: [String: Outcome] = [:]
         if spec.legs.allSatisfy({ $0.uses.isEmpty }) {
             // No leg waits for another: publish them all together, then wait for all at once.
-            var requests: [(request: GatewayRequest, leg: AggregateSpec.Leg)] = []
-            for leg in spec.legs {
-                do {
-                    requests.append((try legRequest(leg, request: request, extra: [:], deadline: deadline), leg))
-                } catch {
-                    outcomes[leg.key] = .failed(status: error.status, reason: Self.reason(error))
-                }
-            }
-            var started: [(pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
-            for (result, leg) in zip(await client.startAll(requests.map(\.request)), requests.map(\.leg)) {
+            let (requests, legIndices, early) = unchainedLegRequests(spec, request: request, deadline: deadline)
+            var answers = early
+            var started: [(pending: RequestReplyClient.Pending, leg: Int)] = []
+            for (result, leg) in zip(await client.startAll(requests), legIndices) {
                 switch result {
                 case .success(let pending): started.append((pending, leg))
-                case .failure(let error): outcomes[leg.key] = .failed(status: error.status, reason: Self.reason(error))
+                case .failure(let error): answers[leg] = .failure(error)
                 }
             }
-            let replies = await client.finishAll(started.map(\.pending))
-            for ((_, leg), reply) in zip(started, replies) {
-                outcomes[leg.key] = judge(reply, leg: leg)
+            for ((_, leg), reply) in zip(started, await client.finishAll(started.map(\.pending))) {
+                answers[leg] = reply
             }
-            return try merge(spec: spec, route: request.route.name, outcomes: spec.legs.map { outcomes[$0.key] })
+            return try merge(spec: spec, route: request.route.name, answers: answers)
         }
         var pending: [(key: String, pending: RequestReplyClient.Pending, leg: AggregateSpec.Leg)] = []
         var started: Set<String> = []

@@ -90,7 +90,7 @@ public final class RequestReplyClient: Sendable {
     /// connection) or the deadline sweeper's; it must be short and must not block. Only when
     /// the broker has to be asked about consumers does a task do the work.
     public func send(_ request: GatewayRequest, completion: @escaping @Sendable (Result<GatewayReply, GatewayError>) -> Void) {
-        if let queue = request.route.queue?.render(request.parameters), !presence.isKnownPresent(queue: queue) {
+        if !consumersKnown(for: request) {
             Task {
                 do throws(GatewayError) {
                     completion(.success(try await self.send(request)))
@@ -128,9 +128,7 @@ public final class RequestReplyClient: Sendable {
         _ requests: [GatewayRequest],
         whenSettled: @escaping @Sendable (_ index: Int, _ result: Result<GatewayReply, GatewayError>) -> Void
     ) -> Bool {
-        for request in requests {
-            if let queue = request.route.queue?.render(request.parameters), !presence.isKnownPresent(queue: queue) { return false }
-        }
+        guard requests.allSatisfy(consumersKnown(for:)) else { return false }
         var batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)] = []
         var started: [String] = []
         batch.reserveCapacity(requests.count)
@@ -151,6 +149,12 @@ public final class RequestReplyClient: Sendable {
             for id in started { correlator.fail(id: id, with: .unavailable("\(error)")) }
         }
         return true
+    }
+
+    /// The route's queue is known to have consumers (or the route names none to check).
+    private func consumersKnown(for request: GatewayRequest) -> Bool {
+        guard let queue = request.route.queue?.render(request.parameters) else { return true }
+        return presence.isKnownPresent(queue: queue)
     }
 
     typealias Prepared = (pending: Pending, message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)
