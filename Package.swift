@@ -106,6 +106,7 @@ let package = Package(
             name: "GangwayAMQPCoreTests",
             dependencies: ["GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .testTarget(name: "CRabbitMQTests", dependencies: ["CRabbitMQ"]),
         .testTarget(name: "GangwayConfigTests", dependencies: ["GangwayConfig", "GangwayAMQPCore"]),
         .testTarget(
             name: "GangwayCoreTests",

@@ -3,6 +3,9 @@
 
 #include <openssl/evp.h>
 
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -86,4 +89,135 @@ int gw_set_thread_name(const char *name) {
 int gw_sha256(const void *data, size_t len, unsigned char *out) {
     unsigned int n = 0;
     return EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+}
+
+// MARK: Outbound frames written in one go
+
+static int gw_outbuf_reserve(gw_outbuf_t *out, size_t more) {
+  if (out->cap - out->len >= more) return 0;
+  size_t cap = out->cap ? out->cap : 4096;
+  while (cap - out->len < more) cap *= 2;
+  uint8_t *bytes = realloc(out->bytes, cap);
+  if (bytes == NULL) return AMQP_STATUS_NO_MEMORY;
+  out->bytes = bytes;
+  out->cap = cap;
+  return 0;
+}
+
+static void gw_put16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)(v >> 8);
+  p[1] = (uint8_t)v;
+}
+
+static void gw_put32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
+static void gw_put64(uint8_t *p, uint64_t v) {
+  gw_put32(p, (uint32_t)(v >> 32));
+  gw_put32(p + 4, (uint32_t)v);
+}
+
+// A frame is type (1), channel (2), payload size (4), the payload, then the frame-end octet.
+enum { GW_FRAME_OVERHEAD = 8 };
+
+int gw_outbuf_append_method(gw_outbuf_t *out, amqp_channel_t channel, amqp_method_number_t id,
+                            void *decoded, size_t frame_max) {
+  size_t room = frame_max - GW_FRAME_OVERHEAD;
+  int rc = gw_outbuf_reserve(out, frame_max);
+  if (rc != 0) return rc;
+  uint8_t *frame = out->bytes + out->len;
+  amqp_bytes_t args = {room - 4, frame + 7 + 4};
+  int size = amqp_encode_method(id, decoded, args);
+  if (size < 0) return size;
+  frame[0] = AMQP_FRAME_METHOD;
+  gw_put16(frame + 1, channel);
+  gw_put32(frame + 3, (uint32_t)(4 + size));
+  gw_put32(frame + 7, id);
+  frame[7 + 4 + size] = AMQP_FRAME_END;
+  out->len += GW_FRAME_OVERHEAD + 4 + (size_t)size;
+  return AMQP_STATUS_OK;
+}
+
+int gw_outbuf_append_publish(gw_outbuf_t *out, amqp_channel_t channel, amqp_bytes_t exchange,
+                             amqp_bytes_t routing_key, amqp_boolean_t mandatory,
+                             amqp_basic_properties_t *properties, amqp_bytes_t body,
+                             size_t frame_max) {
+  if (frame_max <= GW_FRAME_OVERHEAD + 12) return AMQP_STATUS_INVALID_PARAMETER;
+  size_t start = out->len;
+  amqp_basic_publish_t method = {
+      .ticket = 0, .exchange = exchange, .routing_key = routing_key,
+      .mandatory = mandatory, .immediate = 0};
+  int rc = gw_outbuf_append_method(out, channel, AMQP_BASIC_PUBLISH_METHOD, &method, frame_max);
+  if (rc != AMQP_STATUS_OK) return rc;
+
+  // Content header: class, weight, body size, then the property flags and values.
+  rc = gw_outbuf_reserve(out, frame_max);
+  if (rc != 0) goto fail;
+  uint8_t *frame = out->bytes + out->len;
+  amqp_bytes_t encoded = {frame_max - GW_FRAME_OVERHEAD - 12, frame + 7 + 12};
+  int size = amqp_encode_properties(AMQP_BASIC_CLASS, properties, encoded);
+  if (size < 0) {
+    rc = size;
+    goto fail;
+  }
+  frame[0] = AMQP_FRAME_HEADER;
+  gw_put16(frame + 1, channel);
+  gw_put32(frame + 3, (uint32_t)(12 + size));
+  gw_put16(frame + 7, AMQP_BASIC_CLASS);
+  gw_put16(frame + 9, 0);
+  gw_put64(frame + 11, body.len);
+  frame[7 + 12 + size] = AMQP_FRAME_END;
+  out->len += GW_FRAME_OVERHEAD + 12 + (size_t)size;
+
+  // Body frames of at most frame_max bytes each (none for an empty body).
+  size_t chunk = frame_max - GW_FRAME_OVERHEAD;
+  size_t frames = (body.len + chunk - 1) / chunk;
+  rc = gw_outbuf_reserve(out, body.len + frames * GW_FRAME_OVERHEAD);
+  if (rc != 0) goto fail;
+  for (size_t offset = 0; offset < body.len; offset += chunk) {
+    size_t n = body.len - offset < chunk ? body.len - offset : chunk;
+    frame = out->bytes + out->len;
+    frame[0] = AMQP_FRAME_BODY;
+    gw_put16(frame + 1, channel);
+    gw_put32(frame + 3, (uint32_t)n);
+    memcpy(frame + 7, (const uint8_t *)body.bytes + offset, n);
+    frame[7 + n] = AMQP_FRAME_END;
+    out->len += GW_FRAME_OVERHEAD + n;
+  }
+  return AMQP_STATUS_OK;
+
+fail:
+  out->len = start;  // nothing of a message that cannot be encoded goes out
+  return rc;
+}
+
+int gw_send_all(int sockfd, const uint8_t *bytes, size_t len) {
+  size_t sent = 0;
+  while (sent < len) {
+    ssize_t n = send(sockfd, bytes + sent, len - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // The broker reads slowly (or not at all, during a resource alarm): wait until it does.
+      struct pollfd fd = {.fd = sockfd, .events = POLLOUT, .revents = 0};
+      if (poll(&fd, 1, 1000) < 0 && errno != EINTR) return -errno;
+      continue;
+    }
+    return n == 0 ? -EPIPE : -errno;
+  }
+  return 0;
+}
+
+void gw_outbuf_free(gw_outbuf_t *out) {
+  free(out->bytes);
+  out->bytes = NULL;
+  out->len = 0;
+  out->cap = 0;
 }

@@ -32,6 +32,12 @@ final class ConnectionOwner: @unchecked Sendable {
     private var lastActivity = NIODeadline.now()
     private var nextMessageID: UInt64 = 0
     private let arena = CArena()
+    /// One-way frames (publishes, acks, rejects) of the round being served, written to the
+    /// socket in one `send` at its end (or before anything that waits for the broker), instead
+    /// of rabbitmq-c's one `send` per frame. Only on plain TCP: through TLS, rabbitmq-c writes.
+    private var outbound = gw_outbuf_t()
+    private var writesFramesItself = false
+    private var frameMax = 0
     /// Commands taken from the shared queue that the connection went away before executing:
     /// failed with the rest when it is marked disconnected, never dropped, or their callers
     /// would wait forever.
@@ -46,9 +52,17 @@ final class ConnectionOwner: @unchecked Sendable {
         var reason: String
     }
 
+    /// Flushes early when a round's frames reach this many bytes; a larger buffer is freed
+    /// once written (a large message's), not kept.
+    private static let outboundFlushBytes = 256 * 1024
+
     init(connection: AMQPConnection) {
         self.connection = connection
         self.machine = ConnectionStateMachine(backoff: connection.configuration.backoff)
+    }
+
+    deinit {
+        gw_outbuf_free(&outbound)
     }
 
     // MARK: Life cycle
@@ -185,6 +199,10 @@ final class ConnectionOwner: @unchecked Sendable {
         let url = configuration.url
         guard let state = amqp_new_connection() else { throw AMQPError.connectFailed("out of memory") }
         self.state = state
+        // Frames left from a connection that was lost are not sent on the next one: their
+        // publishes were failed with it.
+        outbound.len = 0
+        writesFramesItself = !url.tls
         let socket: OpaquePointer?
         if url.tls {
             socket = amqp_ssl_socket_new(state)
@@ -217,6 +235,7 @@ final class ConnectionOwner: @unchecked Sendable {
         amqp_set_rpc_timeout(state, &rpc)
         let login = gw_login_plain(state, url.vhost, 0, configuration.frameMax, Int32(url.heartbeatSeconds), url.user, url.password, configuration.name)
         try check(login, "login")
+        frameMax = Int(amqp_get_frame_max(state))
         amqp_channel_open(state, Self.publishChannel)
         try check(amqp_get_rpc_reply(state), "channel.open")
         amqp_confirm_select(state, Self.publishChannel)
@@ -284,11 +303,14 @@ final class ConnectionOwner: @unchecked Sendable {
                 for command in commands {
                     if case .ack = command { try execute(command, on: state) } else { stranded.append(command) }
                 }
+                try flushOutbound(state)
                 return
             }
             // A batch of publishes and acks leaves as few full segments instead of one small
-            // segment each: fewer packets for the broker to read. A command that waits for an
-            // answer (a declaration) is sent uncorked, or its request would sit in the kernel.
+            // segment each: fewer packets for the broker to read. On plain TCP the frames are
+            // gathered and written in one go; through TLS, where rabbitmq-c writes each one,
+            // the socket is corked meanwhile. A command that waits for an answer (a
+            // declaration) is sent uncorked, or its request would sit in the kernel.
             var corked = false
             for index in commands.indices {
                 if blocked && commands[index].waitsOnBroker {
@@ -299,7 +321,7 @@ final class ConnectionOwner: @unchecked Sendable {
                     continue
                 }
                 let oneWay = commands[index].isOneWay
-                if oneWay != corked && (corked || commands.count > 1) {
+                if !writesFramesItself && oneWay != corked && (corked || commands.count > 1) {
                     corked = oneWay
                     _ = gw_tcp_cork(socket, corked ? 1 : 0)
                 }
@@ -310,6 +332,7 @@ final class ConnectionOwner: @unchecked Sendable {
                     throw error
                 }
             }
+            try flushOutbound(state)
             if corked { _ = gw_tcp_cork(socket, 0) }
             // Read only when there is something to read: the socket polled readable, or
             // rabbitmq-c holds buffered bytes or frames (its RPCs queue frames they skip).
@@ -359,6 +382,15 @@ final class ConnectionOwner: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Writes the frames gathered so far (see `outbound`).
+    private func flushOutbound(_ state: amqp_connection_state_t) throws {
+        guard outbound.len > 0 else { return }
+        let rc = gw_send_all(amqp_get_sockfd(state), outbound.bytes, outbound.len)
+        outbound.len = 0
+        if outbound.cap > Self.outboundFlushBytes { gw_outbuf_free(&outbound) }
+        guard rc == 0 else { throw Lost(reason: "cannot write to the broker: \(String(cString: strerror(-rc)))") }
     }
 
     /// Handles every frame that can be read without blocking; returns how many.
@@ -488,6 +520,8 @@ final class ConnectionOwner: @unchecked Sendable {
     // MARK: Commands
 
     private func execute(_ command: AMQPConnection.Command, on state: amqp_connection_state_t) throws {
+        // What rabbitmq-c sends itself must follow the frames gathered before it.
+        if !command.isOneWay { try flushOutbound(state) }
         switch command {
         case .publish(var message, let token):
             if message.mandatory && message.properties.messageID == nil {
@@ -499,20 +533,37 @@ final class ConnectionOwner: @unchecked Sendable {
             let exchange = arena.bytes(message.exchange)
             let routingKey = arena.bytes(message.routingKey)
             let rc = message.body.withUnsafeReadableBytes { body in
-                amqp_basic_publish(
-                    state, Self.publishChannel, exchange, routingKey, message.mandatory ? 1 : 0, 0, &properties,
-                    amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
-                )
+                let body = amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
+                let mandatory: amqp_boolean_t = message.mandatory ? 1 : 0
+                if writesFramesItself {
+                    return gw_outbuf_append_publish(
+                        &outbound, Self.publishChannel, exchange, routingKey, mandatory, &properties, body, frameMax
+                    )
+                }
+                return amqp_basic_publish(state, Self.publishChannel, exchange, routingKey, mandatory, 0, &properties, body)
             }
             arena.reset()
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "publish failed: \(Self.statusText(rc))") }
+            if outbound.len >= Self.outboundFlushBytes { try flushOutbound(state) }
         case .ack(let tag, let multiple, let generation):
             guard generation == self.generation else { return }
-            let rc = amqp_basic_ack(state, Self.publishChannel, tag, multiple ? 1 : 0)
+            let rc: Int32
+            if writesFramesItself {
+                var ack = amqp_basic_ack_t(delivery_tag: tag, multiple: multiple ? 1 : 0)
+                rc = gw_outbuf_append_method(&outbound, Self.publishChannel, GW_BASIC_ACK, &ack, frameMax)
+            } else {
+                rc = amqp_basic_ack(state, Self.publishChannel, tag, multiple ? 1 : 0)
+            }
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "ack failed: \(Self.statusText(rc))") }
         case .reject(let tag, let requeue, let generation):
             guard generation == self.generation else { return }
-            let rc = amqp_basic_reject(state, Self.publishChannel, tag, requeue ? 1 : 0)
+            let rc: Int32
+            if writesFramesItself {
+                var reject = amqp_basic_reject_t(delivery_tag: tag, requeue: requeue ? 1 : 0)
+                rc = gw_outbuf_append_method(&outbound, Self.publishChannel, GW_BASIC_REJECT, &reject, frameMax)
+            } else {
+                rc = amqp_basic_reject(state, Self.publishChannel, tag, requeue ? 1 : 0)
+            }
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "reject failed: \(Self.statusText(rc))") }
         case .declare(let topology, let continuation):
             do {

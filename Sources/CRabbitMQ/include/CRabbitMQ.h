@@ -29,6 +29,34 @@ int gw_poll2(int sockfd, int wakefd, int timeout_ms);
 /// a batch of small frames written one by one leaves as few full segments. Returns 0 or -1.
 int gw_tcp_cork(int sockfd, int on);
 
+/// Frames waiting to be written to a connection's socket in one go, grown as needed.
+typedef struct {
+  uint8_t *bytes;
+  size_t len;
+  size_t cap;
+} gw_outbuf_t;
+
+/// Appends a method frame (its arguments encoded by rabbitmq-c) to `out`.
+/// Returns AMQP_STATUS_OK or a negative amqp_status_enum.
+int gw_outbuf_append_method(gw_outbuf_t *out, amqp_channel_t channel, amqp_method_number_t id,
+                            void *decoded, size_t frame_max);
+
+/// Appends what `amqp_basic_publish` sends, the same bytes: the basic.publish method frame,
+/// the content header frame, then body frames of at most `frame_max` bytes. A message that
+/// cannot be encoded (properties too large for a frame) leaves `out` as it was.
+/// Returns AMQP_STATUS_OK or a negative amqp_status_enum.
+int gw_outbuf_append_publish(gw_outbuf_t *out, amqp_channel_t channel, amqp_bytes_t exchange,
+                             amqp_bytes_t routing_key, amqp_boolean_t mandatory,
+                             amqp_basic_properties_t *properties, amqp_bytes_t body,
+                             size_t frame_max);
+
+/// Writes all `len` bytes to a (non-blocking) socket, waiting while the kernel's buffer is
+/// full. Returns 0, or a negative errno value when the connection failed.
+int gw_send_all(int sockfd, const uint8_t *bytes, size_t len);
+
+/// Frees the buffer's memory; it can be used again.
+void gw_outbuf_free(gw_outbuf_t *out);
+
 /// Names the calling thread as the kernel shows it (at most 15 bytes; longer names are
 /// refused). Returns 0 or an errno value.
 int gw_set_thread_name(const char *name);
@@ -48,6 +76,7 @@ static const amqp_method_number_t GW_BASIC_DELIVER = AMQP_BASIC_DELIVER_METHOD;
 static const amqp_method_number_t GW_BASIC_RETURN = AMQP_BASIC_RETURN_METHOD;
 static const amqp_method_number_t GW_BASIC_ACK = AMQP_BASIC_ACK_METHOD;
 static const amqp_method_number_t GW_BASIC_NACK = AMQP_BASIC_NACK_METHOD;
+static const amqp_method_number_t GW_BASIC_REJECT = AMQP_BASIC_REJECT_METHOD;
 static const amqp_method_number_t GW_BASIC_CANCEL = AMQP_BASIC_CANCEL_METHOD;
 static const amqp_method_number_t GW_CHANNEL_CLOSE = AMQP_CHANNEL_CLOSE_METHOD;
 static const amqp_method_number_t GW_CHANNEL_CLOSE_OK = AMQP_CHANNEL_CLOSE_OK_METHOD;
