@@ -30,14 +30,6 @@ final class CArena {
         return amqp_bytes_t(len: buffer.count, bytes: p)
     }
 
-    func cString(_ string: String) -> UnsafePointer<CChar> {
-        let utf8 = Array(string.utf8CString)
-        let p = UnsafeMutablePointer<CChar>.allocate(capacity: utf8.count)
-        p.initialize(from: utf8, count: utf8.count)
-        allocations.append(UnsafeMutableRawPointer(p))
-        return UnsafePointer(p)
-    }
-
     func table(_ table: AMQPTable) -> amqp_table_t {
         guard !table.isEmpty else { return amqp_table_t(num_entries: 0, entries: nil) }
         let entries = UnsafeMutablePointer<amqp_table_entry_t>.allocate(capacity: table.count)
