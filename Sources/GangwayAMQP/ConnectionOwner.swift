@@ -52,9 +52,12 @@ final class ConnectionOwner: @unchecked Sendable {
         var reason: String
     }
 
-    /// Flushes early when a round's frames reach this many bytes; a larger buffer is freed
-    /// once written (a large message's), not kept.
+    /// Flushes early when a round's frames reach this many bytes.
     private static let outboundFlushBytes = 256 * 1024
+    /// A buffer grown past this (by a large message) is freed once written, not kept. Each
+    /// frame appended reserves `frame_max` bytes of room, so a full round needs about
+    /// `outboundFlushBytes` plus two frames.
+    private static let outboundKeepBytes = 1024 * 1024
 
     init(connection: AMQPConnection) {
         self.connection = connection
@@ -389,7 +392,7 @@ final class ConnectionOwner: @unchecked Sendable {
         guard outbound.len > 0 else { return }
         let rc = gw_send_all(amqp_get_sockfd(state), outbound.bytes, outbound.len)
         outbound.len = 0
-        if outbound.cap > Self.outboundFlushBytes { gw_outbuf_free(&outbound) }
+        if outbound.cap > Self.outboundKeepBytes { gw_outbuf_free(&outbound) }
         guard rc == 0 else { throw Lost(reason: "cannot write to the broker: \(String(cString: strerror(-rc)))") }
     }
 
