@@ -387,6 +387,19 @@ final class ConnectionOwner: @unchecked Sendable {
         }
     }
 
+    /// Sends a method that waits for no answer (what `amqp_basic_ack` and `amqp_basic_reject`
+    /// do): gathered for the round's one write, or written by rabbitmq-c through TLS.
+    private func sendOneWay<Arguments>(
+        _ method: amqp_method_number_t, _ arguments: inout Arguments, on state: amqp_connection_state_t
+    ) -> Int32 {
+        withUnsafeMutablePointer(to: &arguments) { arguments in
+            if writesFramesItself {
+                return gw_outbuf_append_method(&outbound, Self.publishChannel, method, arguments, frameMax)
+            }
+            return amqp_send_method(state, Self.publishChannel, method, arguments)
+        }
+    }
+
     /// Writes the frames gathered so far (see `outbound`).
     private func flushOutbound(_ state: amqp_connection_state_t) throws {
         guard outbound.len > 0 else { return }
@@ -550,23 +563,13 @@ final class ConnectionOwner: @unchecked Sendable {
             if outbound.len >= Self.outboundFlushBytes { try flushOutbound(state) }
         case .ack(let tag, let multiple, let generation):
             guard generation == self.generation else { return }
-            let rc: Int32
-            if writesFramesItself {
-                var ack = amqp_basic_ack_t(delivery_tag: tag, multiple: multiple ? 1 : 0)
-                rc = gw_outbuf_append_method(&outbound, Self.publishChannel, GW_BASIC_ACK, &ack, frameMax)
-            } else {
-                rc = amqp_basic_ack(state, Self.publishChannel, tag, multiple ? 1 : 0)
-            }
+            var ack = amqp_basic_ack_t(delivery_tag: tag, multiple: multiple ? 1 : 0)
+            let rc = sendOneWay(GW_BASIC_ACK, &ack, on: state)
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "ack failed: \(Self.statusText(rc))") }
         case .reject(let tag, let requeue, let generation):
             guard generation == self.generation else { return }
-            let rc: Int32
-            if writesFramesItself {
-                var reject = amqp_basic_reject_t(delivery_tag: tag, requeue: requeue ? 1 : 0)
-                rc = gw_outbuf_append_method(&outbound, Self.publishChannel, GW_BASIC_REJECT, &reject, frameMax)
-            } else {
-                rc = amqp_basic_reject(state, Self.publishChannel, tag, requeue ? 1 : 0)
-            }
+            var reject = amqp_basic_reject_t(delivery_tag: tag, requeue: requeue ? 1 : 0)
+            let rc = sendOneWay(GW_BASIC_REJECT, &reject, on: state)
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: "reject failed: \(Self.statusText(rc))") }
         case .declare(let topology, let continuation):
             do {
