@@ -1,3 +1,4 @@
+import DequeModule
 import GangwayAMQPCore
 import NIOCore
 import Synchronization
@@ -53,7 +54,7 @@ public final class JobHub: Sendable {
 
     struct Job {
         var status: Status
-        var events: [Event] = []
+        var events: Deque<Event> = []
         var droppedBefore = 0
         var followers: [Int: Follower] = [:]
         var idempotencyKey: String?
@@ -61,7 +62,8 @@ public final class JobHub: Sendable {
 
     struct State {
         var jobs: [String: Job] = [:]
-        var order: [String] = []
+        /// Job ids, oldest first.
+        var order: Deque<String> = []
         var nextFollower = 0
         /// `<route> <Idempotency-Key>` → job id, for jobs still remembered.
         var idempotency: [String: String] = [:]
@@ -154,43 +156,49 @@ public final class JobHub: Sendable {
                     }
                 }
             }
-            guard seq > 0, var job = s.jobs[jobID], seq > job.status.lastSeq else { return ([], nil, false) }
+            guard seq > 0, let lastSeq = s.jobs[jobID]?.status.lastSeq, seq > lastSeq else { return ([], nil, false) }
             let event = Event(seq: seq, kind: kind, body: body)
-            job.status.lastSeq = seq
-            job.status.updated = now
-            switch kind {
-            case "progress":
-                job.status.status = "running"
-                if let p = progress.0 { job.status.percent = p }
-                if let m = progress.1 { job.status.message = m }
-            case "log":
-                if job.status.status == "queued" { job.status.status = "running" }
-            case "done":
-                job.status.status = "succeeded"
-                job.status.percent = 100
-                job.status.result = body
-            case "failed":
-                job.status.status = "failed"
-                job.status.error = body
-            case "cancelled":
-                job.status.status = "cancelled"
-            default:
-                break
-            }
-            job.events.append(event)
-            if job.events.count > historyLimit {
-                job.events.removeFirst(job.events.count - historyLimit)
-                job.droppedBefore = job.events.first?.seq ?? 0
-            }
-            let finished = job.status.isFinished
-            s.jobs[jobID] = job
-            return (Array(job.followers.values), event, finished)
+            // In place: a copy of the job would copy its whole history on every event.
+            let (followers, finished) = Self.apply(event, progress: progress, now: now, historyLimit: historyLimit, to: &s.jobs[jobID]!)
+            return (followers, event, finished)
         }
         guard let event, !followers.isEmpty else { return }
         let encoded = Self.encode(event)
         let outboxes = followers.map(\.outbox)
         // An outbox that overflows ends itself and has its client cut off.
         SSEOutbox.fanOut(encoded, to: outboxes, thenFinish: finished)
+    }
+
+    /// Adds `event` to `job`'s history and status.
+    /// - Returns: the job's followers, and whether the job has finished.
+    private static func apply(_ event: Event, progress: (Double?, String?), now: Int64, historyLimit: Int, to job: inout Job) -> ([Follower], Bool) {
+        job.status.lastSeq = event.seq
+        job.status.updated = now
+        switch event.kind {
+        case "progress":
+            job.status.status = "running"
+            if let p = progress.0 { job.status.percent = p }
+            if let m = progress.1 { job.status.message = m }
+        case "log":
+            if job.status.status == "queued" { job.status.status = "running" }
+        case "done":
+            job.status.status = "succeeded"
+            job.status.percent = 100
+            job.status.result = event.body
+        case "failed":
+            job.status.status = "failed"
+            job.status.error = event.body
+        case "cancelled":
+            job.status.status = "cancelled"
+        default:
+            break
+        }
+        job.events.append(event)
+        if job.events.count > historyLimit {
+            job.events.removeFirst(job.events.count - historyLimit)
+            job.droppedBefore = job.events.first?.seq ?? 0
+        }
+        return (Array(job.followers.values), job.status.isFinished)
     }
 
     /// One event as Server-Sent Events: `id: <seq>`, `event: <kind>`, `data: <body>`.
@@ -244,15 +252,14 @@ public final class JobHub: Sendable {
     /// unknown job.
     public func follow(jobID: String, lastEventID: Int?, outbox: SSEOutbox) -> Follow? {
         state.withLock { s in
-            guard var job = s.jobs[jobID] else { return nil }
+            guard let job = s.jobs[jobID] else { return nil }
             let after = lastEventID ?? 0
             let reset = lastEventID != nil && job.droppedBefore > 0 && after < job.droppedBefore - 1
-            let history = reset ? job.events : job.events.filter { $0.seq > after }
+            let history = reset ? Array(job.events) : job.events.filter { $0.seq > after }
             let finished = job.status.isFinished
             s.nextFollower += 1
             if !finished {
-                job.followers[s.nextFollower] = Follower(outbox: outbox)
-                s.jobs[jobID] = job
+                s.jobs[jobID]!.followers[s.nextFollower] = Follower(outbox: outbox)
             }
             return Follow(reset: reset, history: history, finished: finished, follower: s.nextFollower)
         }
