@@ -1,0 +1,296 @@
+"""Everything at once, while the faults of the other tests come one after another.
+
+Request/reply, aggregates, streamed replies and jobs (some followed over SSE) flow through one
+edge for GANGWAY_SOAK_SECONDS (default 75; longer if the six faults take longer) while, every
+11 s, a worker is killed or stopped, the broker drops every connection, stops and starts its
+application, or is frozen with SIGSTOP. Each fault has its own test elsewhere; this one looks
+for what they do to each other and to the edge over time. At the end:
+
+- no client got another request's reply, and every answer was a reply or a clean problem
+  (503, 504, or 502 for an aggregate), none later than its deadline allows;
+- every streamed reply arrived whole and in order, or in order up to an error line;
+- every job answered 202 finished, and every followed job's events arrived numbered 1, 2, 3…
+  without gap or repeat, across reconnections with Last-Event-ID;
+- the edge serves, and holds no more file descriptors or threads than before.
+
+A longer run: GANGWAY_SOAK_SECONDS=600 python3 -m pytest Tests/IntegrationTests/test_soak.py
+"""
+import collections
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import sseclient
+
+from harness import Broker, Stack
+
+SECONDS = float(os.environ.get("GANGWAY_SOAK_SECONDS", "75"))
+FAULT_EVERY = 11.0
+# The routes' deadlines (harness.py), and what a loaded machine may add to one.
+ECHO_TIMEOUT, AGG_TIMEOUT, SLACK = 3.0, 2.0, 1.5
+
+
+@pytest.fixture
+def own_broker():
+    b = Broker().start()
+    yield b
+    b.stop()
+
+
+class Soak:
+    def __init__(self, stack, broker, edge):
+        self.stack = stack
+        self.broker = broker
+        self.edge = edge
+        self.stop = threading.Event()
+        # Every kind of fault has been injected once.
+        self.cycled = threading.Event()
+        self.lock = threading.Lock()
+        self.counts = collections.Counter()
+        self.violations = []
+        self.jobs = []
+        self.workers = {}
+
+    def count(self, key):
+        with self.lock:
+            self.counts[key] += 1
+
+    def violation(self, what):
+        with self.lock:
+            self.violations.append(f"{time.strftime('%H:%M:%S')} {what}")
+
+    # Load
+
+    def echo(self):
+        session = requests.Session()
+        while not self.stop.is_set():
+            body = uuid.uuid4().hex * random.choice((1, 8, 400))
+            start = time.monotonic()
+            try:
+                r = session.post(self.edge.base + "/v1/echo", data=body, headers={"content-type": "text/plain"}, timeout=15)
+            except requests.RequestException as e:
+                self.violation(f"echo: no answer ({e!r})")
+                continue
+            took = time.monotonic() - start
+            self.count(f"echo {r.status_code}")
+            if r.status_code == 200 and r.text != body:
+                self.violation(f"echo: sent {body[:16]}…, got {r.text[:16]}…")
+            elif r.status_code not in (200, 503, 504):
+                self.violation(f"echo: {r.status_code} {r.text[:200]}")
+            if took > ECHO_TIMEOUT + SLACK:
+                self.violation(f"echo: answered {r.status_code} after {took:.2f} s")
+            if r.status_code != 200:
+                time.sleep(0.05)
+
+    def aggregate(self):
+        session = requests.Session()
+        while not self.stop.is_set():
+            sent = {"id": uuid.uuid4().hex}
+            start = time.monotonic()
+            try:
+                r = session.post(self.edge.base + "/v1/agg", json=sent, timeout=15)
+            except requests.RequestException as e:
+                self.violation(f"aggregate: no answer ({e!r})")
+                continue
+            took = time.monotonic() - start
+            self.count(f"aggregate {r.status_code}")
+            if r.status_code == 200 and r.json().get("echo") != sent:
+                self.violation(f"aggregate: sent {sent}, got {r.text[:200]}")
+            elif r.status_code not in (200, 502, 503, 504):
+                self.violation(f"aggregate: {r.status_code} {r.text[:200]}")
+            if took > AGG_TIMEOUT + SLACK:
+                self.violation(f"aggregate: answered {r.status_code} after {took:.2f} s")
+            time.sleep(0.02 if r.status_code == 200 else 0.05)
+
+    def stream(self):
+        session = requests.Session()
+        n = 200
+        while not self.stop.is_set():
+            try:
+                r = session.post(self.edge.base + f"/v1/count?n={n}&delay_ms=0", headers={"accept": "application/x-ndjson"},
+                                 stream=True, timeout=40)
+                lines = [json.loads(line) for line in r.iter_lines() if line]
+            except (requests.RequestException, ValueError) as e:
+                self.violation(f"stream: broken ({e!r})")
+                continue
+            if r.status_code != 200:
+                self.count(f"stream {r.status_code}")
+                if r.status_code not in (503, 504):
+                    self.violation(f"stream: {r.status_code} {lines[:1]}")
+                time.sleep(0.05)
+                continue
+            parts = [line for line in lines if "error" not in line]
+            if [p.get("n") for p in parts] != list(range(len(parts))):
+                self.violation(f"stream: parts out of order or missing: {[p.get('n') for p in parts][:20]}")
+            if len(parts) == n and len(lines) == n:
+                self.count("stream whole")
+            elif len(lines) == len(parts) + 1 and "error" in lines[-1]:
+                self.count("stream ended by an error line")
+            else:
+                self.violation(f"stream: {len(parts)} of {n} parts and no error line at the end: {lines[-1:]}")
+
+    def jobs_loop(self, follow):
+        session = requests.Session()
+        while not self.stop.is_set():
+            try:
+                r = session.post(self.edge.base + "/v1/jobs/render?steps=3&delay_ms=100", json={"scene": "soak"}, timeout=30)
+            except requests.RequestException as e:
+                self.violation(f"job: no answer to the POST ({e!r})")
+                continue
+            self.count(f"job {r.status_code}")
+            if r.status_code != 202:
+                if r.status_code != 503:
+                    self.violation(f"job: {r.status_code} {r.text[:200]}")
+                time.sleep(0.05)
+                continue
+            job = r.json()
+            with self.lock:
+                self.jobs.append(job["id"])
+            if follow:
+                self.follow(job)
+            else:
+                time.sleep(0.1)
+
+    def follow(self, job):
+        """Reads the job's events to the end, reconnecting with Last-Event-ID as a browser would."""
+        seqs = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            headers = {"accept": "text/event-stream"}
+            if seqs:
+                headers["last-event-id"] = str(seqs[-1])
+            try:
+                r = requests.get(self.edge.base + job["events_url"], headers=headers, stream=True, timeout=20)
+                if r.status_code != 200:
+                    self.count(f"job events {r.status_code}")
+                    time.sleep(0.2)
+                    continue
+                for event in sseclient.SSEClient(r).events():
+                    if event.event not in ("progress", "log", "done", "failed"):
+                        continue
+                    seqs.append(int(event.id))
+                    if event.event in ("done", "failed"):
+                        if seqs != list(range(1, len(seqs) + 1)):
+                            self.violation(f"job {job['id']}: events numbered {seqs}")
+                        self.count(f"job followed to {event.event}")
+                        return
+            except requests.RequestException:
+                pass
+            self.count("job events reconnected")
+            time.sleep(0.2)
+        self.violation(f"job {job['id']}: no final event within 60 s (saw {seqs})")
+
+    # Faults
+
+    def restart_worker(self, kind, sig):
+        old = self.workers[kind].pop(0)
+        os.killpg(old.pid, sig)
+        old.wait(timeout=15)
+        self.workers[kind].append(self.stack.start_worker(kind, wait=False))
+
+    def faults(self):
+        faults = [
+            ("echo worker killed", lambda: self.restart_worker("echo", signal.SIGKILL)),
+            ("broker closes every connection", lambda: self.broker.ctl("close_all_connections", "soak", check=False)),
+            ("job worker killed", lambda: self.restart_worker("render", signal.SIGKILL)),
+            ("broker application restarted", self.restart_broker_app),
+            ("echo worker stopped", lambda: self.restart_worker("echo", signal.SIGTERM)),
+            ("broker frozen for 3 s", self.freeze_broker),
+        ]
+        for index in range(10_000):
+            if self.stop.wait(FAULT_EVERY):
+                return
+            name, inject = faults[index % len(faults)]
+            try:
+                inject()
+                self.count(f"fault: {name}")
+            except Exception as e:  # noqa: BLE001 (reported, not raised, so the load threads stop)
+                self.violation(f"fault {name} could not be injected: {e!r}")
+            if index == len(faults) - 1:
+                self.cycled.set()
+
+    def restart_broker_app(self):
+        self.broker.stop_app()
+        time.sleep(3)
+        self.broker.start_app()
+
+    def freeze_broker(self):
+        os.kill(self.broker.pid(), signal.SIGSTOP)
+        try:
+            time.sleep(3)
+        finally:
+            os.kill(self.broker.pid(), signal.SIGCONT)
+
+
+def resources(pid):
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
+    stack = Stack(own_broker, tmp_path)
+    try:
+        edge = stack.start_edge()
+        soak = Soak(stack, own_broker, edge)
+        soak.workers = {
+            "echo": [stack.start_worker("echo"), stack.start_worker("echo")],
+            "render": [stack.start_worker("render"), stack.start_worker("render")],
+        }
+        stack.start_worker("time")
+        stack.start_worker("count")
+        assert requests.post(edge.base + "/v1/echo", data="warm").text == "warm"
+        fds_before, threads_before = resources(edge.pid)
+
+        load = [soak.echo] * 4 + [soak.aggregate, soak.stream, lambda: soak.jobs_loop(True), lambda: soak.jobs_loop(False)]
+        threads = [threading.Thread(target=target, daemon=True) for target in load]
+        injector = threading.Thread(target=soak.faults, daemon=True)
+        for t in threads + [injector]:
+            t.start()
+        time.sleep(SECONDS)
+        # However long the faults took, each has been injected before the load stops.
+        assert soak.cycled.wait(timeout=120), dict(soak.counts)
+        soak.stop.set()
+        injector.join(timeout=30)
+        for t in threads:
+            t.join(timeout=90)
+        assert not any(t.is_alive() for t in threads + [injector]), "a client or the fault injector is still waiting"
+
+        # Every job the edge accepted finishes.
+        unfinished = set(soak.jobs)
+        statuses = collections.Counter()
+        deadline = time.monotonic() + 90
+        while unfinished and time.monotonic() < deadline:
+            for job in list(unfinished):
+                r = requests.get(f"{edge.base}/v1/jobs/{job}", timeout=5)
+                status = r.json().get("status") if r.status_code == 200 else r.status_code
+                if status in ("succeeded", "failed", "cancelled"):
+                    statuses[status] += 1
+                    unfinished.discard(job)
+            if unfinished:
+                time.sleep(1)
+
+        assert requests.post(edge.base + "/v1/echo", data="after").text == "after"
+        # Connections the clients held are closing: give them a moment.
+        deadline = time.monotonic() + 10
+        while resources(edge.pid)[0] > fds_before + 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        fds_after, threads_after = resources(edge.pid)
+
+        summary = dict(sorted(soak.counts.items())) | {"jobs": dict(statuses)}
+        print(summary)  # with -s: what the run went through
+        assert not soak.violations, f"{len(soak.violations)} violations: {soak.violations[:10]}; {summary}"
+        assert not unfinished, f"{len(unfinished)} accepted jobs never finished: {sorted(unfinished)[:5]}; {summary}"
+        assert statuses["succeeded"] == len(soak.jobs), summary
+        # Not vacuous: each kind of traffic got through between the faults, and each fault ran.
+        for key, least in [("echo 200", 100), ("aggregate 200", 20), ("stream whole", 5), ("job followed to done", 10)]:
+            assert soak.counts[key] >= least, (key, summary)
+        assert sum(1 for key in soak.counts if key.startswith("fault: ")) == 6, summary
+        assert fds_after <= fds_before + 2, (fds_before, fds_after)
+        assert threads_after == threads_before, (threads_before, threads_after)
+    finally:
+        stack.stop()
