@@ -11,6 +11,8 @@ for what they do to each other and to the edge over time. At the end:
 - every streamed reply arrived whole and in order, or in order up to an error line;
 - every job answered 202 finished, and every followed job's events arrived numbered 1, 2, 3…
   without gap or repeat, across reconnections with Last-Event-ID;
+- a topic subscriber saw the events published in order, none twice, and missed an accepted
+  one only where the edge told it so (an `event: reset` when it lost its connection);
 - the edge serves, and holds no more file descriptors or threads than before.
 
 A longer run: GANGWAY_SOAK_SECONDS=600 python3 -m pytest Tests/IntegrationTests/test_soak.py
@@ -56,6 +58,11 @@ class Soak:
         self.violations = []
         self.jobs = []
         self.workers = {}
+        # Topic events: the numbers the edge accepted (202), and what the subscriber saw in
+        # order, each a number or "reset".
+        self.accepted = set()
+        self.seen = []
+        self.published = 0
 
     def count(self, key):
         with self.lock:
@@ -186,6 +193,66 @@ class Soak:
             time.sleep(0.2)
         self.violation(f"job {job['id']}: no final event within 60 s (saw {seqs})")
 
+    def publish(self):
+        session = requests.Session()
+        while not self.stop.is_set():
+            self.published += 1
+            n = self.published
+            try:
+                r = session.post(self.edge.base + "/v1/topics/soak.ticks", json={"n": n}, timeout=30)
+            except requests.RequestException as e:
+                self.violation(f"topic: no answer to the POST ({e!r})")
+                continue
+            self.count(f"topic publish {r.status_code}")
+            if r.status_code == 202:
+                with self.lock:
+                    self.accepted.add(n)
+            elif r.status_code != 503:
+                self.violation(f"topic: {r.status_code} {r.text[:200]}")
+            time.sleep(0.02)
+
+    def subscribe(self):
+        """Follows soak.# until told to stop, resuming with Last-Event-ID if the stream ends."""
+        last_id = None
+        while not self.subscription_done.is_set():
+            headers = {"last-event-id": last_id} if last_id else {}
+            try:
+                r = requests.get(self.edge.base + "/v1/topics/stream?match=soak.%23", headers=headers, stream=True, timeout=30)
+                self.subscription = r
+                for event in sseclient.SSEClient(r).events():
+                    if event.event == "reset":
+                        self.seen.append("reset")
+                    elif event.event == "message" and event.id:
+                        last_id = event.id
+                        try:
+                            self.seen.append(json.loads(event.data)["data"]["n"])
+                        except (ValueError, KeyError, TypeError):
+                            self.violation(f"topic: an event that is not what was published: {event.data[:200]}")
+            except Exception:  # noqa: BLE001 (the connection broke, or the test closed it)
+                pass
+            if not self.subscription_done.is_set():
+                self.count("topic stream reconnected")
+                time.sleep(0.2)
+
+    def check_topic(self):
+        """Numbers only grow, and a number the edge accepted is missing only across a reset
+        (counted from the first event the subscriber saw)."""
+        previous, reset_since = None, False
+        for item in self.seen:
+            if item == "reset":
+                reset_since = True
+                continue
+            if previous is None:
+                previous = item
+                continue
+            if item <= previous:
+                self.violation(f"topic: {item} after {previous}")
+                continue
+            missing = sorted(n for n in range(previous + 1, item) if n in self.accepted)
+            if missing and not reset_since:
+                self.violation(f"topic: {len(missing)} accepted events missing without a reset: {missing[:5]}")
+            previous, reset_since = item, False
+
     # Faults
 
     def restart_worker(self, kind, sig):
@@ -229,7 +296,15 @@ class Soak:
 
 
 def resources(pid):
-    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+    """The process's open file descriptors (a count) and its threads' names."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # the thread has just ended
+            pass
+    return len(os.listdir(f"/proc/{pid}/fd")), sorted(names)
 
 
 def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
@@ -246,7 +321,10 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         assert requests.post(edge.base + "/v1/echo", data="warm").text == "warm"
         fds_before, threads_before = resources(edge.pid)
 
-        load = [soak.echo] * 4 + [soak.aggregate, soak.stream, lambda: soak.jobs_loop(True), lambda: soak.jobs_loop(False)]
+        soak.subscription_done = threading.Event()
+        subscriber = threading.Thread(target=soak.subscribe, daemon=True)
+        subscriber.start()
+        load = [soak.echo] * 3 + [soak.aggregate, soak.stream, soak.publish, lambda: soak.jobs_loop(True), lambda: soak.jobs_loop(False)]
         threads = [threading.Thread(target=target, daemon=True) for target in load]
         injector = threading.Thread(target=soak.faults, daemon=True)
         for t in threads + [injector]:
@@ -275,22 +353,38 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
                 time.sleep(1)
 
         assert requests.post(edge.base + "/v1/echo", data="after").text == "after"
-        # Connections the clients held are closing: give them a moment.
-        deadline = time.monotonic() + 10
-        while resources(edge.pid)[0] > fds_before + 2 and time.monotonic() < deadline:
+        # The subscriber gets an event published now, after everything before it.
+        final = soak.published + 1
+        assert requests.post(edge.base + "/v1/topics/soak.ticks", json={"n": final}).status_code == 202
+        deadline = time.monotonic() + 15
+        while final not in soak.seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        soak.subscription_done.set()
+        soak.subscription.close()
+        subscriber.join(timeout=10)
+        assert final in soak.seen, f"the subscriber did not get the final event; saw {soak.seen[-5:]}"
+        soak.check_topic()
+        # Connections the clients held are closing, and the runtime's pool threads that were
+        # started for the load end after some idle seconds: give them time.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fds_after, threads_after = resources(edge.pid)
+            if fds_after <= fds_before + 2 and len(threads_after) <= len(threads_before):
+                break
             time.sleep(0.5)
-        fds_after, threads_after = resources(edge.pid)
 
-        summary = dict(sorted(soak.counts.items())) | {"jobs": dict(statuses)}
+        summary = dict(sorted(soak.counts.items())) | {"jobs": dict(statuses), "topic events seen": len(soak.seen),
+                                                       "topic resets": soak.seen.count("reset")}
         print(summary)  # with -s: what the run went through
         assert not soak.violations, f"{len(soak.violations)} violations: {soak.violations[:10]}; {summary}"
         assert not unfinished, f"{len(unfinished)} accepted jobs never finished: {sorted(unfinished)[:5]}; {summary}"
         assert statuses["succeeded"] == len(soak.jobs), summary
         # Not vacuous: each kind of traffic got through between the faults, and each fault ran.
-        for key, least in [("echo 200", 100), ("aggregate 200", 20), ("stream whole", 5), ("job followed to done", 10)]:
+        for key, least in [("echo 200", 100), ("aggregate 200", 20), ("stream whole", 5), ("job followed to done", 10),
+                           ("topic publish 202", 100)]:
             assert soak.counts[key] >= least, (key, summary)
         assert sum(1 for key in soak.counts if key.startswith("fault: ")) == 6, summary
         assert fds_after <= fds_before + 2, (fds_before, fds_after)
-        assert threads_after == threads_before, (threads_before, threads_after)
+        assert len(threads_after) <= len(threads_before), (threads_before, threads_after)
     finally:
         stack.stop()
