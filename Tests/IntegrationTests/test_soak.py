@@ -1,19 +1,20 @@
 """Everything at once, while the faults of the other tests come one after another.
 
-Request/reply, aggregates, streamed replies and jobs (some followed over SSE) flow through one
-edge for GANGWAY_SOAK_SECONDS (default 75; longer if the six faults take longer) while, every
-11 s, a worker is killed or stopped, the broker drops every connection, stops and starts its
-application, or is frozen with SIGSTOP. Each fault has its own test elsewhere; this one looks
-for what they do to each other and to the edge over time. At the end:
+Request/reply, aggregates, streamed replies, jobs and topic events flow through one edge, the
+jobs and the topic followed over SSE on a second edge, for GANGWAY_SOAK_SECONDS (default 75;
+longer if the six faults take longer) while, every 11 s, a worker is killed or stopped, the
+broker drops every connection, stops and starts its application, or is frozen with SIGSTOP.
+Each fault has its own test elsewhere; this one looks for what they do to each other and to
+the edges over time. At the end:
 
 - no client got another request's reply, and every answer was a reply or a clean problem
   (503, 504, or 502 for an aggregate), none later than its deadline allows;
 - every streamed reply arrived whole and in order, or in order up to an error line;
-- every job answered 202 finished, and every followed job's events arrived numbered 1, 2, 3…
-  without gap or repeat, across reconnections with Last-Event-ID;
+- every job answered 202 finished, as both edges tell, and every followed job's events
+  arrived numbered 1, 2, 3… without gap or repeat, across reconnections with Last-Event-ID;
 - a topic subscriber saw the events published in order, none twice, and missed an accepted
   one only where the edge told it so (an `event: reset` when it lost its connection);
-- the edge serves, and holds no more file descriptors or threads than before.
+- the edges serve, and hold no more file descriptors or threads than before.
 
 A longer run: GANGWAY_SOAK_SECONDS=600 python3 -m pytest Tests/IntegrationTests/test_soak.py
 """
@@ -46,10 +47,12 @@ def own_broker():
 
 
 class Soak:
-    def __init__(self, stack, broker, edge):
+    def __init__(self, stack, broker, edge, other):
         self.stack = stack
         self.broker = broker
         self.edge = edge
+        # A second edge: jobs and the topic are followed there.
+        self.other = other
         self.stop = threading.Event()
         # Every kind of fault has been injected once.
         self.cycled = threading.Event()
@@ -173,7 +176,7 @@ class Soak:
             if seqs:
                 headers["last-event-id"] = str(seqs[-1])
             try:
-                r = requests.get(self.edge.base + job["events_url"], headers=headers, stream=True, timeout=20)
+                r = requests.get(self.other.base + job["events_url"], headers=headers, stream=True, timeout=20)
                 if r.status_code != 200:
                     self.count(f"job events {r.status_code}")
                     time.sleep(0.2)
@@ -217,7 +220,7 @@ class Soak:
         while not self.subscription_done.is_set():
             headers = {"last-event-id": last_id} if last_id else {}
             try:
-                r = requests.get(self.edge.base + "/v1/topics/stream?match=soak.%23", headers=headers, stream=True, timeout=30)
+                r = requests.get(self.other.base + "/v1/topics/stream?match=soak.%23", headers=headers, stream=True, timeout=30)
                 self.subscription = r
                 for event in sseclient.SSEClient(r).events():
                     if event.event == "reset":
@@ -310,8 +313,8 @@ def resources(pid):
 def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
     stack = Stack(own_broker, tmp_path)
     try:
-        edge = stack.start_edge()
-        soak = Soak(stack, own_broker, edge)
+        edge, other = stack.start_edge(), stack.start_edge()
+        soak = Soak(stack, own_broker, edge, other)
         soak.workers = {
             "echo": [stack.start_worker("echo"), stack.start_worker("echo")],
             "render": [stack.start_worker("render"), stack.start_worker("render")],
@@ -319,7 +322,7 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         stack.start_worker("time")
         stack.start_worker("count")
         assert requests.post(edge.base + "/v1/echo", data="warm").text == "warm"
-        fds_before, threads_before = resources(edge.pid)
+        before = {e.pid: resources(e.pid) for e in (edge, other)}
 
         soak.subscription_done = threading.Event()
         subscriber = threading.Thread(target=soak.subscribe, daemon=True)
@@ -338,16 +341,18 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
             t.join(timeout=90)
         assert not any(t.is_alive() for t in threads + [injector]), "a client or the fault injector is still waiting"
 
-        # Every job the edge accepted finishes.
+        # Every job the edge accepted finishes, as both edges tell.
         unfinished = set(soak.jobs)
         statuses = collections.Counter()
         deadline = time.monotonic() + 90
         while unfinished and time.monotonic() < deadline:
             for job in list(unfinished):
-                r = requests.get(f"{edge.base}/v1/jobs/{job}", timeout=5)
-                status = r.json().get("status") if r.status_code == 200 else r.status_code
-                if status in ("succeeded", "failed", "cancelled"):
-                    statuses[status] += 1
+                told = set()
+                for e in (edge, other):
+                    r = requests.get(f"{e.base}/v1/jobs/{job}", timeout=5)
+                    told.add(r.json().get("status") if r.status_code == 200 else r.status_code)
+                if len(told) == 1 and told & {"succeeded", "failed", "cancelled"}:
+                    statuses[told.pop()] += 1
                     unfinished.discard(job)
             if unfinished:
                 time.sleep(1)
@@ -366,12 +371,14 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         soak.check_topic()
         # Connections the clients held are closing, and the runtime's pool threads that were
         # started for the load end after some idle seconds: give them time.
+        def settled(pid):
+            (fds, threads), (fds_then, threads_then) = resources(pid), before[pid]
+            return fds <= fds_then + 2 and len(threads) <= len(threads_then)
+
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            fds_after, threads_after = resources(edge.pid)
-            if fds_after <= fds_before + 2 and len(threads_after) <= len(threads_before):
-                break
+        while not all(settled(pid) for pid in before) and time.monotonic() < deadline:
             time.sleep(0.5)
+        after = {pid: resources(pid) for pid in before}
 
         summary = dict(sorted(soak.counts.items())) | {"jobs": dict(statuses), "topic events seen": len(soak.seen),
                                                        "topic resets": soak.seen.count("reset")}
@@ -384,7 +391,6 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
                            ("topic publish 202", 100)]:
             assert soak.counts[key] >= least, (key, summary)
         assert sum(1 for key in soak.counts if key.startswith("fault: ")) == 6, summary
-        assert fds_after <= fds_before + 2, (fds_before, fds_after)
-        assert len(threads_after) <= len(threads_before), (threads_before, threads_after)
+        assert all(settled(pid) for pid in before), (before, after)
     finally:
         stack.stop()
