@@ -47,6 +47,8 @@ def own_broker():
 
 
 class Soak:
+    """The clients, the fault injector, and what they saw."""
+
     def __init__(self, stack, broker, edge, other):
         self.stack = stack
         self.broker = broker
@@ -66,6 +68,8 @@ class Soak:
         self.accepted = set()
         self.seen = []
         self.published = 0
+        self.subscription = None
+        self.subscription_done = threading.Event()
 
     def count(self, key):
         with self.lock:
@@ -324,7 +328,6 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         assert requests.post(edge.base + "/v1/echo", data="warm").text == "warm"
         before = {e.pid: resources(e.pid) for e in (edge, other)}
 
-        soak.subscription_done = threading.Event()
         subscriber = threading.Thread(target=soak.subscribe, daemon=True)
         subscriber.start()
         load = [soak.echo] * 3 + [soak.aggregate, soak.stream, soak.publish, lambda: soak.jobs_loop(True), lambda: soak.jobs_loop(False)]
@@ -365,7 +368,8 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         while final not in soak.seen and time.monotonic() < deadline:
             time.sleep(0.1)
         soak.subscription_done.set()
-        soak.subscription.close()
+        if soak.subscription is not None:
+            soak.subscription.close()
         subscriber.join(timeout=10)
         assert final in soak.seen, f"the subscriber did not get the final event; saw {soak.seen[-5:]}"
         soak.check_topic()
