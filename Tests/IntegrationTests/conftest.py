@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,6 +12,16 @@ from harness import Broker, Stack  # noqa: E402
 def broker():
     b = Broker().start()
     yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker():
+    """A broker for one test alone, for tests that stop, freeze or restart it."""
+    b = Broker().start()
+    yield b
+    # A test that failed while the broker was frozen (SIGSTOP) leaves it so: stop would hang.
+    subprocess.run(["kill", "-CONT", str(b.pid())], check=False)
     b.stop()
 
 

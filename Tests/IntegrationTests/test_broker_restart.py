@@ -1,17 +1,9 @@
 """The broker goes away while requests flow: nothing hangs, and the edge comes back by itself."""
 import time
 
-import pytest
 import requests
 
-from harness import Broker, PostLoad, Stack, serves_again
-
-
-@pytest.fixture
-def own_broker():
-    b = Broker().start()
-    yield b
-    b.stop()
+from harness import PostLoad, Stack, serves_again
 
 
 def test_broker_restart_fails_requests_cleanly_and_recovers(own_broker, tmp_path):

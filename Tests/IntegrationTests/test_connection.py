@@ -6,7 +6,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 import requests
 
 from harness import Broker, Stack
@@ -59,14 +58,6 @@ def test_an_idle_connection_stays_up_on_heartbeats(stack):
     assert r.status_code == 200 and r.text == "still here"
     log = open(edge.log_path).read()
     assert "amqp.connection.lost" not in log, log[-2000:]
-
-
-@pytest.fixture
-def own_broker():
-    b = Broker().start()
-    yield b
-    subprocess.run(["kill", "-CONT", str(b.pid())], check=False)
-    b.stop()
 
 
 def test_a_frozen_broker_is_detected_by_heartbeats_and_requests_do_not_hang(own_broker, tmp_path):

@@ -27,23 +27,15 @@ import threading
 import time
 import uuid
 
-import pytest
 import requests
 import sseclient
 
-from harness import Broker, Stack
+from harness import Stack
 
 SECONDS = float(os.environ.get("GANGWAY_SOAK_SECONDS", "75"))
 FAULT_EVERY = 11.0
 # The routes' deadlines (harness.py), and what a loaded machine may add to one.
 ECHO_TIMEOUT, AGG_TIMEOUT, SLACK = 3.0, 2.0, 1.5
-
-
-@pytest.fixture
-def own_broker():
-    b = Broker().start()
-    yield b
-    b.stop()
 
 
 class Soak:
