@@ -13,8 +13,8 @@ import NIOPosix
 /// 1. ``ProblemMiddleware`` — request id, trace context, errors as problem+json
 /// 2. ``RouteDispatchMiddleware`` — route finder, then the handler of the route's shape
 ///
-/// and the edge's own endpoints: `GET /healthz` (the process is up; pending requests and
-/// unknown replies counted) and `GET /readyz` (the broker is reachable and replies can be
+/// and the edge's own endpoints: `GET /healthz` (the process is up; pending requests, unknown
+/// replies and open connections counted) and `GET /readyz` (the broker is reachable and replies can be
 /// received).
 public struct Edge: Sendable {
     public struct Configuration: Sendable {
@@ -37,6 +37,10 @@ public struct Edge: Sendable {
         /// it is closed: a keep-alive connection between requests, or one whose request head
         /// is still incomplete (a client that trickles its header fields). `nil`: never.
         public var idleTimeoutSeconds: Int?
+        /// Client connections open at most at a time; past it the edge stops accepting until
+        /// some close (``ConnectionLimit``). The command line sets it below the open-file limit
+        /// (``OpenFileLimit/connectionBudget(forLimit:)``).
+        public var maxConnections: Int
 
         public init(
             host: String = "0.0.0.0",
@@ -47,7 +51,8 @@ public struct Edge: Sendable {
             topicMaxBodyBytes: Int = 1 << 20,
             demoPage: Bool = true,
             batchScheduling: Bool = true,
-            idleTimeoutSeconds: Int? = 60
+            idleTimeoutSeconds: Int? = 60,
+            maxConnections: Int = .max
         ) {
             self.host = host
             self.port = port
@@ -58,6 +63,7 @@ public struct Edge: Sendable {
             self.demoPage = demoPage
             self.batchScheduling = batchScheduling
             self.idleTimeoutSeconds = idleTimeoutSeconds
+            self.maxConnections = maxConnections
         }
     }
 
@@ -82,6 +88,7 @@ public struct Edge: Sendable {
     ) -> some ApplicationProtocol {
         let router = Router(context: GatewayRequestContext.self)
         let aggregateClient = AggregateClient(client: client)
+        let connections = ConnectionGauge(limit: max(1, configuration.maxConnections))
         router.add(middleware: ProblemMiddleware())
         router.add(
             middleware: RouteDispatchMiddleware(
@@ -101,7 +108,8 @@ public struct Edge: Sendable {
             let body = """
                 {"status":"ok","pending_requests":\(correlator.pending),"unknown_replies":\(correlator.unknownReplies),\
                 "event_streams":\(eventStreams.count),"event_streams_cut_off":\(eventStreams.cutOff),\
-                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count)}
+                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count),\
+                "connections":\(connections.open),"connection_limit":\(connections.limit),"connection_limit_reached":\(connections.limitReached)}
                 """
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
         }
@@ -141,7 +149,11 @@ public struct Edge: Sendable {
                     idleTimeout: configuration.idleTimeoutSeconds.map { .seconds($0) }
                 )
             },
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: configuration.serverName),
+            configuration: .init(
+                address: .hostname(configuration.host, port: configuration.port),
+                serverName: configuration.serverName,
+                availableConnectionsDelegate: ConnectionLimit(gauge: connections, logger: logger)
+            ),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
             eventLoopGroupProvider: .shared(group),
             logger: logger

@@ -35,10 +35,11 @@ struct DevCommand: AsyncParsableCommand {
         }
         defer { local?.stop() }
         let instance = InstanceID.random()
+        let connections = try ConnectionBudget.resolve(requested: nil)
         var services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: "0.0.0.0", port: port),
+            http: .init(host: "0.0.0.0", port: port, maxConnections: connections.limit),
             instanceID: instance,
             logger: logger,
             onServerRunning: { port in

@@ -53,12 +53,18 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a client connection may stay idle (between requests, or with its request head unfinished) before it is closed; 0: never.")
     var idleTimeout = 60
 
+    @Option(help: "Client connections open at most at a time; more wait in the listen backlog. Default: what the open-file limit (raised to its hard limit at start) leaves after a reserve.")
+    var maxConnections: Int?
+
     @Option(help: "Instance id, part of the reply queue name gangway.reply.<id>. Default: random.")
     var instanceID: String?
 
     func validate() throws {
         guard (0...86_400).contains(idleTimeout) else {
             throw ValidationError("--idle-timeout must be 0 (never) or a number of seconds up to 86400, got \(idleTimeout)")
+        }
+        if let maxConnections, maxConnections < 1 {
+            throw ValidationError("--max-connections must be at least 1, got \(maxConnections)")
         }
     }
 
@@ -68,16 +74,32 @@ struct EdgeCommand: AsyncParsableCommand {
         let configuration = try files.load()
         let port = try self.port ?? HTTPPort.fromEnvironment() ?? 8080
         let instance = instanceID ?? InstanceID.random()
+        let connections = try ConnectionBudget.resolve(requested: maxConnections)
         let services = EdgeServices.make(
             url: url,
             configuration: configuration,
-            http: .init(host: host, port: port, eventLoopThreads: threads, sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)), demoPage: demoPage, batchScheduling: batchScheduling, idleTimeoutSeconds: idleTimeout > 0 ? idleTimeout : nil),
+            http: .init(
+                host: host,
+                port: port,
+                eventLoopThreads: threads,
+                sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)),
+                demoPage: demoPage,
+                batchScheduling: batchScheduling,
+                idleTimeoutSeconds: idleTimeout > 0 ? idleTimeout : nil,
+                maxConnections: connections.limit
+            ),
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
             topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
             logger: logger,
             onServerRunning: { port in
-                logger.info("edge.listening", metadata: ["http.port": "\(port)", "amqp.url": "\(url)", "edge.instance": "\(instance)"])
+                logger.info(
+                    "edge.listening",
+                    metadata: [
+                        "http.port": "\(port)", "amqp.url": "\(url)", "edge.instance": "\(instance)",
+                        "edge.connection_limit": "\(connections.limit)", "process.open_file_limit": "\(connections.openFiles)",
+                    ]
+                )
             }
         )
         let group = ServiceGroup(
@@ -104,6 +126,23 @@ struct ListenFailure: Error, CustomStringConvertible {
             }
             throw ListenFailure(description: "cannot listen on \(host):\(port): \(reason)")
         }
+    }
+}
+
+/// The edge's connection limit: the one asked for, or what the open-file limit leaves.
+enum ConnectionBudget {
+    /// Raises the open-file limit to its hard limit, then checks `requested` against it.
+    /// - Returns: the connection limit to use, and the open-file limit now in force.
+    static func resolve(requested: Int?) throws -> (limit: Int, openFiles: Int) {
+        let openFiles = OpenFileLimit.raise()
+        let budget = OpenFileLimit.connectionBudget(forLimit: openFiles)
+        guard let requested else { return (budget, openFiles) }
+        guard requested <= budget else {
+            throw ValidationError(
+                "--max-connections \(requested) is more than the open-file limit leaves room for: \(openFiles) open files, less \(OpenFileLimit.reserve(forLimit: openFiles)) kept for the broker connections and the rest, leave \(budget); raise the limit (ulimit -n, systemd's LimitNOFILE=, docker run --ulimit nofile=) or ask for \(budget) at most"
+            )
+        }
+        return (requested, openFiles)
     }
 }
 
