@@ -58,4 +58,10 @@ public struct GatewayReply: Sendable {
         self.contentEncoding = contentEncoding
         self.body = body
     }
+
+    /// Whether a response with `status` may carry content: not 204 (No Content), 205 (Reset
+    /// Content) or 304 (Not Modified), RFC 9110 §15.3.5, §15.3.6, §15.4.5.
+    public static func carriesContent(status: Int) -> Bool {
+        status != 204 && status != 205 && status != 304
+    }
 }

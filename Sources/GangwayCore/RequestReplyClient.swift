@@ -314,14 +314,18 @@ public final class RequestReplyClient: Sendable {
         "\(instanceID).\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
     }
 
-    /// Checks a reply against the contract: `x-status` an integer 100...599 when present,
-    /// `x-header-*` values text.
+    /// Checks a reply against the contract: `x-status` a final HTTP status 200...599 when
+    /// present, `x-header-*` values text. The body of a status that carries no content (204,
+    /// 205, 304) is dropped: written after such a response's head, it would be read as the
+    /// start of the connection's next response.
     public static func decodeReply(_ delivery: Delivery, route: String) throws(GatewayError) -> GatewayReply {
         let props = delivery.properties
         var status = 200
         if let raw = props.headers[WireContract.Header.status] {
-            guard let s = raw.intValue, (100...599).contains(s) else {
-                throw .badReply(route: route, reason: "x-status must be an HTTP status 100...599, got \(raw.stringValue.map { "'\($0)'" } ?? "a non-scalar value")")
+            // An informational status (1xx) is not an answer: the edge cannot switch protocols
+            // or send an interim response for a worker.
+            guard let s = raw.intValue, (200...599).contains(s) else {
+                throw .badReply(route: route, reason: "x-status must be a final HTTP status 200...599, got \(raw.stringValue.map { "'\($0)'" } ?? "a non-scalar value")")
             }
             status = Int(s)
         }
@@ -340,7 +344,8 @@ public final class RequestReplyClient: Sendable {
         if let ct = props.contentType, !WireContract.isSingleLine(ct) {
             throw .badReply(route: route, reason: "content_type must be a single line")
         }
-        return GatewayReply(status: status, headers: headers, contentType: props.contentType, contentEncoding: props.contentEncoding, body: delivery.body)
+        let body = GatewayReply.carriesContent(status: status) ? delivery.body : ByteBuffer()
+        return GatewayReply(status: status, headers: headers, contentType: props.contentType, contentEncoding: props.contentEncoding, body: body)
     }
 
 }

@@ -37,6 +37,12 @@ struct StreamHandler: Sendable {
     func handle(_ request: Request, context: GatewayRequestContext, route: Route, parameters: [String: String]) async throws -> Response {
         let gatewayRequest = try await GatewayRequest.make(from: request, context: context, route: route, parameters: parameters)
         let opened = try await client.open(gatewayRequest, idleMilliseconds: route.idleTimeoutMilliseconds)
+        guard GatewayReply.carriesContent(status: opened.head.status) else {
+            // A 204, 205 or 304 answers with its head alone: the parts after it are not wanted.
+            opened.parts.close()
+            opened.cancel()
+            return opened.head.response
+        }
         let format = Format(accept: request.headers[.accept])
         var headers = opened.head.httpHeaders
         switch format {

@@ -256,6 +256,8 @@ struct RequestReplyTests {
 
     @Test("malformed replies are 502", arguments: [
         AMQPFieldValue.string("abc"), .int(99), .int(600), .table([:]),
+        // Informational statuses are not answers: a 101 would tell the client the protocol changed.
+        .int(100), .int(101), .string("103"), .int(199),
     ])
     func malformedStatus(_ status: AMQPFieldValue) throws {
         let d = Delivery(
@@ -274,6 +276,17 @@ struct RequestReplyTests {
             )
             #expect(throws: GatewayError.self) { try RequestReplyClient.decodeReply(d, route: "r") }
         }
+    }
+
+    @Test("the body of a reply whose status carries no content is dropped", arguments: [(204, 0), (205, 0), (304, 0), (200, 4), (404, 4)])
+    func noContentStatus(status: Int, bodyBytes: Int) throws {
+        let d = Delivery(
+            consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+            properties: AMQPProperties(headers: ["x-status": .int(Int64(status))]), body: ByteBuffer(string: "body"), generation: 1
+        )
+        let reply = try RequestReplyClient.decodeReply(d, route: "r")
+        #expect(reply.status == status)
+        #expect(reply.body.readableBytes == bodyBytes)
     }
 
     @Test("a status sent as text by a worker in another language is accepted")

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """A Gangway worker in Python with pika, written from the README's wire contract alone.
 
-    pika_worker.py AMQP_URL QUEUE [--mode echo|bad-status|bad-header|sleep] [--sleep-ms N]
+    pika_worker.py AMQP_URL QUEUE [--mode echo|bad-status|bad-header|sleep|status|...] [--sleep-ms N]
+
+In the status modes the reply's x-status is the request's X-Demo header, and the body is sent
+all the same (stream-status: as part 0 of a 50-part stream).
 
 It consumes QUEUE with manual acks, answers each request on the default exchange with
 routing key = reply_to and the same correlation_id, sets x-status and x-header-* headers,
@@ -20,7 +23,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("queue")
-    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall"])
+    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall", "status", "stream-status"])
     p.add_argument("--sleep-ms", type=int, default=0)
     args = p.parse_args()
 
@@ -47,7 +50,7 @@ def main():
                     break  # parts 0-2 sent; then nothing more, ever
                 part_headers = {"x-part": i, "x-final": i == n - 1}
                 if i == 0:
-                    part_headers["x-status"] = 200
+                    part_headers["x-status"] = int(headers["x-header-x-demo"]) if args.mode == "stream-status" else 200
                 ch.basic_publish(exchange="", routing_key=props.reply_to, body=json.dumps({"n": i}).encode(),
                                  properties=pika.BasicProperties(correlation_id=props.correlation_id,
                                                                  content_type="application/json", headers=part_headers))
@@ -70,6 +73,8 @@ def main():
         }
         if args.mode == "bad-status":
             reply_headers["x-status"] = "not-a-status"
+        if args.mode == "status":
+            reply_headers["x-status"] = int(headers["x-header-x-demo"])
         if args.mode == "bad-header":
             reply_headers["x-header-x-evil"] = "a\r\nSet-Cookie: x=1"
         for _ in range(2 if args.mode == "twice" else 1):

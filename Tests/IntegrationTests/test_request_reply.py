@@ -1,5 +1,7 @@
 """Request/reply through a real RabbitMQ with the real edge binary and workers."""
 import concurrent.futures
+import http.client
+import json
 import os
 import re
 import resource
@@ -343,6 +345,38 @@ def test_malformed_replies_are_502(stack):
     r = requests.post(edge.base + "/v1/echo", data="x")
     problem(r, 502)
     assert "set-cookie" not in r.headers
+
+
+def test_a_status_without_content_is_sent_without_the_body_its_worker_sent(stack):
+    """204, 205 and 304 carry no content: the body a worker sent with one is dropped, so the
+    connection stays in step (written after the head, it would be read as the next response).
+    A 1xx status is not an answer: 502."""
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["echo"], mode="status")
+    conn = http.client.HTTPConnection("127.0.0.1", int(edge.base.rsplit(":", 1)[1]), timeout=10)
+    try:
+        for status in (204, 304, 205, 200, 101, 100, 204):
+            conn.request("POST", "/v1/echo", body=b"worker body", headers={"X-Demo": str(status)})
+            r = conn.getresponse()
+            body = r.read()
+            if status < 200:
+                assert r.status == 502, (status, r.status)
+                assert f"x-status must be a final HTTP status 200...599, got '{status}'" in json.loads(body)["detail"]
+                continue
+            assert r.status == status
+            assert r.getheader("x-worker") == "python-pika"
+            assert body == (b"worker body" if status == 200 else b"")
+            if status == 205:
+                assert r.getheader("content-length") == "0"
+            else:
+                assert r.getheader("content-length") in (None, "11" if status == 200 else None)
+        # Every response was read whole on the one connection: nothing was left over to be
+        # taken for the next one's start.
+        conn.request("GET", "/healthz")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    finally:
+        conn.close()
 
 
 def test_a_killed_worker_s_request_is_redelivered_and_answered(stack):

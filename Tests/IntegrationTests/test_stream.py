@@ -1,4 +1,5 @@
 """Streamed replies through the real broker: formats, order, idle timeout, cancellation, latency."""
+import http.client
 import json
 import os
 import re
@@ -51,6 +52,24 @@ def test_shuffled_parts_are_put_back_in_order(stack):
     stack.start_pika_worker(stack.queue["pika"], mode="stream-shuffled")
     r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson"}, stream=True)
     assert [p["n"] for p in ndjson(r)] == list(range(50))
+
+
+def test_a_stream_answered_with_a_status_without_content_ends_after_its_head(stack):
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["pika"], mode="stream-status")
+    conn = http.client.HTTPConnection("127.0.0.1", int(edge.base.rsplit(":", 1)[1]), timeout=10)
+    try:
+        for status in ("204", "304"):
+            conn.request("POST", "/v1/pika-stream", headers={"accept": "application/x-ndjson", "x-demo": status})
+            r = conn.getresponse()
+            assert r.status == int(status) and r.read() == b""
+        # The connection is still in step: none of the 50 parts was written to it.
+        conn.request("POST", "/v1/pika-stream", headers={"accept": "application/x-ndjson", "x-demo": "200"})
+        r = conn.getresponse()
+        assert r.status == 200
+        assert [json.loads(line)["n"] for line in r.read().splitlines()] == list(range(50))
+    finally:
+        conn.close()
 
 
 def test_the_idle_timeout_ends_the_stream_with_a_visible_error(stack):
