@@ -99,21 +99,31 @@ final class ConnectionOwner: @unchecked Sendable {
             case .openSession(let generation):
                 do {
                     try openSession(generation: generation)
-                    logger.info("amqp.connected", metadata: ["amqp.url": "\(configuration.url)", "amqp.generation": "\(generation)"])
-                    try serve()
-                    action = machine.shutdown()
                 } catch {
                     record(error: "\(error)")
                     let streamNotReady = (error as? AMQPError)?.isStreamNotReady == true
                     streamNotReadyInARow = streamNotReady ? streamNotReadyInARow + 1 : 0
+                    action = machine.sessionFailed(random: Double.random(in: 0...1))
+                    var metadata: Logger.Metadata = ["error": "\(error)"]
+                    if case .failInFlightAndReconnect(let ms) = action { metadata["amqp.retry_ms"] = "\(ms)" }
                     if streamNotReadyInARow == 1 {
                         // Expected once when several connections declare the same stream queue
                         // at the same time (e.g. an edge and workers starting together): not a
                         // loss worth a warning. A second time in a row is one.
-                        logger.info("amqp.stream.not-ready", metadata: ["error": "\(error)", "amqp.retry": "connecting again"])
+                        logger.info("amqp.stream.not-ready", metadata: metadata)
                     } else {
-                        logger.warning("amqp.connection.lost", metadata: ["error": "\(error)"])
+                        logger.warning("amqp.session.failed", metadata: metadata)
                     }
+                    continue
+                }
+                machine.sessionOpened()
+                logger.info("amqp.connected", metadata: ["amqp.url": "\(configuration.url)", "amqp.generation": "\(generation)"])
+                do {
+                    try serve()
+                    action = machine.shutdown()
+                } catch {
+                    record(error: "\(error)")
+                    logger.warning("amqp.connection.lost", metadata: ["error": "\(error)"])
                     action = machine.connectionLost(random: Double.random(in: 0...1))
                 }
             case .failInFlightAndReconnect(let ms):

@@ -52,6 +52,10 @@ public struct ConnectionStateMachine: Sendable {
     public private(set) var state: State = .idle
     private var generation: UInt64 = 0
     private let backoff: Backoff
+    /// Connections in a row whose session could not be opened (a topology declaration the
+    /// broker refuses, a consumer it will not start): each waits a step longer than the one
+    /// before, or they would reconnect at the first step's pace for as long as the cause lasts.
+    private var sessionFailuresInARow = 0
 
     public init(backoff: Backoff = Backoff()) {
         self.backoff = backoff
@@ -81,8 +85,25 @@ public struct ConnectionStateMachine: Sendable {
         return .reconnect(afterMilliseconds: backoff.delay(attempt: attempt, random: random))
     }
 
-    /// The open connection failed: socket error, missed heartbeats, connection.close, or a
-    /// failure while opening the session.
+    /// The session is up: topology declared, consumers started. A later loss backs off from
+    /// the first step again.
+    public mutating func sessionOpened() {
+        guard case .connected = state else { return }
+        sessionFailuresInARow = 0
+    }
+
+    /// The connection came up but its session could not be opened. The backoff grows with each
+    /// such failure in a row, as it does for failed connects, until a session opens.
+    public mutating func sessionFailed(random: Double) -> Action {
+        guard case .connected = state else { return .none }
+        let attempt = sessionFailuresInARow
+        sessionFailuresInARow += 1
+        state = .backingOff(attempt: attempt)
+        return .failInFlightAndReconnect(afterMilliseconds: backoff.delay(attempt: attempt, random: random))
+    }
+
+    /// The open connection failed after its session opened: socket error, missed heartbeats,
+    /// connection.close.
     public mutating func connectionLost(random: Double) -> Action {
         guard case .connected = state else { return .none }
         state = .backingOff(attempt: 0)

@@ -55,6 +55,42 @@ struct ConnectionStateMachineTests {
         #expect(check8)
     }
 
+    @Test("sessions that fail to open in a row back off step by step; an opened session starts over")
+    func sessionFailuresBackOff() {
+        var m = ConnectionStateMachine(backoff: backoff)
+        _ = m.start()
+        var delays: [Int] = []
+        for generation in 1...6 {
+            let opened = m.connectSucceeded() == .openSession(generation: UInt64(generation))
+            #expect(opened)
+            guard case .failInFlightAndReconnect(let ms) = m.sessionFailed(random: 1) else {
+                Issue.record("expected a reconnect after the failed session")
+                return
+            }
+            delays.append(ms)
+            #expect(!m.isConnected)
+            let connect = m.backoffElapsed() == .connect
+            #expect(connect)
+        }
+        #expect(delays == [100, 200, 400, 800, 1000, 1000])
+        // A connect failure meanwhile keeps the pace it had reached.
+        let paced = m.connectFailed(random: 1) == .reconnect(afterMilliseconds: 1000)
+        #expect(paced)
+        _ = m.backoffElapsed()
+        // Once a session opens, a loss (and the next failed session) backs off from the first step.
+        _ = m.connectSucceeded()
+        m.sessionOpened()
+        let lost = m.connectionLost(random: 1) == .failInFlightAndReconnect(afterMilliseconds: 100)
+        #expect(lost)
+        _ = m.backoffElapsed()
+        _ = m.connectSucceeded()
+        let failed = m.sessionFailed(random: 1) == .failInFlightAndReconnect(afterMilliseconds: 100)
+        #expect(failed)
+        // Out of place: no connection, no session to fail.
+        let ignored = m.sessionFailed(random: 1) == .none
+        #expect(ignored)
+    }
+
     @Test("events that do not fit the state are ignored")
     func outOfPlaceEvents() {
         var m = ConnectionStateMachine(backoff: backoff)

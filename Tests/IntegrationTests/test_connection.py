@@ -1,4 +1,5 @@
-"""Connection-level behaviour: graceful drain, heartbeats, a frozen broker, TLS to the broker."""
+"""Connection-level behaviour: graceful drain, heartbeats, a frozen broker, TLS to the broker,
+a topology the broker refuses."""
 import os
 import signal
 import socket
@@ -6,6 +7,7 @@ import subprocess
 import threading
 import time
 
+import pika
 import requests
 
 from harness import Broker, Stack
@@ -47,6 +49,33 @@ def test_each_connection_thread_carries_its_connection_name(stack):
     # worker.it.echo.<suffix> → echo.<suffix>.
     worker = stack.start_worker("echo")
     assert f"echo.{stack.suffix}" in thread_names(worker.pid), thread_names(worker.pid)
+
+
+def test_a_topology_the_broker_refuses_is_retried_with_a_growing_backoff_and_serves_once_fixed(stack):
+    # The echo queue exists as a quorum queue; the topology file says classic: every
+    # declaration is refused with 406 PRECONDITION_FAILED.
+    queue = stack.queue["echo"]
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    try:
+        edge = stack.start_edge(wait=False)
+        time.sleep(7)
+        assert requests.get(edge.base + "/readyz", timeout=5).status_code == 503
+        log = open(edge.log_path).read()
+        assert "inequivalent arg 'x-queue-type'" in log, log[-2000:]
+        # Steps of 100, 200, 400… ms (each between half and all of it) fit 8 tries at most in
+        # 7 s; retrying at the first step's pace made some 90.
+        failures = log.count("amqp.session.failed")
+        assert 2 <= failures <= 8, f"{failures} failed sessions in 7 s"
+        assert "amqp.retry_ms=" in log
+        conn.channel().queue_delete(queue)
+    finally:
+        conn.close()
+    # Fixed: the next retry (5 s apart at most by now) opens the session.
+    stack.wait_ready(edge, timeout=10)
+    stack.start_worker("echo")
+    r = requests.post(edge.base + "/v1/echo", data="declared at last", timeout=10)
+    assert r.status_code == 200 and r.text == "declared at last"
 
 
 def test_an_idle_connection_stays_up_on_heartbeats(stack):
