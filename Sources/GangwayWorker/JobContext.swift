@@ -1,5 +1,6 @@
 import GangwayAMQP
 import GangwayAMQPCore
+import Logging
 import NIOCore
 import Synchronization
 
@@ -12,12 +13,14 @@ public final class JobContext: Sendable {
     /// Carried over from the job message onto every event (``WireContract/echoedJobHeaders(_:)``).
     private let echoed: AMQPTable
     private let seq = Mutex(0)
+    private let logger: Logger
 
-    init(jobID: String, connection: AMQPConnection, appID: String, echoed: AMQPTable = [:]) {
+    init(jobID: String, connection: AMQPConnection, appID: String, echoed: AMQPTable = [:], logger: Logger) {
         self.jobID = jobID
         self.connection = connection
         self.appID = appID
         self.echoed = echoed
+        self.logger = logger
     }
 
     /// Reports progress: `{"percent": …, "message": …}`.
@@ -30,12 +33,36 @@ public final class JobContext: Sendable {
         try await emit("log", #"{"line":\#(Self.quote(line))}"#)
     }
 
+    /// Publishes the event with the next `x-seq` and returns once the broker confirmed it.
+    ///
+    /// A nack (the broker could not store it: a stream or quorum queue without a leader for a
+    /// moment, as when its application restarts, or a queue that rejects publishes when full)
+    /// is answered by publishing the same event again, with the same `x-seq`, backing off from
+    /// 50 ms to 5 s, until it is confirmed, or until the task is cancelled (the worker stops or
+    /// loses its connection, and the unacked job comes back). Going on to the next event would
+    /// leave a gap no edge could fill: an edge takes a job's events in `x-seq` order and
+    /// ignores one older than the last it has. A copy the broker stored anyway before its nack
+    /// (in another queue the event was routed to) is such an older one: ignored.
     func emit(_ kind: String, _ json: String) async throws {
         let n = seq.withLock { s -> Int in
             s += 1
             return s
         }
-        _ = try await connection.publish(WireContract.jobEvent(jobID: jobID, kind: kind, seq: n, json: json, appID: appID, extraHeaders: echoed))
+        let event = WireContract.jobEvent(jobID: jobID, kind: kind, seq: n, json: json, appID: appID, extraHeaders: echoed)
+        var delayMilliseconds = 50
+        var attempt = 1
+        while case .nacked = try await connection.publish(event) {
+            logger.warning(
+                "worker.job.event.nacked",
+                metadata: [
+                    "job.id": "\(jobID)", "job.event.seq": "\(n)", "job.event.kind": "\(kind)",
+                    "amqp.attempts": "\(attempt)", "amqp.retry_ms": "\(delayMilliseconds)",
+                ]
+            )
+            try await Task.sleep(for: .milliseconds(delayMilliseconds))
+            delayMilliseconds = min(delayMilliseconds * 2, 5_000)
+            attempt += 1
+        }
     }
 
     static func quote(_ s: String) -> String {

@@ -321,7 +321,7 @@ public struct Worker: Service {
 extension Worker {
     private func job(_ delivery: Delivery, request: WorkerRequest, handler: @escaping JobHandler) async {
         let id = request.header(WireContract.Header.jobID) ?? delivery.properties.messageID ?? ""
-        let context = JobContext(jobID: id, connection: connection, appID: configuration.name, echoed: WireContract.echoedJobHeaders(delivery.properties.headers))
+        let context = JobContext(jobID: id, connection: connection, appID: configuration.name, echoed: WireContract.echoedJobHeaders(delivery.properties.headers), logger: logger)
         // A task of its own so that `DELETE /v1/jobs/{id}` (a cancel message) can cancel it;
         // awaited right here, so it never outlives this delivery.
         // Cancelled while it waited in the queue: report it cancelled without running it.

@@ -166,6 +166,36 @@ def test_a_job_submitted_on_one_edge_is_followed_on_another(stack):
     assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
 
 
+def test_a_job_event_the_broker_nacks_is_published_again_and_the_job_goes_on_without_a_gap(stack):
+    edge = stack.start_edge()
+    worker = stack.start_worker("render", queue=stack.queue["render"])
+    # While this queue is bound, the broker refuses (nacks) every event a worker reports: it
+    # holds no message and rejects publishes when full. The edge's own queued notice passes.
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    ch = conn.channel()
+    ch.queue_declare("it.nacker", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    for kind in ("log", "progress", "done", "failed"):
+        ch.queue_bind("it.nacker", "gangway.events", f"job.*.{kind}")
+    try:
+        job_id = submit(edge, "steps=3&delay_ms=0").json()["id"]
+        time.sleep(2.5)
+        # The worker does not go past its first event until the broker takes it.
+        log = open(worker.log_path).read()
+        assert "worker.job.event.nacked" in log and "job.event.seq=1" in log, log[-2000:]
+        assert "job.event.seq=2" not in log
+        assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] != "succeeded"
+    finally:
+        ch.queue_delete("it.nacker")
+        conn.close()
+    # Taken at the next retry (5 s apart at most): the job runs to done, and its events come
+    # numbered 1, 2, 3… once each, though the broker may have stored a copy of a nacked one
+    # in the event log (it went to two queues and only one refused it).
+    _, events = follow(edge, job_id)
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+    assert [e.event for e in events] == ["log", "progress", "progress", "progress", "done"]
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+
 def test_a_failing_job_reports_failed(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
