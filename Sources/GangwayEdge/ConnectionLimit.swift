@@ -26,8 +26,8 @@ public enum OpenFileLimit {
         if limits.rlim_cur < limits.rlim_max {
             var raised = limits
             // An infinite hard limit is not a valid soft one for open files: the kernel caps
-            // descriptors at fs.nr_open, 1 048 576 by default.
-            raised.rlim_cur = limits.rlim_max == infinity ? 1 << 20 : limits.rlim_max
+            // descriptors at fs.nr_open, 1 048 576 by default (never lower what is set).
+            raised.rlim_cur = limits.rlim_max == infinity ? max(limits.rlim_cur, 1 << 20) : limits.rlim_max
             if setrlimit(resource, &raised) == 0 { limits = raised }
         }
         return limits.rlim_cur == infinity ? Int.max : Int(clamping: limits.rlim_cur)
