@@ -333,26 +333,32 @@ extension Worker {
         let task = Task { try await handler(request, context) }
         let cancelRequest = inFlight.insert(id, task)
         defer { inFlight.remove(id, cancelRequest) }
+        let result: ByteBuffer
         do {
-            let result = try await withTaskCancellationHandler {
+            result = try await withTaskCancellationHandler {
                 try await task.value
             } onCancel: {
                 task.cancel()
             }
-            try await context.emit("done", String(buffer: result).isEmpty ? "null" : String(buffer: result))
-            connection.ack(delivery)
         } catch where task.isCancelled && !cancelRequest.requested {
             // The worker is stopping, or lost the connection that delivered the job, and nobody
             // cancelled it: no final event and no ack, so the broker gives the job to another
             // worker (or this one again) once that connection is closed.
             logger.info("worker.job.interrupted", metadata: ["job.id": "\(id)"])
+            return
         } catch where task.isCancelled {
             logger.info("worker.cancelled", metadata: ["job.id": "\(id)"])
             await finish(delivery, context, kind: "cancelled", #"{"reason":"cancelled on request"}"#)
+            return
         } catch {
             logger.warning("worker.job.failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
             await finish(delivery, context, kind: "failed", #"{"error":\#(JobContext.quote("\(error)"))}"#)
+            return
         }
+        // The handler succeeded: a `done` that cannot be reported (the connection lost, or the
+        // worker stopping while the broker nacks it) leaves the job unacked to come back, and is
+        // never turned into a `failed` report of a job that did not fail.
+        await finish(delivery, context, kind: "done", String(buffer: result).isEmpty ? "null" : String(buffer: result))
     }
 
     /// Reports the final event, then acks; unacked if the report fails, so the job comes back.

@@ -255,6 +255,38 @@ def test_a_worker_past_its_shutdown_timeout_leaves_the_job_to_another_worker(sta
     assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
 
 
+def test_a_worker_stopped_while_its_done_is_nacked_leaves_the_job_to_another_not_failed(stack):
+    edge = stack.start_edge()
+    first = stack.start_worker("render", queue=stack.queue["render"], extra=["--shutdown-timeout", "0.5"])
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    ch = conn.channel()
+    ch.queue_declare("it.nacker", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    ch.queue_bind("it.nacker", "gangway.events", "job.*.done")
+    try:
+        job_id = submit(edge, "steps=1&delay_ms=0").json()["id"]
+        deadline = time.monotonic() + 10
+        while "job.event.kind=done" not in open(first.log_path).read() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "job.event.kind=done" in open(first.log_path).read(), "the done event was never nacked"
+        # Stopped past its shutdown timeout while it publishes `done` again and again: the job
+        # succeeded, so it is not reported failed; unacked, it goes back to the queue.
+        os.killpg(first.pid, signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+        log = open(first.log_path).read()
+        assert "worker.job.report.failed" in log and "worker.job.failed" not in log, log[-2000:]
+        # The event log took a copy of the nacked `done` (only the other queue refused it), so
+        # the edge knows the job succeeded; a `failed` after it would have overwritten that.
+        assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+    finally:
+        ch.queue_delete("it.nacker")
+        conn.close()
+    stack.wait_no_consumers(stack.queue["render"])
+    stack.start_worker("render", queue=stack.queue["render"])
+    _, events = follow(edge, job_id)
+    assert events[-1].event == "done" and "failed" not in [e.event for e in events]
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+
 def test_unknown_jobs_are_404_and_unroutable_jobs_are_503_never_202(stack):
     edge = stack.start_edge()
     assert requests.get(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
