@@ -23,7 +23,7 @@ let package = Package(
         // The only C in the project: rabbitmq-c's headers plus a non-variadic login and an eventfd.
         .target(
             name: "CRabbitMQ",
-            linkerSettings: [.linkedLibrary("rabbitmq"), .linkedLibrary("crypto")]
+            linkerSettings: [.linkedLibrary("rabbitmq"), .linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         // Pure Swift AMQP model and protocol state machines. No IO, no C.
         .target(

@@ -6,7 +6,8 @@
 #   scripts/broker.sh ctl DIR ARGS...  → rabbitmqctl against that node
 #
 # With BROKER_TLS_PORT and BROKER_TLS_DIR (holding ca.pem, server.pem, server.key) set, the
-# node also listens for amqps:// on BROKER_TLS_PORT.
+# node also listens for amqps:// on BROKER_TLS_PORT; with BROKER_TLS_CLIENT_CERT=required as
+# well, it accepts only clients that present a certificate signed by ca.pem.
 #
 # The Erlang schedulers do not busy-wait for work (BROKER_ERL_ARGS, default
 # "+sbwt none +sbwtdcpu none +sbwtdio none"): on a small machine that the broker shares with
@@ -48,7 +49,7 @@ ssl_options.cacertfile = $dir/ca.pem
 ssl_options.certfile = $dir/server.pem
 ssl_options.keyfile = $dir/server.key
 ssl_options.verify = verify_peer
-ssl_options.fail_if_no_peer_cert = false
+ssl_options.fail_if_no_peer_cert = $([ "${BROKER_TLS_CLIENT_CERT:-}" = required ] && echo true || echo false)
 CONF
       if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown rabbitmq:rabbitmq "$dir"/*.pem "$dir"/*.key "$dir/rabbitmq.conf"; fi
       config_env=(RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf")

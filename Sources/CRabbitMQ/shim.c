@@ -1,6 +1,9 @@
 #define _GNU_SOURCE
 #include "CRabbitMQ.h"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <openssl/evp.h>
 
 #include <errno.h>
@@ -220,4 +223,57 @@ void gw_outbuf_free(gw_outbuf_t *out) {
   out->bytes = NULL;
   out->len = 0;
   out->cap = 0;
+}
+
+/// The first failure of the server's certificate chain in this thread's handshake, or 0.
+static __thread int gw_tls_verify_error = 0;
+
+static int gw_tls_verify_callback(int preverify_ok, X509_STORE_CTX *store) {
+  if (!preverify_ok && gw_tls_verify_error == 0) gw_tls_verify_error = X509_STORE_CTX_get_error(store);
+  // Change nothing: rabbitmq-c decides what a failed verification means.
+  SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+  return ssl != NULL && (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) ? preverify_ok : 1;
+}
+
+void gw_tls_record_verify_errors(amqp_socket_t *socket) {
+  SSL_CTX *ctx = amqp_ssl_socket_get_context(socket);
+  if (ctx != NULL) SSL_CTX_set_verify(ctx, SSL_CTX_get_verify_mode(ctx), gw_tls_verify_callback);
+}
+
+void gw_tls_clear_errors(void) {
+  ERR_clear_error();
+  gw_tls_verify_error = 0;
+}
+
+size_t gw_tls_take_errors(char *buf, size_t len) {
+  size_t used = 0, count = 0;
+  char last[256] = "";
+  if (len > 0) buf[0] = 0;
+  if (gw_tls_verify_error != 0) {
+    // What was wrong with the server's certificate ("unable to get local issuer
+    // certificate", "certificate has expired"), which OpenSSL's error queue does not hold.
+    int n = snprintf(buf, len, "server certificate: %s", X509_verify_cert_error_string(gw_tls_verify_error));
+    if (n > 0) used = (size_t)n < len ? (size_t)n : (len > 0 ? len - 1 : 0);
+    gw_tls_verify_error = 0;
+    count++;
+  }
+  unsigned long code;
+  while ((code = ERR_get_error()) != 0) {
+    char reason[256];
+    const char *text = ERR_reason_error_string(code);
+    if (text != NULL) {
+      snprintf(reason, sizeof reason, "%s", text);
+    } else {
+      ERR_error_string_n(code, reason, sizeof reason);
+    }
+    // OpenSSL may record one reason twice as the failure unwinds: say it once.
+    if (strcmp(reason, last) == 0) continue;
+    memcpy(last, reason, sizeof last);
+    count++;
+    if (used + 1 >= len) continue;
+    int n = snprintf(buf + used, len - used, "%s%s", count > 1 ? "; " : "", reason);
+    if (n < 0) continue;
+    used = used + (size_t)n < len ? used + (size_t)n : len - 1;
+  }
+  return count;
 }

@@ -220,13 +220,15 @@ final class ConnectionOwner: @unchecked Sendable {
         if url.tls {
             socket = amqp_ssl_socket_new(state)
             guard let socket else { throw AMQPError.connectFailed("cannot create a TLS socket") }
+            gw_tls_record_verify_errors(socket)
+            gw_tls_clear_errors()
             if let ca = url.caCertFile {
                 let rc = amqp_ssl_socket_set_cacert(socket, ca)
-                guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectFailed("cannot load CA certificate \(ca): \(Self.statusText(rc))") }
+                guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectFailed("cannot load CA certificate \(ca): \(Self.tlsStatusText(rc))") }
             }
             if let cert = url.certFile, let key = url.keyFile {
                 let rc = amqp_ssl_socket_set_key(socket, cert, key)
-                guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectFailed("cannot load client certificate \(cert): \(Self.statusText(rc))") }
+                guard rc == AMQP_STATUS_OK.rawValue else { throw AMQPError.connectFailed("cannot load client certificate \(cert) or key \(key): \(Self.tlsStatusText(rc))") }
             }
             amqp_ssl_socket_set_verify_peer(socket, url.verifyPeer ? 1 : 0)
             amqp_ssl_socket_set_verify_hostname(socket, url.verifyHostname ? 1 : 0)
@@ -239,7 +241,7 @@ final class ConnectionOwner: @unchecked Sendable {
         guard rc == AMQP_STATUS_OK.rawValue else {
             // rabbitmq-c says only "a socket error occurred" when connect(2) fails, and keeps
             // its errno to itself.
-            let detail = rc == AMQP_STATUS_SOCKET_ERROR.rawValue ? "the connection was refused or the host is unreachable (is a broker listening there?)" : Self.statusText(rc)
+            let detail = rc == AMQP_STATUS_SOCKET_ERROR.rawValue ? "the connection was refused or the host is unreachable (is a broker listening there?)" : url.tls ? Self.tlsStatusText(rc) : Self.statusText(rc)
             throw AMQPError.connectFailed("\(url.host):\(url.port): \(detail)")
         }
         var handshake = Self.makeTimeval(milliseconds: url.connectionTimeoutMilliseconds)
@@ -247,6 +249,14 @@ final class ConnectionOwner: @unchecked Sendable {
         var rpc = Self.makeTimeval(milliseconds: configuration.rpcTimeoutMilliseconds)
         amqp_set_rpc_timeout(state, &rpc)
         let login = gw_login_plain(state, url.vhost, 0, configuration.frameMax, Int32(url.heartbeatSeconds), url.user, url.password, configuration.name)
+        if url.tls, login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
+            // Under TLS 1.3 a broker refuses a client certificate (or its absence) after the
+            // client's side of the handshake is done: the refusal arrives at the first read.
+            // When the alert is lost to the connection's reset, OpenSSL has no reason to give.
+            let text = Self.tlsStatusText(login.library_error)
+            let hint = text == Self.statusText(login.library_error) ? " (the broker ended the TLS session before AMQP began: does it require a client certificate, certfile and keyfile, that it did not get or does not accept?)" : ""
+            throw AMQPError.connectFailed("\(url.host):\(url.port): login: \(text)\(hint)")
+        }
         try check(login, "login")
         frameMax = Int(amqp_get_frame_max(state))
         amqp_channel_open(state, Self.publishChannel)
@@ -742,6 +752,19 @@ final class ConnectionOwner: @unchecked Sendable {
 
     static func statusText(_ rc: Int32) -> String {
         String(cString: amqp_error_string2(rc))
+    }
+
+    /// rabbitmq-c's text for a failed TLS call, with OpenSSL's reasons when it recorded any
+    /// on this thread: "SSL handshake failed (certificate verify failed)" where rabbitmq-c
+    /// alone says only the first part.
+    static func tlsStatusText(_ rc: Int32) -> String {
+        var reasons = [UInt8](repeating: 0, count: 512)
+        let count = reasons.withUnsafeMutableBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { gw_tls_take_errors($0.baseAddress, $0.count) }
+        }
+        let text = statusText(rc)
+        guard count > 0 else { return text }
+        return "\(text) (\(String(decoding: reasons.prefix(while: { $0 != 0 }), as: UTF8.self)))"
     }
 
     static func makeTimeval(milliseconds: Int) -> timeval {

@@ -113,6 +113,27 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
                 // the other clients do.
                 continue
             }
+            if !tls, Self.tlsKeys.contains(key) {
+                // Ignoring it would connect in plain text to a broker the user meant to reach
+                // over TLS.
+                throw ParseError(description: "'\(key)' is a TLS option, but '\(scheme)://' connects without TLS: use amqps://")
+            }
+        }
+        switch (certFile, keyFile) {
+        case (.some, nil): throw ParseError(description: "certfile needs keyfile too: the client certificate's private key")
+        case (nil, .some): throw ParseError(description: "keyfile needs certfile too: the client certificate")
+        default: break
+        }
+    }
+
+    /// The query keys that configure TLS.
+    static let tlsKeys: Set<String> = ["cacertfile", "certfile", "keyfile", "verify", "server_name_indication"]
+
+    /// The files the URL names (CA, client certificate and key), for a check at start that
+    /// they can be read: a connection would otherwise retry forever on a missing file.
+    public var files: [(option: String, path: String)] {
+        [("cacertfile", caCertFile), ("certfile", certFile), ("keyfile", keyFile)].compactMap { option, path in
+            path.map { (option, $0) }
         }
     }
 

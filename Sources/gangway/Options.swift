@@ -3,6 +3,10 @@ import GangwayAMQPCore
 import GangwayConfig
 import Logging
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -18,13 +22,26 @@ struct BrokerOptions: ParsableArguments {
         ProcessInfo.processInfo.environment["GANGWAY_AMQP_URL"].flatMap { $0.isEmpty ? nil : $0 }
     }
 
+    /// The URL, parsed, with the files it names checked: a connection that cannot read its CA
+    /// or client certificate would retry forever, so the command refuses to start instead.
     func url() throws -> AMQPURL {
         let text = amqpURL ?? Self.environmentURL ?? "amqp://guest:guest@localhost:5672/"
+        let url: AMQPURL
         do {
-            return try AMQPURL(text)
+            url = try AMQPURL(text)
         } catch {
             throw ValidationError("invalid AMQP URL: \(error)")
         }
+        for (option, path) in url.files {
+            var info = stat()
+            let why: String? =
+                stat(path, &info) != 0 ? (errno == ENOENT ? "there is no such file" : String(cString: strerror(errno)))
+                : info.st_mode & S_IFMT == S_IFDIR ? "it is a directory"
+                : access(path, R_OK) != 0 ? "it cannot be read"
+                : nil
+            if let why { throw ValidationError("invalid AMQP URL: \(option) \(path): \(why)") }
+        }
+        return url
     }
 }
 

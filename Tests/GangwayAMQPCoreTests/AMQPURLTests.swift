@@ -31,6 +31,31 @@ struct AMQPURLTests {
         #expect(!u.verifyPeer && !u.verifyHostname)
     }
 
+    @Test("TLS options on a plain amqp:// URL are refused, not ignored", arguments: ["cacertfile=/ca.pem", "certfile=/c.pem&keyfile=/k.pem", "verify=verify_peer", "server_name_indication=disable"])
+    func tlsOptionWithoutTLS(_ query: String) {
+        #expect {
+            try AMQPURL("amqp://h?\(query)")
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("is a TLS option, but 'amqp://' connects without TLS: use amqps://")
+                && text.contains("'\(query.prefix(while: { $0 != "=" }))'")
+        }
+    }
+
+    @Test("a client certificate needs its key, and a key its certificate")
+    func certificateAndKeyTogether() throws {
+        #expect {
+            try AMQPURL("amqps://h?certfile=/c.pem")
+        } throws: { "\($0)" == "certfile needs keyfile too: the client certificate's private key" }
+        #expect {
+            try AMQPURL("amqps://h?keyfile=/k.pem")
+        } throws: { "\($0)" == "keyfile needs certfile too: the client certificate" }
+        let both = try AMQPURL("amqps://h?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/k.pem")
+        #expect(both.files.map(\.option) == ["cacertfile", "certfile", "keyfile"])
+        #expect(both.files.map(\.path) == ["/ca.pem", "/c.pem", "/k.pem"])
+        #expect(try AMQPURL("amqps://h").files.isEmpty)
+    }
+
     @Test("bad URLs are refused with a reason", arguments: [
         "localhost:5672", "http://h", "amqp://h:notaport", "amqp://h:70000", "amqp://h?heartbeat=-1", "amqp://h/%zz", "amqp://h?verify=maybe",
     ])

@@ -34,7 +34,8 @@ def free_port():
 class Broker:
     """A private RabbitMQ node: own name, port and directory."""
 
-    def __init__(self, tls_dir=None):
+    def __init__(self, tls_dir=None, client_cert_required=False):
+        self.client_cert_required = client_cert_required
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="gangway-it-broker-")
         self.url = f"amqp://guest:guest@localhost:{self.port}/"
@@ -46,6 +47,8 @@ class Broker:
         if self.tls_dir:
             env["BROKER_TLS_PORT"] = str(self.tls_port)
             env["BROKER_TLS_DIR"] = self.tls_dir
+            if self.client_cert_required:
+                env["BROKER_TLS_CLIENT_CERT"] = "required"
         subprocess.run([BROKER_SH, "start", self.dir, str(self.port)], check=True, stdout=subprocess.DEVNULL, env=env)
         return self
 

@@ -103,3 +103,35 @@ def test_edge_flags_out_of_range_are_refused_with_a_reason():
         r = run("edge", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--port", "0", *flags)
         assert r.returncode != 0, flags
         assert reason in r.stderr, (flags, r.stderr)
+
+
+def test_a_broker_url_whose_tls_settings_cannot_work_is_refused_at_start(tmp_path):
+    # Each of these would connect in plain text, without the client certificate, or retry
+    # forever on a file that is not there: every command that connects refuses it at once.
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not looked at before the connection\n")
+    unreadable = tmp_path / "unreadable.pem"
+    unreadable.write_text("x\n")
+    unreadable.chmod(0)
+    cases = [
+        (f"amqps://localhost:1/?cacertfile={tmp_path}/missing.pem",
+         f"invalid AMQP URL: cacertfile {tmp_path}/missing.pem: there is no such file"),
+        (f"amqps://localhost:1/?cacertfile={tmp_path}",
+         f"invalid AMQP URL: cacertfile {tmp_path}: it is a directory"),
+        (f"amqps://localhost:1/?cacertfile={ca}&certfile={ca}",
+         "invalid AMQP URL: certfile needs keyfile too: the client certificate's private key"),
+        (f"amqp://localhost:1/?cacertfile={ca}",
+         "invalid AMQP URL: 'cacertfile' is a TLS option, but 'amqp://' connects without TLS: use amqps://"),
+    ]
+    if os.geteuid() != 0:  # root reads any file
+        cases.append((f"amqps://localhost:1/?cacertfile={unreadable}",
+                      f"invalid AMQP URL: cacertfile {unreadable}: it cannot be read"))
+    for url, reason in cases:
+        for command in (["edge", "--port", "0"], ["worker", "echo"], ["topology", "apply"]):
+            r = run(*command, "--amqp-url", url)
+            assert r.returncode != 0, (command, url)
+            assert reason in r.stderr, (command, url, r.stderr)
+    # The environment variable is checked the same way.
+    env = dict(os.environ, GANGWAY_AMQP_URL=cases[0][0])
+    r = run("edge", "--port", "0", env=env)
+    assert r.returncode != 0 and cases[0][1] in r.stderr, r.stderr

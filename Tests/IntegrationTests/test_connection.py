@@ -140,6 +140,12 @@ def make_certs(d):
     # A second CA that did not sign the server certificate.
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other-ca",
         "-keyout", "other.key", "-out", "other.pem")
+    # Client certificates: one the broker's CA signed, one the other CA signed.
+    for name, ca in (("client", "ca"), ("stranger", "other")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=gangway-{name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-out", f"{name}.pem")
     for name in os.listdir(d):
         os.chmod(os.path.join(d, name), 0o644)
     os.chmod(d, 0o755)
@@ -160,11 +166,54 @@ def test_amqps_with_a_verified_certificate_round_trips_and_a_wrong_ca_is_refused
         tls_connections = broker.ctl("list_connections", "ssl", "--quiet", "--no-table-headers").stdout.split()
         assert "true" in tls_connections
 
-        wrong = f"amqps://guest:guest@localhost:{broker.tls_port}/?cacertfile={certs}/other.pem"
-        bad_edge = stack.start_edge(url=wrong, wait=False)
+        # A server certificate the CA given did not sign, and one for another host name: each
+        # refused, with the reason OpenSSL or rabbitmq-c gives, not only "handshake failed".
+        wrong_ca = stack.start_edge(url=f"amqps://guest:guest@localhost:{broker.tls_port}/?cacertfile={certs}/other.pem", wait=False)
+        wrong_host = stack.start_edge(url=f"amqps://guest:guest@127.0.0.2:{broker.tls_port}/?cacertfile={certs}/ca.pem", wait=False)
         time.sleep(3)
-        assert requests.get(bad_edge.base + "/readyz").status_code == 503
-        assert "could not connect" in open(bad_edge.log_path).read()
+        for edge, reason in ((wrong_ca, "SSL peer cert verification failed (server certificate: self-signed certificate in certificate chain)"),
+                             (wrong_host, "hostname verification failed")):
+            assert requests.get(edge.base + "/readyz").status_code == 503
+            failures = [line for line in open(edge.log_path) if "amqp.connect.failed" in line]
+            assert failures and all("could not connect" in line and reason in line for line in failures), failures
+        # Without the host name check the same connection is taken.
+        unchecked = stack.start_edge(url=f"amqps://guest:guest@127.0.0.2:{broker.tls_port}/?cacertfile={certs}/ca.pem&server_name_indication=disable")
+        assert requests.post(unchecked.base + "/v1/echo", data="no host check").text == "no host check"
+    finally:
+        stack.stop()
+        broker.stop()
+
+
+def test_a_broker_that_requires_client_certificates_takes_the_edge_and_workers_that_present_one(tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(str(certs))
+    broker = Broker(tls_dir=str(certs), client_cert_required=True).start()
+    stack = Stack(broker, tmp_path)
+    base = f"amqps://guest:guest@localhost:{broker.tls_port}/?cacertfile={certs}/ca.pem"
+    try:
+        url = f"{base}&certfile={certs}/client.pem&keyfile={certs}/client.key"
+        edge = stack.start_edge(url=url)
+        stack.start_worker("echo", url=url)
+        r = requests.post(edge.base + "/v1/echo", data="mutual tls")
+        assert r.status_code == 200 and r.text == "mutual tls"
+        subjects = broker.ctl("list_connections", "peer_cert_subject", "--quiet", "--no-table-headers").stdout
+        assert subjects.count("CN=gangway-client") >= 3, subjects  # the edge's two, the worker's
+
+        # No certificate, or one from a CA the broker does not trust: refused, and the log says
+        # what the broker answered.
+        without = stack.start_edge(url=base, wait=False)
+        stranger = stack.start_edge(url=f"{base}&certfile={certs}/stranger.pem&keyfile={certs}/stranger.key", wait=False)
+        time.sleep(3)
+        for bad, reason in ((without, "certificate required"), (stranger, "unknown ca")):
+            assert requests.get(bad.base + "/readyz").status_code == 503
+            failures = [line for line in open(bad.log_path) if "amqp.connect.failed" in line]
+            # The broker's alert says why; when the connection's reset overtakes it, the edge
+            # says what a refused certificate looks like.
+            hint = "the broker ended the TLS session before AMQP began: does it require a client certificate"
+            assert failures and all("could not connect to the broker" in line and ": login: " in line and (reason in line or hint in line)
+                                    for line in failures), failures
+            assert any(reason in line for line in failures), failures
     finally:
         stack.stop()
         broker.stop()

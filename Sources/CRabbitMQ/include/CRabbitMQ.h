@@ -70,6 +70,20 @@ static inline amqp_bytes_t gw_field_bytes(const amqp_field_value_t *v) { return 
 static inline amqp_table_t gw_field_table(const amqp_field_value_t *v) { return v->value.table; }
 static inline amqp_array_t gw_field_array(const amqp_field_value_t *v) { return v->value.array; }
 
+/// Makes the TLS socket's handshakes record why the server's certificate chain failed to
+/// verify, for `gw_tls_take_errors`; what a failure means is left to rabbitmq-c.
+void gw_tls_record_verify_errors(amqp_socket_t *socket);
+
+/// Empties OpenSSL's error queue (and the recorded verification failure) for the calling
+/// thread, before a TLS call whose failure `gw_tls_take_errors` is to explain.
+void gw_tls_clear_errors(void);
+
+/// Takes OpenSSL's reasons for the calling thread's failed TLS calls, oldest first, out of its
+/// error queue into `buf` as one NUL-terminated line ("certificate verify failed; …"),
+/// truncated to `len`. rabbitmq-c reports only "SSL handshake failed" or "a SSL error
+/// occurred"; these say why. Returns how many reasons there were (0: the queue was empty).
+size_t gw_tls_take_errors(char *buf, size_t len);
+
 /// Method ids and property flags re-exported as typed constants: the originals are macros
 /// with casts, which Swift does not import.
 static const amqp_method_number_t GW_BASIC_DELIVER = AMQP_BASIC_DELIVER_METHOD;
