@@ -60,6 +60,10 @@ public struct ConsumerOptions: Sendable {
     public var exclusive: Bool
     /// basic.consume arguments, e.g. `x-stream-offset` for a stream queue.
     public var arguments: AMQPTable
+    /// The largest message body this consumer takes. A larger one is read off the connection
+    /// and dropped as it arrives, never held; its delivery comes with an empty body and
+    /// ``Delivery/droppedBody`` set, for the handler to refuse.
+    public var maxBodyBytes: Int
 
     public init(
         queue: String,
@@ -68,7 +72,8 @@ public struct ConsumerOptions: Sendable {
         prefetch: UInt16 = 32,
         autoAck: Bool = false,
         exclusive: Bool = false,
-        arguments: AMQPTable = [:]
+        arguments: AMQPTable = [:],
+        maxBodyBytes: Int = .max
     ) {
         self.queue = queue
         self.declare = declare
@@ -77,6 +82,7 @@ public struct ConsumerOptions: Sendable {
         self.autoAck = autoAck
         self.exclusive = exclusive
         self.arguments = arguments
+        self.maxBodyBytes = maxBodyBytes
     }
 }
 

@@ -23,7 +23,12 @@ final class ConnectionOwner: @unchecked Sendable {
     private var assembler = ContentAssembler(generation: 0)
     private var generation: UInt64 = 0
     /// Consumers subscribed on the current connection, by tag.
-    private var active: [String: AMQPConnection.DeliveryHandler] = [:]
+    private var active: [String: ActiveConsumer] = [:]
+
+    private struct ActiveConsumer {
+        var handler: AMQPConnection.DeliveryHandler
+        var maxBodyBytes: Int
+    }
     private var inspectChannelOpen = false
     /// Attempts to connect that failed since the last one that succeeded.
     private var connectFailuresInARow = 0
@@ -434,6 +439,11 @@ final class ConnectionOwner: @unchecked Sendable {
         var zero = timeval(tv_sec: 0, tv_usec: 0)
         var frame = amqp_frame_t()
         var count = 0
+        // rabbitmq-c keeps every frame it reads (a body frame is a buffer of up to frame_max)
+        // until its buffers are released: released only after the drain, a large message read
+        // in one go would be held twice, once in frames. What a frame holds is copied by
+        // `handle`, so the buffers go once a few of them have been read.
+        var bodyBytesSinceRelease = 0
         while true {
             let rc = amqp_simple_wait_frame_noblock(state, &frame, &zero)
             if rc == AMQP_STATUS_TIMEOUT.rawValue {
@@ -443,6 +453,13 @@ final class ConnectionOwner: @unchecked Sendable {
             guard rc == AMQP_STATUS_OK.rawValue else { throw Lost(reason: Self.statusText(rc)) }
             count += 1
             try handle(frame, state)
+            if Int32(frame.frame_type) == AMQP_FRAME_BODY {
+                bodyBytesSinceRelease += frame.payload.body_fragment.len
+                if bodyBytesSinceRelease >= Self.releaseBuffersEvery {
+                    amqp_maybe_release_buffers_on_channel(state, frame.channel)
+                    bodyBytesSinceRelease = 0
+                }
+            }
         }
     }
 
@@ -479,15 +496,17 @@ final class ConnectionOwner: @unchecked Sendable {
         switch method.id {
         case GW_BASIC_DELIVER:
             let m = method.decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+            let consumerTag = CDecode.string(m.consumer_tag)
             do {
                 try assembler.deliver(
                     .init(
-                        consumerTag: CDecode.string(m.consumer_tag),
+                        consumerTag: consumerTag,
                         deliveryTag: m.delivery_tag,
                         redelivered: m.redelivered != 0,
                         exchange: CDecode.string(m.exchange),
                         routingKey: CDecode.string(m.routing_key)
-                    )
+                    ),
+                    maxBodyBytes: active[consumerTag]?.maxBodyBytes ?? .max
                 )
             } catch {
                 throw Lost(reason: "protocol error: \(error)")
@@ -545,8 +564,8 @@ final class ConnectionOwner: @unchecked Sendable {
     private func deliver(_ output: ContentAssembler.Output) {
         switch output {
         case .delivery(let delivery):
-            if let handler = active[delivery.consumerTag] {
-                handler(delivery)
+            if let consumer = active[delivery.consumerTag] {
+                consumer.handler(delivery)
             }
         case .returned(let returned, _):
             confirms.returned(messageID: returned.properties.messageID, replyCode: returned.replyCode, replyText: returned.replyText)
@@ -653,7 +672,7 @@ final class ConnectionOwner: @unchecked Sendable {
         } catch let error as AMQPError where error.connectionCloseCode == 541 && options.declare?.isStream == true {
             throw AMQPError.streamNotReady(queue: options.queue)
         }
-        active[tag] = consumer.handler
+        active[tag] = ActiveConsumer(handler: consumer.handler, maxBodyBytes: options.maxBodyBytes)
     }
 
     private func declare(_ topology: Topology, on state: amqp_connection_state_t) throws {
@@ -749,6 +768,9 @@ final class ConnectionOwner: @unchecked Sendable {
             throw AMQPError.connectionLost("\(what): no reply")
         }
     }
+
+    /// Body bytes read in one drain after which rabbitmq-c's frame buffers are released.
+    static let releaseBuffersEvery = 1 << 20
 
     static func statusText(_ rc: Int32) -> String {
         String(cString: amqp_error_string2(rc))

@@ -36,6 +36,22 @@ public struct Delivery: Sendable {
     /// Which connection incarnation received it; an ack for an older incarnation is dropped,
     /// because delivery tags do not survive a reconnect.
     public var generation: UInt64
+    /// Set when the body was larger than its consumer takes (``ConsumerOptions/maxBodyBytes``):
+    /// it was read off the connection and dropped, and ``body`` is empty.
+    public var droppedBody: DroppedBody?
+
+    /// A body over its consumer's limit, dropped unread.
+    public struct DroppedBody: Sendable, Equatable {
+        /// The size the content header announced.
+        public var size: UInt64
+        /// The consumer's limit that it passed.
+        public var limit: Int
+
+        public init(size: UInt64, limit: Int) {
+            self.size = size
+            self.limit = limit
+        }
+    }
 
     public init(
         consumerTag: String,
@@ -45,7 +61,8 @@ public struct Delivery: Sendable {
         routingKey: String,
         properties: AMQPProperties,
         body: ByteBuffer,
-        generation: UInt64
+        generation: UInt64,
+        droppedBody: DroppedBody? = nil
     ) {
         self.consumerTag = consumerTag
         self.deliveryTag = deliveryTag
@@ -55,6 +72,7 @@ public struct Delivery: Sendable {
         self.properties = properties
         self.body = body
         self.generation = generation
+        self.droppedBody = droppedBody
     }
 }
 

@@ -46,7 +46,8 @@ public struct ContentAssembler: Sendable {
     }
 
     private enum Method: Sendable {
-        case deliver(DeliverMethod)
+        /// A delivery, and the largest body its consumer takes.
+        case deliver(DeliverMethod, maxBodyBytes: Int)
         case `return`(ReturnMethod)
     }
 
@@ -54,6 +55,9 @@ public struct ContentAssembler: Sendable {
         case idle
         case awaitingHeader(Method)
         case awaitingBody(Method, AMQPProperties, remaining: Int, body: ByteBuffer)
+        /// A body over its consumer's limit: its frames are read and dropped, and the delivery
+        /// goes out with an empty body and ``Delivery/droppedBody`` set.
+        case skippingBody(Method, AMQPProperties, remaining: UInt64, dropped: Delivery.DroppedBody)
     }
 
     private var state: State = .idle
@@ -68,9 +72,11 @@ public struct ContentAssembler: Sendable {
         return false
     }
 
-    public mutating func deliver(_ method: DeliverMethod) throws(ProtocolError) {
+    /// - Parameter maxBodyBytes: the largest body the delivery's consumer takes; a larger one
+    ///   is read and dropped, not held (``Delivery/droppedBody``).
+    public mutating func deliver(_ method: DeliverMethod, maxBodyBytes: Int = .max) throws(ProtocolError) {
         guard case .idle = state else { throw ProtocolError(description: "basic.deliver while a message was incomplete") }
-        state = .awaitingHeader(.deliver(method))
+        state = .awaitingHeader(.deliver(method, maxBodyBytes: maxBodyBytes))
     }
 
     public mutating func returned(_ method: ReturnMethod) throws(ProtocolError) {
@@ -81,6 +87,10 @@ public struct ContentAssembler: Sendable {
     public mutating func header(bodySize: UInt64, properties: AMQPProperties) throws(ProtocolError) -> Output? {
         guard case .awaitingHeader(let method) = state else {
             throw ProtocolError(description: "content header without a content method")
+        }
+        if case .deliver(_, let limit) = method, bodySize > UInt64(max(0, limit)) {
+            state = .skippingBody(method, properties, remaining: bodySize, dropped: .init(size: bodySize, limit: limit))
+            return nil
         }
         guard bodySize <= UInt64(Int32.max) else { throw ProtocolError(description: "body of \(bodySize) bytes is too large") }
         if bodySize == 0 {
@@ -94,6 +104,16 @@ public struct ContentAssembler: Sendable {
     }
 
     public mutating func body(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> Output? {
+        if case .skippingBody(let method, let properties, let remaining, let dropped) = state {
+            guard UInt64(bytes.count) <= remaining else { throw ProtocolError(description: "body frames exceed the announced size") }
+            let left = remaining - UInt64(bytes.count)
+            if left == 0 {
+                state = .idle
+                return finish(method, properties, ByteBuffer(), dropped: dropped)
+            }
+            state = .skippingBody(method, properties, remaining: left, dropped: dropped)
+            return nil
+        }
         guard case .awaitingBody(let method, let properties, let remaining, var body) = state else {
             throw ProtocolError(description: "body frame without a content header")
         }
@@ -108,9 +128,9 @@ public struct ContentAssembler: Sendable {
         return nil
     }
 
-    private func finish(_ method: Method, _ properties: AMQPProperties, _ body: ByteBuffer) -> Output {
+    private func finish(_ method: Method, _ properties: AMQPProperties, _ body: ByteBuffer, dropped: Delivery.DroppedBody? = nil) -> Output {
         switch method {
-        case .deliver(let d):
+        case .deliver(let d, _):
             return .delivery(
                 Delivery(
                     consumerTag: d.consumerTag,
@@ -120,7 +140,8 @@ public struct ContentAssembler: Sendable {
                     routingKey: d.routingKey,
                     properties: properties,
                     body: body,
-                    generation: generation
+                    generation: generation,
+                    droppedBody: dropped
                 )
             )
         case .return(let r):

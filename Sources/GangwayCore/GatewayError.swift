@@ -11,6 +11,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case brokerUnavailable = "broker-unavailable"
         case timeout = "timeout"
         case badReply = "bad-reply"
+        case replyTooLarge = "reply-too-large"
         case shuttingDown = "shutting-down"
         case headersTooLarge = "headers-too-large"
         case legsFailed = "legs-failed"
@@ -35,7 +36,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .conflict: return 409
         case .noConsumer, .brokerUnavailable, .shuttingDown: return 503
         case .timeout: return 504
-        case .badReply, .legsFailed: return 502
+        case .badReply, .replyTooLarge, .legsFailed: return 502
         }
     }
 
@@ -51,7 +52,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .brokerUnavailable: return "Broker Unavailable"
         case .shuttingDown: return "Shutting Down"
         case .timeout: return "Gateway Timeout"
-        case .badReply, .legsFailed: return "Bad Gateway"
+        case .badReply, .replyTooLarge, .legsFailed: return "Bad Gateway"
         }
     }
 
@@ -97,6 +98,12 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public static func badReply(route: String, reason: String) -> GatewayError {
         GatewayError(code: .badReply, detail: "the worker for route '\(route)' sent a malformed reply: \(reason)")
+    }
+
+    /// A reply (or a streamed reply's part) whose body was larger than the edge takes: it was
+    /// dropped as it arrived, never held.
+    public static func replyTooLarge(route: String, size: UInt64, limit: Int) -> GatewayError {
+        GatewayError(code: .replyTooLarge, detail: "the worker for route '\(route)' sent a reply body of \(size) bytes, more than this edge takes (\(limit) bytes, --max-reply-bytes)")
     }
 
     /// An aggregate could not be completed; names every failed leg and why.

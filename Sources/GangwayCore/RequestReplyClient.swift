@@ -319,6 +319,9 @@ public final class RequestReplyClient: Sendable {
     /// 205, 304) is dropped: written after such a response's head, it would be read as the
     /// start of the connection's next response.
     public static func decodeReply(_ delivery: Delivery, route: String) throws(GatewayError) -> GatewayReply {
+        if let dropped = delivery.droppedBody {
+            throw .replyTooLarge(route: route, size: dropped.size, limit: dropped.limit)
+        }
         let props = delivery.properties
         var status = 200
         if let raw = props.headers[WireContract.Header.status] {

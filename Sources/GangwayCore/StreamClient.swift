@@ -130,6 +130,10 @@ public struct StreamClient: Sendable {
                 correlator.closeStream(id: correlationID)
                 throw GatewayError.badReply(route: route, reason: "the worker reported: \(error)")
             }
+            if let dropped = d.droppedBody {
+                correlator.closeStream(id: correlationID)
+                throw GatewayError.replyTooLarge(route: route, size: dropped.size, limit: dropped.limit)
+            }
             return d.body
         }
 

@@ -94,7 +94,7 @@ struct StreamHandler: Sendable {
     }
 
     static func encodeError(_ error: GatewayError, format: Format) -> ByteBuffer? {
-        let json = #"{"status":\#(error.status),"title":\#(JSONString.quote(error.title)),"detail":\#(JSONString.quote(error.detail))}"#
+        let json = #"{"type":\#(JSONString.quote(error.type)),"status":\#(error.status),"title":\#(JSONString.quote(error.title)),"detail":\#(JSONString.quote(error.detail))}"#
         switch format {
         case .raw: return nil
         case .ndjson: return ByteBuffer(string: #"{"error":\#(json)}"# + "\n")

@@ -38,6 +38,9 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a topic pattern stays bound after its last subscriber left (resume without a gap).")
     var topicLinger = 30
 
+    @Option(help: "Largest reply body (or streamed part) taken from a worker, in bytes; a larger one is dropped as it arrives and answered with 502 reply-too-large. Default: 16 MiB.")
+    var maxReplyBytes = EdgeServices.defaultMaxReplyBytes
+
     @Option(help: "Topic events kept for Last-Event-ID resumption.")
     var topicHistory = 10_000
 
@@ -62,6 +65,9 @@ struct EdgeCommand: AsyncParsableCommand {
     func validate() throws {
         guard (0...86_400).contains(idleTimeout) else {
             throw ValidationError("--idle-timeout must be 0 (never) or a number of seconds up to 86400, got \(idleTimeout)")
+        }
+        guard maxReplyBytes >= 1 else {
+            throw ValidationError("--max-reply-bytes must be at least 1, got \(maxReplyBytes)")
         }
         if let maxConnections, maxConnections < 1 {
             throw ValidationError("--max-connections must be at least 1, got \(maxConnections)")
@@ -90,6 +96,7 @@ struct EdgeCommand: AsyncParsableCommand {
             ),
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
+            maxReplyBytes: maxReplyBytes,
             topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
             logger: logger,
             onServerRunning: { port in

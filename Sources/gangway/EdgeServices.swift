@@ -10,12 +10,17 @@ import Synchronization
 /// Everything one edge runs, in start order; graceful shutdown goes in reverse, so the HTTP
 /// server drains in-flight requests while the broker connections are still up.
 enum EdgeServices {
+    /// The largest reply body (or streamed part) an edge takes by default: RabbitMQ 4's
+    /// default largest message.
+    static let defaultMaxReplyBytes = 16 << 20
+
     static func make(
         url: AMQPURL,
         configuration: GangwayConfiguration,
         http: Edge.Configuration,
         instanceID: String,
         eventStreamBufferBytes: Int = 256 * 1024,
+        maxReplyBytes: Int = EdgeServices.defaultMaxReplyBytes,
         topics topicConfiguration: TopicHub.Configuration = .init(),
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
@@ -67,7 +72,10 @@ enum EdgeServices {
                 queue: replyQueue,
                 declare: QueueSpec(name: replyQueue, durable: false, exclusive: true, autoDelete: true),
                 prefetch: 0,
-                autoAck: true
+                autoAck: true,
+                // A reply is held whole until it is written: a worker's oversized one is
+                // dropped as it arrives, and its request answered with a 502.
+                maxBodyBytes: maxReplyBytes
             )
         ) { delivery in
             correlator.deliver(delivery)

@@ -289,6 +289,22 @@ struct RequestReplyTests {
         #expect(reply.body.readableBytes == bodyBytes)
     }
 
+    @Test("a reply whose body was dropped over the edge's limit is 502 reply-too-large, naming both sizes")
+    func droppedBody() throws {
+        let d = Delivery(
+            consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+            properties: AMQPProperties(headers: ["x-status": .int(200)]), body: ByteBuffer(), generation: 1,
+            droppedBody: .init(size: 20_000_000, limit: 16_777_216)
+        )
+        #expect {
+            try RequestReplyClient.decodeReply(d, route: "r")
+        } throws: { error in
+            guard let error = error as? GatewayError else { return false }
+            return error.status == 502 && error.type.hasSuffix("/reply-too-large")
+                && error.detail == "the worker for route 'r' sent a reply body of 20000000 bytes, more than this edge takes (16777216 bytes, --max-reply-bytes)"
+        }
+    }
+
     @Test("a status sent as text by a worker in another language is accepted")
     func statusAsText() throws {
         let d = Delivery(

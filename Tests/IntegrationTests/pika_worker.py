@@ -23,7 +23,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("queue")
-    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall", "status", "stream-status"])
+    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall", "status", "stream-status", "stream-big"])
     p.add_argument("--sleep-ms", type=int, default=0)
     args = p.parse_args()
 
@@ -51,7 +51,10 @@ def main():
                 part_headers = {"x-part": i, "x-final": i == n - 1}
                 if i == 0:
                     part_headers["x-status"] = int(headers["x-header-x-demo"]) if args.mode == "stream-status" else 200
-                ch.basic_publish(exchange="", routing_key=props.reply_to, body=json.dumps({"n": i}).encode(),
+                part = {"n": i}
+                if args.mode == "stream-big" and i == 3:
+                    part["pad"] = "x" * int(headers["x-header-x-demo"])  # one part of about that size
+                ch.basic_publish(exchange="", routing_key=props.reply_to, body=json.dumps(part).encode(),
                                  properties=pika.BasicProperties(correlation_id=props.correlation_id,
                                                                  content_type="application/json", headers=part_headers))
             ch.basic_ack(method.delivery_tag)

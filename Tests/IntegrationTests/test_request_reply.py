@@ -347,6 +347,33 @@ def test_malformed_replies_are_502(stack):
     assert "set-cookie" not in r.headers
 
 
+def test_a_reply_larger_than_the_edge_takes_is_502_and_is_never_held(stack):
+    edge = stack.start_edge(extra=["--max-reply-bytes", "65536"])
+    stack.start_worker("echo")
+    stack.start_worker("time")
+    exact = os.urandom(65536)
+    r = requests.post(edge.base + "/v1/echo", data=exact)
+    assert r.status_code == 200 and r.content == exact
+    # The echo worker answers with the body it got: one byte over the limit.
+    body = problem(requests.post(edge.base + "/v1/echo", data=exact + b"!"), 502)
+    assert body["type"].endswith("/reply-too-large")
+    assert body["detail"] == ("the worker for route 'echo' sent a reply body of 65537 bytes, "
+                              "more than this edge takes (65536 bytes, --max-reply-bytes)")
+    # An aggregate's leg the same way, named among the failed legs.
+    body = problem(requests.post(edge.base + "/v1/agg", data=exact + b"!!"), 502)
+    assert "1 leg failed: echo (502 Bad Gateway: " in body["detail"], body
+    assert "sent a reply body of 65538 bytes, more than this edge takes" in body["detail"], body
+    # Nothing was dropped but those bodies: the reply connection stayed up. (That the edge
+    # never holds such a body is shown with a 20 MB one in test_stream.py.)
+    assert requests.post(edge.base + "/v1/echo", data="after").text == "after"
+    r = requests.get(edge.base + "/healthz").json()
+    assert r["pending_requests"] == 0
+    # The flag is checked.
+    bad = stack.start_edge(extra=["--max-reply-bytes", "0"], wait=False)
+    assert bad.wait(timeout=10) != 0
+    assert "--max-reply-bytes must be at least 1, got 0" in open(bad.log_path).read()
+
+
 def test_a_status_without_content_is_sent_without_the_body_its_worker_sent(stack):
     """204, 205 and 304 carry no content: the body a worker sent with one is dropped, so the
     connection stays in step (written after the head, it would be read as the next response).

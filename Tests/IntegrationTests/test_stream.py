@@ -185,3 +185,30 @@ def test_a_worker_past_its_shutdown_timeout_ends_its_stream_with_a_visible_error
     assert len(parts) < 100 and elapsed < 3, (len(parts), elapsed)
     assert worker.wait(timeout=10) == 0
     assert "worker.interrupted" in open(worker.log_path).read()
+
+
+def test_a_part_larger_than_the_edge_takes_ends_the_stream_with_an_error_and_the_edge_holds_none_of_it(stack):
+    edge = stack.start_edge(extra=["--max-reply-bytes", "65536"])
+    stack.start_pika_worker(stack.queue["pika"], mode="stream-big")
+    # Part 3 of about 60 KB is under the limit: all 50 parts arrive.
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson", "x-demo": "60000"}, stream=True)
+    assert [p["n"] for p in ndjson(r)] == list(range(50))
+    before_kib = peak_rss_kib(edge.pid)
+    # Of about 20 MB, it is dropped as it arrives; the client sees parts 0-2, then the error.
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson", "x-demo": "20000000"}, stream=True)
+    lines = ndjson(r)
+    assert [p["n"] for p in lines[:3]] == [0, 1, 2]
+    assert lines[3]["error"]["status"] == 502, lines[3]
+    assert lines[3]["error"]["type"].endswith("/reply-too-large")
+    assert "more than this edge takes (65536 bytes, --max-reply-bytes)" in lines[3]["error"]["detail"]
+    assert len(lines) == 4
+    # The reply connection was not dropped for it: the next stream is whole.
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson", "x-demo": "10"}, stream=True)
+    assert [p["n"] for p in ndjson(r)] == list(range(50))
+    grown_kib = peak_rss_kib(edge.pid) - before_kib
+    assert grown_kib < 8 * 1024, f"the edge's peak RSS grew by {grown_kib} KiB: the 20 MB part was held"
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
