@@ -18,6 +18,8 @@ public final class Correlator: Sendable {
         case idle
         /// A stream's consumer fell behind by more than its buffer.
         case overflow
+        /// The edge is shutting down and its time to drain ran out (``shutDown()``).
+        case shuttingDown
     }
 
     /// A request answered by many reply messages (a streamed reply or a gather).
@@ -110,6 +112,8 @@ public final class Correlator: Sendable {
         var streams: [String: StreamSlot] = [:]
         /// Why no reply can arrive now (the reply consumer is not up), or nil when replies can.
         var notReceiving: String?
+        /// ``shutDown()`` was called: no slot opens again.
+        var shutDown = false
     }
 
     private let state: Mutex<State>
@@ -124,7 +128,7 @@ public final class Correlator: Sendable {
     }
 
     /// Replies stopped (the reply consumer's connection was lost, and its exclusive reply queue
-    /// with it; or the edge is shutting down): every waiting request and stream fails with ``Failure/unavailable(_:)``, and so
+    /// with it): every waiting request and stream fails with ``Failure/unavailable(_:)``, and so
     /// does every slot opened until ``repliesResumed()``, before its request is published.
     /// Under the same lock, so no request slips between the two and waits for its deadline.
     public func repliesStopped(_ reason: String) {
@@ -136,6 +140,20 @@ public final class Correlator: Sendable {
         let failure = Failure.unavailable(reason)
         for w in waiters { w.resume(throwing: failure) }
         for slot in streams { slot.continuation.finish(throwing: failure) }
+    }
+
+    /// The edge's time to drain ran out: every waiting request and stream fails with
+    /// ``Failure/shuttingDown``, and so does every slot opened from now on, before its request
+    /// is published. The clients get their answer (a 503, a stream's error) instead of a
+    /// connection closed under them.
+    public func shutDown() {
+        let (waiters, streams) = state.withLock { s in
+            s.shutDown = true
+            defer { s.streams.removeAll() }
+            return (s.map.removeAll(), Array(s.streams.values))
+        }
+        for w in waiters { w.resume(throwing: Failure.shuttingDown) }
+        for slot in streams { slot.continuation.finish(throwing: Failure.shuttingDown) }
     }
 
     /// The reply consumer is up again: slots open as usual.
@@ -164,6 +182,7 @@ public final class Correlator: Sendable {
     ) throws(Failure) -> Bool {
         let now = NIODeadline.now().uptimeNanoseconds
         return try state.withLock { s throws(Failure) in
+            if s.shutDown { throw .shuttingDown }
             if let reason = s.notReceiving { throw .unavailable(reason) }
             guard s.map.register(id, waiting: callback.map { .callback($0) }) else { return false }
             s.deadlines.add(id: id, timeoutMilliseconds: timeoutMilliseconds, now: now)
@@ -221,6 +240,7 @@ public final class Correlator: Sendable {
             limitBytes: bufferBytes
         )
         try state.withLock { s throws(Failure) in
+            if s.shutDown { throw .shuttingDown }
             if let reason = s.notReceiving { throw .unavailable(reason) }
             s.streams[id] = slot
         }

@@ -224,7 +224,7 @@ public final class RequestReplyClient: Sendable {
         case .timeout: return .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
         case .unavailable(let reason): return .brokerUnavailable(reason)
         case .unroutable(let reason): return .noConsumer(route: route.name, reason: reason)
-        case .cancelled, .idle, .overflow: return .shuttingDown
+        case .cancelled, .idle, .overflow, .shuttingDown: return .shuttingDown
         }
     }
 

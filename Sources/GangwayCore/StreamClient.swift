@@ -82,6 +82,7 @@ public struct StreamClient: Sendable {
         case Correlator.Failure.unroutable(let reason): return .noConsumer(route: routeName, reason: reason)
         case Correlator.Failure.unavailable(let reason): return .brokerUnavailable(reason)
         case Correlator.Failure.overflow: return .streamOverflow(route: routeName)
+        case Correlator.Failure.shuttingDown: return .shuttingDown
         default: return .brokerUnavailable("\(error)")
         }
     }
@@ -151,7 +152,12 @@ public struct StreamClient: Sendable {
                 } catch {
                     throw StreamClient.map(error, routeName: route)
                 }
-                guard let d else { return nil }
+                guard let d else {
+                    // The parts ended before the final one without a failure: the reading task
+                    // was cancelled. Not the end of the reply, which it would look like.
+                    if Task.isCancelled { throw CancellationError() }
+                    throw GatewayError.badReply(route: route, reason: "the stream ended before its final part")
+                }
                 slot.taken(d)
                 let headers = d.properties.headers
                 // A plain reply (no x-part) is a stream of one part.

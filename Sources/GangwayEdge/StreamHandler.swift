@@ -13,7 +13,7 @@ import NIOCore
 /// failure after the head is sent ends the stream with an error the client can see: an SSE
 /// `event: error`, a final NDJSON `{"error": …}` line, or, for a plain body, an aborted
 /// connection (the chunked body never terminates). A client that goes away cancels the
-/// request: the worker gets a cancel message.
+/// request, and so does a stream that fails: the worker gets a cancel message.
 struct StreamHandler: Sendable {
     let client: StreamClient
 
@@ -66,6 +66,10 @@ struct StreamHandler: Sendable {
                 }
             } catch let error as GatewayError {
                 logger.info("stream.failed", metadata: ["route": "\(route.name)", "stream.parts": "\(index)", "error": "\(error)"])
+                // Whatever the worker still sends goes nowhere: tell it to stop (a worker that
+                // failed the stream itself has stopped, and ignores the cancel).
+                parts.close()
+                opened.cancel()
                 guard let trailer = Self.encodeError(error, format: format) else { throw error }
                 try await writer.write(trailer)
             } catch {

@@ -41,6 +41,9 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "Largest reply body (or streamed part) taken from a worker, in bytes; a larger one is dropped as it arrives and answered with 502 reply-too-large. Default: 16 MiB.")
     var maxReplyBytes = EdgeServices.defaultMaxReplyBytes
 
+    @Option(help: "Seconds requests and streams in flight get to finish after SIGTERM or SIGINT; then those still waiting are answered 503 shutting-down. The process ends at most 5 s later.")
+    var shutdownTimeout = EdgeServices.defaultDrainSeconds
+
     @Option(help: "Topic events kept for Last-Event-ID resumption.")
     var topicHistory = 10_000
 
@@ -65,6 +68,9 @@ struct EdgeCommand: AsyncParsableCommand {
     func validate() throws {
         guard (0...86_400).contains(idleTimeout) else {
             throw ValidationError("--idle-timeout must be 0 (never) or a number of seconds up to 86400, got \(idleTimeout)")
+        }
+        guard shutdownTimeout > 0, shutdownTimeout <= 3600 else {
+            throw ValidationError("--shutdown-timeout must be more than 0 and at most 3600 seconds, got \(shutdownTimeout)")
         }
         guard maxReplyBytes >= 1 else {
             throw ValidationError("--max-reply-bytes must be at least 1, got \(maxReplyBytes)")
@@ -97,6 +103,7 @@ struct EdgeCommand: AsyncParsableCommand {
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
             maxReplyBytes: maxReplyBytes,
+            drainSeconds: shutdownTimeout,
             topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
             logger: logger,
             onServerRunning: { port in
@@ -109,9 +116,10 @@ struct EdgeCommand: AsyncParsableCommand {
                 )
             }
         )
-        let group = ServiceGroup(
-            configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        )
+        var groupConfiguration = ServiceGroupConfiguration(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // A client that does not read its answer cannot hold the edge up either.
+        groupConfiguration.maximumGracefulShutdownDuration = .milliseconds(Int64(shutdownTimeout * 1000) + 5000)
+        let group = ServiceGroup(configuration: groupConfiguration)
         try await ListenFailure.explaining(host: host, port: port) { try await group.run() }
     }
 }

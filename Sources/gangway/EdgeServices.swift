@@ -13,6 +13,9 @@ enum EdgeServices {
     /// The largest reply body (or streamed part) an edge takes by default: RabbitMQ 4's
     /// default largest message.
     static let defaultMaxReplyBytes = 16 << 20
+    /// How long requests and streams in flight get to finish after SIGTERM: under the 30 s
+    /// Kubernetes gives a pod by default, with room for the rest of the shutdown.
+    static let defaultDrainSeconds = 20.0
 
     static func make(
         url: AMQPURL,
@@ -21,6 +24,7 @@ enum EdgeServices {
         instanceID: String,
         eventStreamBufferBytes: Int = 256 * 1024,
         maxReplyBytes: Int = EdgeServices.defaultMaxReplyBytes,
+        drainSeconds: Double = EdgeServices.defaultDrainSeconds,
         topics topicConfiguration: TopicHub.Configuration = .init(),
         logger: Logger,
         onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
@@ -151,7 +155,12 @@ enum EdgeServices {
         let deadJobs = DeadJobReporter(consumer: consumer, publisher: publisher, hub: jobs, logger: logger)
         // Event streams come last: on graceful shutdown they end first, so the server can drain.
         let streams = EventStreamService(topics: topics, clients: eventStreams, heartbeatSeconds: http.sseHeartbeatSeconds)
-        return [publisher, consumer, CorrelatorService(correlator: correlator), deadJobs, app, streams]
+        // Past the drain, what still waits for the broker is answered 503 shutting-down.
+        let server = DrainDeadline(server: app, drain: .milliseconds(Int64(drainSeconds * 1000))) {
+            logger.notice("edge.drain.expired", metadata: ["edge.pending": "\(correlator.pending)"])
+            correlator.shutDown()
+        }
+        return [publisher, consumer, CorrelatorService(correlator: correlator), deadJobs, server, streams]
     }
 }
 

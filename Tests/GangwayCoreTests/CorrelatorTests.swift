@@ -127,4 +127,32 @@ struct CorrelatorTests {
             try starting.register(id: "early", timeoutMilliseconds: 60_000)
         }
     }
+
+    @Test("shut down, waiting requests, callbacks and streams fail as shutting down, and nothing opens again, even once replies resume")
+    func shutDown() async throws {
+        let correlator = Correlator()
+        let heard = Mutex<[Result<String, Correlator.Failure>]>([])
+        #expect(try correlator.register(id: "waiting", timeoutMilliseconds: 60_000))
+        #expect(try correlator.register(id: "called-back", timeoutMilliseconds: 60_000) { result in
+            heard.withLock { $0.append(result.map { String(buffer: $0.body) }) }
+        })
+        let (parts, _) = try correlator.openStream(id: "streaming", idleMilliseconds: 60_000, timeoutMilliseconds: 60_000)
+        let waiter = Task { try await correlator.wait(id: "waiting") }
+        try await Task.sleep(for: .milliseconds(10))
+        correlator.shutDown()
+        await #expect(throws: Correlator.Failure.shuttingDown) { try await waiter.value }
+        await #expect(throws: Correlator.Failure.shuttingDown) {
+            for try await _ in parts {}
+        }
+        #expect(heard.withLock { $0 } == [.failure(.shuttingDown)])
+        #expect(correlator.pending == 0)
+        correlator.repliesResumed()
+        #expect(throws: Correlator.Failure.shuttingDown) { try correlator.register(id: "after", timeoutMilliseconds: 60_000) }
+        #expect(throws: Correlator.Failure.shuttingDown) {
+            try correlator.openStream(id: "after-stream", idleMilliseconds: 60_000, timeoutMilliseconds: 60_000)
+        }
+        // A reply that comes anyway finds no one and is counted.
+        correlator.deliver(reply("waiting", "too late"))
+        #expect(correlator.unknownReplies == 1)
+    }
 }

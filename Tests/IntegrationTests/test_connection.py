@@ -1,5 +1,6 @@
 """Connection-level behaviour: graceful drain, heartbeats, a frozen broker, TLS to the broker,
 a topology the broker refuses."""
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,55 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(stack):
     assert result["r"].status_code == 200
     assert result["r"].text == "finish me"
     assert edge.wait(timeout=10) == 0
+
+
+def test_past_its_shutdown_timeout_the_edge_answers_what_still_waits_and_exits(stack):
+    edge = stack.start_edge(extra=["--shutdown-timeout", "1"])
+    stack.start_worker("echo", extra=["--delay-ms", "2500"])
+    count = stack.start_worker("count")
+    result = {}
+
+    def call():
+        result["r"] = requests.post(edge.base + "/v1/echo", data="too slow", timeout=10)
+
+    def stream():
+        r = requests.post(edge.base + "/v1/count?n=100&delay_ms=200", headers={"accept": "application/x-ndjson"},
+                          stream=True, timeout=10)
+        result["lines"] = [json.loads(line) for line in r.iter_lines() if line]
+
+    threads = [threading.Thread(target=call), threading.Thread(target=stream)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    stopped_at = time.monotonic()
+    os.killpg(edge.pid, signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=10)
+    # One second after SIGTERM, the request still waiting for its worker (2.5 s) and the
+    # stream (20 s of parts) are answered, rather than holding the edge up or being cut off.
+    r = result["r"]
+    assert r.status_code == 503, r.text
+    assert r.json()["type"].endswith("/shutting-down")
+    lines = result["lines"]
+    assert [p["n"] for p in lines[:-1]] == list(range(len(lines) - 1)) and len(lines) > 3
+    assert lines[-1]["error"]["status"] == 503 and lines[-1]["error"]["type"].endswith("/shutting-down")
+    assert edge.wait(timeout=10) == 0
+    assert time.monotonic() - stopped_at < 4
+    assert "edge.drain.expired" in open(edge.log_path).read()
+    # The stream's worker was told to stop.
+    deadline = time.monotonic() + 5
+    while "worker.cancelled" not in open(count.log_path).read() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "worker.cancelled" in open(count.log_path).read()
+
+
+def test_the_edge_s_shutdown_timeout_is_checked():
+    from harness import gangway_bin
+    for value in ("0", "-1", "3601"):
+        r = subprocess.run([gangway_bin(), "edge", "--amqp-url", "amqp://127.0.0.1:1/", "--port", "0", f"--shutdown-timeout={value}"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0
+        assert "--shutdown-timeout must be more than 0 and at most 3600 seconds" in r.stderr, r.stderr
 
 
 def thread_names(pid):
