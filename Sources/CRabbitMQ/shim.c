@@ -24,15 +24,21 @@ amqp_rpc_reply_t gw_login_plain(amqp_connection_state_t state, const char *vhost
                                 const char *connection_name) {
   // rabbitmq-c merges these into its own client properties (capabilities included).
   // Without the connection.blocked capability the broker blocks a publishing connection
-  // during a resource alarm without saying so, and publishes just wait.
-  amqp_table_entry_t capabilities[1];
+  // during a resource alarm without saying so, and publishes just wait. Without
+  // consumer_cancel_notify it drops a consumer whose queue is deleted without a word: the
+  // consumer waits forever on a queue that no longer exists, instead of getting a
+  // basic.cancel, reconnecting, declaring the queue again and consuming from it.
+  amqp_table_entry_t capabilities[2];
   capabilities[0].key = amqp_cstring_bytes("connection.blocked");
   capabilities[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
   capabilities[0].value.value.boolean = 1;
+  capabilities[1].key = amqp_cstring_bytes("consumer_cancel_notify");
+  capabilities[1].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  capabilities[1].value.value.boolean = 1;
   amqp_table_entry_t entries[2];
   entries[0].key = amqp_cstring_bytes("capabilities");
   entries[0].value.kind = AMQP_FIELD_KIND_TABLE;
-  entries[0].value.value.table.num_entries = 1;
+  entries[0].value.value.table.num_entries = 2;
   entries[0].value.value.table.entries = capabilities;
   entries[1].key = amqp_cstring_bytes("connection_name");
   entries[1].value.kind = AMQP_FIELD_KIND_UTF8;

@@ -26,6 +26,7 @@ final class ConnectionOwner: @unchecked Sendable {
     private var active: [String: ActiveConsumer] = [:]
 
     private struct ActiveConsumer {
+        var queue: String
         var handler: AMQPConnection.DeliveryHandler
         var maxBodyBytes: Int
     }
@@ -531,10 +532,13 @@ final class ConnectionOwner: @unchecked Sendable {
                 token.settle(.success(outcome))
             }
         case GW_BASIC_CANCEL:
-            // The broker cancelled a consumer (its queue was deleted). Reconnecting declares the
-            // queue again and re-subscribes.
+            // The broker cancelled a consumer (its queue was deleted, or the node holding it
+            // went away); it says so because the login asks it to (consumer_cancel_notify).
+            // Reconnecting declares the queue again, from the topology, and re-subscribes.
             let m = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
-            throw Lost(reason: "broker cancelled consumer \(CDecode.string(m.consumer_tag))")
+            let tag = CDecode.string(m.consumer_tag)
+            let queue = active[tag].map { "queue \($0.queue)" } ?? "consumer \(tag)"
+            throw Lost(reason: "the broker cancelled the consumer of \(queue) (deleted, or its node went away); consuming again")
         case GW_CHANNEL_CLOSE:
             let m = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
             var ok = amqp_channel_close_ok_t()
@@ -672,7 +676,7 @@ final class ConnectionOwner: @unchecked Sendable {
         } catch let error as AMQPError where error.connectionCloseCode == 541 && options.declare?.isStream == true {
             throw AMQPError.streamNotReady(queue: options.queue)
         }
-        active[tag] = ActiveConsumer(handler: consumer.handler, maxBodyBytes: options.maxBodyBytes)
+        active[tag] = ActiveConsumer(queue: options.queue, handler: consumer.handler, maxBodyBytes: options.maxBodyBytes)
     }
 
     private func declare(_ topology: Topology, on state: amqp_connection_state_t) throws {

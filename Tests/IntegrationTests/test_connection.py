@@ -81,6 +81,26 @@ def test_the_edge_s_shutdown_timeout_is_checked():
         assert "--shutdown-timeout must be more than 0 and at most 3600 seconds" in r.stderr, r.stderr
 
 
+def test_a_queue_deleted_under_its_consumer_is_declared_again_and_consumed(stack):
+    # The broker tells a consumer whose queue goes (consumer_cancel_notify): the worker, and
+    # the edge for its own reply queue, reconnect, declare the queue again and consume it.
+    edge = stack.start_edge(extra=["--instance-id", f"it{stack.suffix}"])
+    worker = stack.start_worker("echo")
+    assert requests.post(edge.base + "/v1/echo", data="before").text == "before"
+    for queue, log_path in ((stack.queue["echo"], worker.log_path), (f"gangway.reply.it{stack.suffix}", edge.log_path)):
+        stack.broker.ctl("delete_queue", queue)
+        deadline = time.monotonic() + 10
+        while True:
+            r = requests.post(edge.base + "/v1/echo", data="after")
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert r.status_code == 503, r.text  # meanwhile: at once, not at the deadline
+            time.sleep(0.1)
+        assert r.status_code == 200 and r.text == "after", (queue, r.status_code, r.text)
+        assert f"the broker cancelled the consumer of queue {queue} (deleted, or its node went away); consuming again" in open(log_path).read()
+    assert requests.get(edge.base + "/readyz").status_code == 200
+
+
 def thread_names(pid):
     task_dir = f"/proc/{pid}/task"
     names = set()

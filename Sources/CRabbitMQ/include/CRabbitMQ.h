@@ -7,7 +7,8 @@
 #include <amqp_ssl_socket.h>
 
 /// Logs in with SASL PLAIN (`amqp_login_with_properties` is variadic, which Swift cannot
-/// call), naming the connection and asking for `connection.blocked` notifications.
+/// call), naming the connection and asking for `connection.blocked` and consumer cancel
+/// notifications.
 amqp_rpc_reply_t gw_login_plain(amqp_connection_state_t state, const char *vhost,
                                 int channel_max, int frame_max, int heartbeat,
                                 const char *user, const char *password,
