@@ -12,7 +12,8 @@ import Synchronization
 /// Either way, past ``limit`` bytes waiting (queued, or handed to the sink and not yet written
 /// because the client does not read) the outbox ends with ``End/overflow``, drops what it held
 /// and calls the overflow handler (the edge closes the connection): a slow client costs at most
-/// about `limit` bytes here.
+/// about `limit` bytes here, plus one event. An event larger than `limit` is taken when
+/// nothing else waits: a client that keeps up is not cut off for one large event.
 public final class SSEOutbox: Sendable {
     public enum End: Sendable, Equatable {
         /// The stream is complete (a job finished, the edge shuts down).
@@ -159,7 +160,10 @@ public final class SSEOutbox: Sendable {
         let action: Action = state.withLock { s in
             guard s.end == nil else { return .ended }
             if let sink = s.sink {
-                if unwritten.load(ordering: .relaxed) + buffer.readableBytes > limit {
+                // A client with nothing waiting takes any one event, however large: it is not
+                // behind, and the event would cut it off again at every reconnect.
+                let waiting = unwritten.load(ordering: .relaxed)
+                if waiting > 0 && waiting + buffer.readableBytes > limit {
                     s.end = .overflow
                     s.sink = nil
                     s.loop = nil
@@ -174,7 +178,7 @@ public final class SSEOutbox: Sendable {
                 s.waiter = nil
                 return .wake(waiter, [buffer])
             }
-            if s.bytes + buffer.readableBytes > limit {
+            if s.bytes > 0 && s.bytes + buffer.readableBytes > limit {
                 s.end = .overflow
                 s.pending = []
                 s.bytes = 0

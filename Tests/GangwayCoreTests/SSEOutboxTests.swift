@@ -68,6 +68,24 @@ struct SSEOutboxTests {
         #expect(late.withLock { $0 } == 1)
     }
 
+    @Test("one event larger than the bound is taken when nothing waits, queued or at the sink; anything behind it overflows")
+    func largeEvent() async {
+        let queued = SSEOutbox(limit: 10)
+        #expect(queued.push(bytes(25)))
+        #expect(queued.end == nil && queued.queuedBytes == 25)
+        #expect(queued.push(bytes(1)) == false)
+        #expect(queued.end == .overflow)
+
+        let box = SSEOutbox(limit: 10)
+        let receipts = Mutex<[SSEOutbox.Receipt]>([])
+        box.attach { _, receipt in receipts.withLock { $0.append(receipt) } }
+        #expect(box.push(bytes(25)), "a client with nothing waiting is not behind")
+        receipts.withLock { $0.forEach { $0.confirm() } }
+        #expect(box.push(bytes(25)), "written, so again nothing waits")
+        #expect(box.push(bytes(1)) == false, "behind an unwritten event, the bound holds")
+        #expect(box.end == .overflow)
+    }
+
     @Test("the end handler runs once, with how the outbox ended, also when set after the end")
     func whenEnded() {
         let finished = SSEOutbox(limit: 100)
@@ -80,7 +98,8 @@ struct SSEOutboxTests {
 
         let overflowed = SSEOutbox(limit: 10)
         overflowed.whenEnded { end in ends.withLock { $0.append(end) } }
-        #expect(overflowed.push(bytes(11)) == false)
+        #expect(overflowed.push(bytes(6)))
+        #expect(overflowed.push(bytes(6)) == false)
         overflowed.finish()
         #expect(ends.withLock { $0 } == [.finished, .overflow])
 

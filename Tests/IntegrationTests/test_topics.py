@@ -320,3 +320,19 @@ def test_an_http_1_0_client_gets_its_topic_stream_unchunked_each_event_as_it_com
     events = [dict(line.split(": ", 1) for line in b.split("\n")) for b in blocks[1:]]
     assert [e["id"] for e in events] == ids
     assert [json.loads(e["data"]) for e in events] == [{"topic": f"{t}.n", "data": {"n": i}} for i in range(3)]
+
+
+def test_a_client_that_keeps_up_is_not_cut_off_for_one_event_larger_than_the_bound(stack):
+    edge = stack.start_edge(extra=["--sse-buffer-bytes", "65536"])
+    t = f"t{stack.suffix}"
+    sub = Subscriber(edge, f"{t}.big", until=lambda e: json.loads(e.data)["data"] == "after")
+    deadline = time.time() + 10
+    while requests.get(f"{edge.base}/healthz").json()["topic_subscribers"] < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    big = "y" * 400_000  # six times the bound, with nothing else waiting for the client
+    publish(edge, f"{t}.big", big, content_type="text/plain")
+    publish(edge, f"{t}.big", "after", content_type="text/plain")
+    sub.thread.join(20)
+    assert [json.loads(e.data)["data"] for e in sub.events] == [big, "after"]
+    assert requests.get(f"{edge.base}/healthz").json()["event_streams_cut_off"] == 0
