@@ -207,7 +207,7 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
         switch error {
         case .headerOverflow:
             let limit = maxHeaderBytes.map { " of \($0) bytes in all" } ?? ""
-            return .headersTooLarge("the request's header fields pass the edge's limit\(limit)")
+            return .headersTooLarge("the request's target (its path and query) and header fields pass the edge's limit\(limit)")
         default:
             return .badRequest("the request is not valid HTTP/1.1 (\(error))")
         }

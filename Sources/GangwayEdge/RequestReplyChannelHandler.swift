@@ -279,7 +279,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             }
             return
         }
-        configuration.send(request) { result in
+        configuration.send(request) { [accepted] result in
             loop.execute {
                 handler.value.replied(accepted, result: result)
             }

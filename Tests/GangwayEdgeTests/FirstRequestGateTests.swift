@@ -42,7 +42,7 @@ struct FirstRequestGateTests {
         return (channel, Settled(decision))
     }
 
-    static func has<H: ChannelHandler>(_ type: H.Type, in channel: NIOAsyncTestingChannel) async throws -> Bool {
+    static func has<H: ChannelHandler & SendableMetatype>(_ type: H.Type, in channel: NIOAsyncTestingChannel) async throws -> Bool {
         try await channel.testingEventLoop.executeInContext {
             (try? channel.pipeline.syncOperations.handler(type: type)) != nil
         }
