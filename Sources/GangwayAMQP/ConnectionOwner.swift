@@ -580,7 +580,17 @@ final class ConnectionOwner: @unchecked Sendable {
 
     private func execute(_ command: AMQPConnection.Command, on state: amqp_connection_state_t) throws {
         // What rabbitmq-c sends itself must follow the frames gathered before it.
-        if !command.isOneWay { try flushOutbound(state) }
+        if !command.isOneWay {
+            do {
+                try flushOutbound(state)
+            } catch {
+                // The command is taken off the queue and not among those stranded after it:
+                // failed here, or whoever awaits it (a request asking whether its queue has
+                // consumers, a subscriber's binding) would wait for ever.
+                fail(command, with: .connectionLost((error as? Lost)?.reason ?? "\(error)"))
+                throw error
+            }
+        }
         switch command {
         case .publish(var message, let token):
             if message.mandatory && message.properties.messageID == nil {
