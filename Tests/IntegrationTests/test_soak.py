@@ -174,6 +174,8 @@ class Soak:
     def follow(self, job):
         """Reads the job's events to the end, reconnecting with Last-Event-ID as a browser would."""
         seqs = []
+        # Each connection: when, the Last-Event-ID sent, the status, the ids received.
+        history = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             headers = {"accept": "text/event-stream"}
@@ -181,24 +183,30 @@ class Soak:
                 headers["last-event-id"] = str(seqs[-1])
             try:
                 r = requests.get(self.other.base + job["events_url"], headers=headers, stream=True, timeout=20)
+                history.append([time.strftime("%H:%M:%S"), headers.get("last-event-id"), r.status_code])
                 if r.status_code != 200:
                     self.count(f"job events {r.status_code}")
                     time.sleep(0.2)
                     continue
                 for event in sseclient.SSEClient(r).events():
+                    if time.monotonic() > deadline:
+                        break  # heartbeats keep a stream alive that never ends: give up, and say so
                     if event.event not in ("progress", "log", "done", "failed"):
                         continue
                     seqs.append(int(event.id))
+                    history[-1].append(int(event.id))
                     if event.event in ("done", "failed"):
                         if seqs != list(range(1, len(seqs) + 1)):
-                            self.violation(f"job {job['id']}: events numbered {seqs}")
+                            self.violation(f"job {job['id']}: events numbered {seqs}; connections {history}")
                         self.count(f"job followed to {event.event}")
                         return
             except requests.RequestException:
                 pass
             self.count("job events reconnected")
             time.sleep(0.2)
-        self.violation(f"job {job['id']}: no final event within 60 s (saw {seqs})")
+        status = requests.get(f"{self.other.base}/v1/jobs/{job['id']}", timeout=5)
+        self.violation(f"job {job['id']}: no final event within 60 s (saw {seqs}); the following edge says "
+                       f"{status.status_code} {status.text[:300]}")
 
     def publish(self):
         session = self.session()
@@ -337,8 +345,9 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         subscriber = threading.Thread(target=soak.subscribe, daemon=True)
         subscriber.start()
         load = [soak.echo] * 3 + [soak.aggregate, soak.stream, soak.publish, lambda: soak.jobs_loop(True), lambda: soak.jobs_loop(False)]
-        threads = [threading.Thread(target=target, daemon=True) for target in load]
-        injector = threading.Thread(target=soak.faults, daemon=True)
+        names = ["echo"] * 3 + ["aggregate", "stream", "publish", "jobs followed", "jobs"]
+        threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in zip(load, names)]
+        injector = threading.Thread(target=soak.faults, name="fault injector", daemon=True)
         for t in threads + [injector]:
             t.start()
         time.sleep(SECONDS)
@@ -348,7 +357,8 @@ def test_mixed_traffic_through_faults_loses_nothing(own_broker, tmp_path):
         injector.join(timeout=30)
         for t in threads:
             t.join(timeout=90)
-        assert not any(t.is_alive() for t in threads + [injector]), "a client or the fault injector is still waiting"
+        waiting = [t.name for t in threads + [injector] if t.is_alive()]
+        assert not waiting, f"still waiting: {waiting}; violations so far: {soak.violations[:5]}"
 
         # Every job the edge accepted finishes, as both edges tell.
         unfinished = set(soak.jobs)
