@@ -67,6 +67,8 @@ public final class JobHub: Sendable {
         var nextFollower = 0
         /// `<route> <Idempotency-Key>` → job id, for jobs still remembered.
         var idempotency: [String: String] = [:]
+        /// Events taken with a `x-seq` more than one past the job's last (``record(jobID:kind:seq:body:)``).
+        var eventGaps = 0
     }
 
     private let state = Mutex(State())
@@ -137,13 +139,18 @@ public final class JobHub: Sendable {
     /// Records an event; called on the consumer thread. `seq` 0 is the edge's own "queued"
     /// notice: it creates the job but is no event for followers. Repeated or older sequence
     /// numbers (a redelivered job reporting again) are ignored.
-    public func record(jobID: String, kind: String, seq: Int, body: ByteBuffer) {
+    /// - Returns: the sequence numbers skipped, when the event comes more than one after the
+    ///   last one taken (the events between never reached this edge: its followers will not
+    ///   see them). A job first seen at a later event is no gap: the event log's retention may
+    ///   have dropped its beginning.
+    @discardableResult
+    public func record(jobID: String, kind: String, seq: Int, body: ByteBuffer) -> ClosedRange<Int>? {
         let now = WireContract.epochMilliseconds()
         var progress: (Double?, String?) = (nil, nil)
         if kind == "progress", let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] {
             progress = ((json["percent"] as? NSNumber)?.doubleValue, json["message"] as? String)
         }
-        let (followers, event, finished): ([Follower], Event?, Bool) = state.withLock { s in
+        let (followers, event, finished, skipped): ([Follower], Event?, Bool, ClosedRange<Int>?) = state.withLock { s in
             expire(&s, now: now)
             if s.jobs[jobID] == nil {
                 s.jobs[jobID] = Job(status: Status(id: jobID, status: "queued", created: now, updated: now, lastSeq: 0))
@@ -156,18 +163,24 @@ public final class JobHub: Sendable {
                     }
                 }
             }
-            guard seq > 0, let lastSeq = s.jobs[jobID]?.status.lastSeq, seq > lastSeq else { return ([], nil, false) }
+            guard seq > 0, let lastSeq = s.jobs[jobID]?.status.lastSeq, seq > lastSeq else { return ([], nil, false, nil) }
+            let skipped = lastSeq > 0 && seq > lastSeq + 1 ? (lastSeq + 1)...(seq - 1) : nil
+            if skipped != nil { s.eventGaps += 1 }
             let event = Event(seq: seq, kind: kind, body: body)
             // In place: a copy of the job would copy its whole history on every event.
             let (followers, finished) = Self.apply(event, progress: progress, now: now, historyLimit: historyLimit, to: &s.jobs[jobID]!)
-            return (followers, event, finished)
+            return (followers, event, finished, skipped)
         }
-        guard let event, !followers.isEmpty else { return }
+        guard let event, !followers.isEmpty else { return skipped }
         let encoded = Self.encode(event)
         let outboxes = followers.map(\.outbox)
         // An outbox that overflows ends itself and has its client cut off.
         SSEOutbox.fanOut(encoded, to: outboxes, thenFinish: finished)
+        return skipped
     }
+
+    /// Events taken that skipped sequence numbers, since start.
+    public var eventGaps: Int { state.withLock { $0.eventGaps } }
 
     /// Adds `event` to `job`'s history and status.
     /// - Returns: the job's followers, and whether the job has finished.

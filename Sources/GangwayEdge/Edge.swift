@@ -108,7 +108,7 @@ public struct Edge: Sendable {
             let body = """
                 {"status":"ok","pending_requests":\(correlator.pending),"unknown_replies":\(correlator.unknownReplies),\
                 "event_streams":\(eventStreams.count),"event_streams_cut_off":\(eventStreams.cutOff),\
-                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count),\
+                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count),"job_event_gaps":\(jobs.eventGaps),\
                 "connections":\(connections.open),"connection_limit":\(connections.limit),"connection_limit_reached":\(connections.limitReached)}
                 """
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))

@@ -101,7 +101,14 @@ enum EdgeServices {
             let parts = delivery.routingKey.split(separator: ".")
             if parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue {
                 let jobID = String(parts[1])
-                jobs.record(jobID: jobID, kind: String(parts[2]), seq: Int(seq), body: delivery.body)
+                if let skipped = jobs.record(jobID: jobID, kind: String(parts[2]), seq: Int(seq), body: delivery.body) {
+                    // Not expected: a worker publishes an event only once the one before it
+                    // is confirmed. Said, so that it is seen.
+                    logger.warning(
+                        "job.events.gap",
+                        metadata: ["job.id": "\(jobID)", "job.event.seq": "\(seq)", "job.events.missing": "\(skipped.lowerBound)...\(skipped.upperBound)"]
+                    )
+                }
                 if let key = delivery.properties.headers[WireContract.Header.idempotencyKey]?.stringValue {
                     jobs.remember(idempotencyKey: key, for: jobID)
                 }

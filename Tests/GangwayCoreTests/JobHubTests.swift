@@ -40,6 +40,20 @@ struct JobHubTests {
         #expect(follow?.history.map(\.seq) == [1, 2, 3])
     }
 
+    @Test("an event past a skipped sequence number is taken and reported as a gap; a job first seen late is not")
+    func gaps() {
+        let hub = JobHub()
+        #expect(hub.record(jobID: "j", kind: "queued", seq: 0, body: body("{}")) == nil)
+        #expect(hub.record(jobID: "j", kind: "log", seq: 1, body: body("{}")) == nil)
+        #expect(hub.record(jobID: "j", kind: "log", seq: 3, body: body("{}")) == 2...2)
+        #expect(hub.record(jobID: "j", kind: "log", seq: 2, body: body("{}")) == nil, "older than the last: ignored")
+        #expect(hub.record(jobID: "j", kind: "log", seq: 7, body: body("{}")) == 4...6)
+        #expect(hub.status(of: "j")?.lastSeq == 7 && hub.eventGaps == 2)
+        // Replayed from a log whose beginning was dropped: the first event seen is no gap.
+        #expect(hub.record(jobID: "late", kind: "log", seq: 40, body: body("{}")) == nil)
+        #expect(hub.eventGaps == 2)
+    }
+
     @Test("history is bounded; resuming before it gets reset and everything kept")
     func historyBound() {
         let hub = JobHub(historyLimit: 3)

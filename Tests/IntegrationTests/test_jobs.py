@@ -498,3 +498,32 @@ def test_a_finished_job_redirects_to_its_result_when_the_route_says_so(stack):
     other = submit(edge, "steps=1&delay_ms=50").json()["id"]
     follow(edge, other)
     assert requests.get(edge.base + f"/v1/jobs/{other}", allow_redirects=False).status_code == 200
+
+
+def test_an_event_that_skips_a_sequence_number_is_passed_on_and_reported_as_a_gap(stack):
+    # A worker's events go out one after the other, each once the one before is confirmed: a
+    # gap means an event was lost on the way. The edge cannot invent it, but says so.
+    edge = stack.start_edge()
+    job = uuid.uuid4().hex
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for seq, kind in ((1, "log"), (3, "progress"), (4, "done")):
+            ch.basic_publish("gangway.events", f"job.{job}.{kind}", json.dumps({"line": "x"} if kind == "log" else {"percent": 50} if kind == "progress" else {"ok": True}).encode(),
+                             pika.BasicProperties(headers={"x-seq": seq}, delivery_mode=2, content_type="application/json"))
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 10
+    while requests.get(f"{edge.base}/v1/jobs/{job}").json().get("status") != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    events = [e.id for e in sseclient.SSEClient(requests.get(f"{edge.base}/v1/jobs/{job}/events", stream=True, timeout=10)).events()
+              if e.event in ("log", "progress", "done")]
+    assert events == ["1", "3", "4"]
+    # Other tests' jobs in the broker's event log may count too: this one adds one.
+    assert requests.get(f"{edge.base}/healthz").json()["job_event_gaps"] >= 1
+    log = open(edge.log_path).read()
+    gap = [line for line in log.splitlines() if "job.events.gap" in line and f"job.id={job}" in line]
+    assert len(gap) == 1 and " warning " in gap[0], gap
+    assert "job.event.seq=3" in gap[0] and "job.events.missing=2...2" in gap[0], gap

@@ -197,7 +197,9 @@ class Soak:
                     history[-1].append(int(event.id))
                     if event.event in ("done", "failed"):
                         if seqs != list(range(1, len(seqs) + 1)):
-                            self.violation(f"job {job['id']}: events numbered {seqs}; connections {history}")
+                            gaps = [requests.get(f"{e.base}/healthz", timeout=5).json().get("job_event_gaps") for e in (self.edge, self.other)]
+                            self.violation(f"job {job['id']}: events numbered {seqs}; connections {history}; "
+                                           f"gaps the edges saw in the event log: {gaps}")
                         self.count(f"job followed to {event.event}")
                         return
             except requests.RequestException:
