@@ -132,14 +132,7 @@ public final class Correlator: Sendable {
     /// does every slot opened until ``repliesResumed()``, before its request is published.
     /// Under the same lock, so no request slips between the two and waits for its deadline.
     public func repliesStopped(_ reason: String) {
-        let (waiters, streams) = state.withLock { s in
-            s.notReceiving = reason
-            defer { s.streams.removeAll() }
-            return (s.map.removeAll(), Array(s.streams.values))
-        }
-        let failure = Failure.unavailable(reason)
-        for w in waiters { w.resume(throwing: failure) }
-        for slot in streams { slot.continuation.finish(throwing: failure) }
+        failAll(with: .unavailable(reason)) { $0.notReceiving = reason }
     }
 
     /// The edge's time to drain ran out: every waiting request and stream fails with
@@ -147,13 +140,19 @@ public final class Correlator: Sendable {
     /// is published. The clients get their answer (a 503, a stream's error) instead of a
     /// connection closed under them.
     public func shutDown() {
+        failAll(with: .shuttingDown) { $0.shutDown = true }
+    }
+
+    /// Fails every waiting request and stream with `failure`, after `close` (under the same
+    /// lock) has made sure that no slot opens meanwhile.
+    private func failAll(with failure: Failure, closing close: (inout State) -> Void) {
         let (waiters, streams) = state.withLock { s in
-            s.shutDown = true
+            close(&s)
             defer { s.streams.removeAll() }
             return (s.map.removeAll(), Array(s.streams.values))
         }
-        for w in waiters { w.resume(throwing: Failure.shuttingDown) }
-        for slot in streams { slot.continuation.finish(throwing: Failure.shuttingDown) }
+        for w in waiters { w.resume(throwing: failure) }
+        for slot in streams { slot.continuation.finish(throwing: failure) }
     }
 
     /// The reply consumer is up again: slots open as usual.

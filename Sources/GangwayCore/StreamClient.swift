@@ -25,6 +25,12 @@ public struct StreamClient: Sendable {
         public func cancel() {
             try? bus.publish(cancelMessage) { _ in }
         }
+
+        /// Ends the stream here and tells the worker to stop: nobody will read what it sends.
+        public func stop() {
+            parts.close()
+            cancel()
+        }
     }
 
     /// Opens the stream and waits for part 0.

@@ -39,8 +39,7 @@ struct StreamHandler: Sendable {
         let opened = try await client.open(gatewayRequest, idleMilliseconds: route.idleTimeoutMilliseconds)
         guard GatewayReply.carriesContent(status: opened.head.status) else {
             // A 204, 205 or 304 answers with its head alone: the parts after it are not wanted.
-            opened.parts.close()
-            opened.cancel()
+            opened.stop()
             return opened.head.response
         }
         let format = Format(accept: request.headers[.accept])
@@ -68,15 +67,13 @@ struct StreamHandler: Sendable {
                 logger.info("stream.failed", metadata: ["route": "\(route.name)", "stream.parts": "\(index)", "error": "\(error)"])
                 // Whatever the worker still sends goes nowhere: tell it to stop (a worker that
                 // failed the stream itself has stopped, and ignores the cancel).
-                parts.close()
-                opened.cancel()
+                opened.stop()
                 guard let trailer = Self.encodeError(error, format: format) else { throw error }
                 try await writer.write(trailer)
             } catch {
                 // The client went away (the write failed): stop the worker too.
                 logger.info("stream.client.gone", metadata: ["route": "\(route.name)", "stream.parts": "\(index)"])
-                parts.close()
-                opened.cancel()
+                opened.stop()
                 throw error
             }
             try await writer.finish(nil)
