@@ -84,6 +84,7 @@ let package = Package(
             dependencies: [
                 "GangwayAMQP",
                 "GangwayAMQPCore",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,3 +1,4 @@
+import DequeModule
 import GangwayAMQP
 import GangwayAMQPCore
 import Logging
@@ -6,18 +7,49 @@ import Synchronization
 
 /// What a job handler reports with: each call publishes one event on `gangway.events`
 /// (`job.<id>.<kind>`, persistent, confirmed) with the next `x-seq`.
+///
+/// A job's events reach the edges gapless and in `x-seq` order, whatever the handler does: an
+/// edge takes a job's events in that order and ignores one older than the last it has, so an
+/// event stored after a later one, or never stored while a later one is, would be a gap no edge
+/// could fill. So events go out one at a time (a call made while another is publishing waits
+/// its turn, in order), and an event whose publish failed (the connection lost before its
+/// confirm, or the wait for it cancelled) is published again, with its `x-seq`, before any later
+/// one: a handler that goes on after a failed report (`try?`) does not leave a hole. A copy
+/// the broker stored anyway is a repeated `x-seq`, which the edges ignore.
 public final class JobContext: Sendable {
+    /// Publishes one message and returns once the broker settled it.
+    typealias Publish = @Sendable (OutboundMessage) async throws -> PublishOutcome
+
+    private struct Pending {
+        var message: OutboundMessage
+        var seq: Int
+        var kind: String
+    }
+
+    private struct State {
+        var seq = 0
+        /// The event whose publish failed last: sent again before the next one.
+        var unconfirmed: Pending?
+        /// An event is being published; the calls in `waiting` come after it, in order.
+        var publishing = false
+        var waiting: Deque<CheckedContinuation<Void, Never>> = []
+    }
+
     public let jobID: String
-    private let connection: AMQPConnection
+    private let publish: Publish
     private let appID: String
     /// Carried over from the job message onto every event (``WireContract/echoedJobHeaders(_:)``).
     private let echoed: AMQPTable
-    private let seq = Mutex(0)
+    private let state = Mutex(State())
     private let logger: Logger
 
-    init(jobID: String, connection: AMQPConnection, appID: String, echoed: AMQPTable = [:], logger: Logger) {
+    convenience init(jobID: String, connection: AMQPConnection, appID: String, echoed: AMQPTable = [:], logger: Logger) {
+        self.init(jobID: jobID, appID: appID, echoed: echoed, logger: logger) { try await connection.publish($0) }
+    }
+
+    init(jobID: String, appID: String, echoed: AMQPTable = [:], logger: Logger, publish: @escaping Publish) {
         self.jobID = jobID
-        self.connection = connection
+        self.publish = publish
         self.appID = appID
         self.echoed = echoed
         self.logger = logger
@@ -33,35 +65,76 @@ public final class JobContext: Sendable {
         try await emit("log", #"{"line":\#(Self.quote(line))}"#)
     }
 
-    /// Publishes the event with the next `x-seq` and returns once the broker confirmed it.
+    /// Publishes the event with the next `x-seq` and returns once the broker confirmed it,
+    /// after the event that failed before it, if any, is confirmed in turn.
+    /// - Throws: the publish's error (the event is then sent again before the next one), or
+    ///   `CancellationError` while a nacked event waits to be sent again.
+    func emit(_ kind: String, _ json: String) async throws {
+        await takeTurn()
+        defer { endTurn() }
+        if let earlier = state.withLock({ $0.unconfirmed }) {
+            logger.info("worker.job.event.resent", metadata: ["job.id": "\(jobID)", "job.event.seq": "\(earlier.seq)", "job.event.kind": "\(earlier.kind)"])
+            try await publishUntilConfirmed(earlier)
+            state.withLock { $0.unconfirmed = nil }
+        }
+        let event = state.withLock { s -> Pending in
+            s.seq += 1
+            let message = WireContract.jobEvent(jobID: jobID, kind: kind, seq: s.seq, json: json, appID: appID, extraHeaders: echoed)
+            s.unconfirmed = Pending(message: message, seq: s.seq, kind: kind)
+            return s.unconfirmed!
+        }
+        try await publishUntilConfirmed(event)
+        state.withLock { $0.unconfirmed = nil }
+    }
+
+    /// Publishes `event` until the broker confirms it.
     ///
     /// A nack (the broker could not store it: a stream or quorum queue without a leader for a
     /// moment, as when its application restarts, or a queue that rejects publishes when full)
-    /// is answered by publishing the same event again, with the same `x-seq`, backing off from
-    /// 50 ms to 5 s (``nackBackoff``), until it is confirmed, or until the task is cancelled
-    /// (the worker stops or loses its connection, and the unacked job comes back). Going on to
-    /// the next event would leave a gap no edge could fill: an edge takes a job's events in
-    /// `x-seq` order and ignores one older than the last it has. A copy the broker stored anyway
-    /// before its nack (in another queue the event was routed to) is such an older one: ignored.
-    func emit(_ kind: String, _ json: String) async throws {
-        let n = seq.withLock { s -> Int in
-            s += 1
-            return s
-        }
-        let event = WireContract.jobEvent(jobID: jobID, kind: kind, seq: n, json: json, appID: appID, extraHeaders: echoed)
+    /// is answered by publishing the same event again, backing off from 50 ms to 5 s
+    /// (``nackBackoff``), until it is confirmed, or until the task is cancelled (the worker stops
+    /// or loses its connection, and the unacked job comes back).
+    private func publishUntilConfirmed(_ event: Pending) async throws {
         var attempt = 0
-        while case .nacked = try await connection.publish(event) {
+        while case .nacked = try await publish(event.message) {
             let delay = Self.nackBackoff.delay(attempt: attempt, random: Double.random(in: 0...1))
             attempt += 1
             logger.warning(
                 "worker.job.event.nacked",
                 metadata: [
-                    "job.id": "\(jobID)", "job.event.seq": "\(n)", "job.event.kind": "\(kind)",
+                    "job.id": "\(jobID)", "job.event.seq": "\(event.seq)", "job.event.kind": "\(event.kind)",
                     "amqp.attempts": "\(attempt)", "amqp.retry_ms": "\(delay)",
                 ]
             )
             try await Task.sleep(for: .milliseconds(delay))
         }
+    }
+
+    /// Waits until no other event of this job is being published (callers go in call order).
+    private func takeTurn() async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { s -> Bool in
+                guard s.publishing else {
+                    s.publishing = true
+                    return true
+                }
+                s.waiting.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Hands the turn to the next caller waiting, if any.
+    private func endTurn() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard let next = s.waiting.popFirst() else {
+                s.publishing = false
+                return nil
+            }
+            return next
+        }
+        next?.resume()
     }
 
     /// Steps of 50 ms doubling to 5 s, each between half and all of its step, as reconnects.
