@@ -64,6 +64,13 @@ public enum WireContract {
         return [Header.idempotencyKey: key]
     }
 
+    /// What an edge keeps, and its followers get, in place of a job event whose body is larger
+    /// than the edge keeps (`--max-event-bytes`): the event keeps its `x-seq` and kind, so the
+    /// job's events stay numbered without a gap, and the body says what was left out.
+    public static func omittedEventBody(size: UInt64, limit: Int) -> ByteBuffer {
+        ByteBuffer(string: #"{"omitted":"the event's body is larger than the edge keeps","bytes":\#(size),"limit":\#(limit)}"#)
+    }
+
     /// A job event: `job.<id>.<kind>` on `gangway.events`, persistent, JSON, with `x-seq`.
     public static func jobEvent(jobID: String, kind: String, seq: Int, json: String, appID: String, extraHeaders: AMQPTable = [:]) -> OutboundMessage {
         var headers = extraHeaders

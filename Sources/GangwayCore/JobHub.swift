@@ -11,8 +11,9 @@ import Foundation
 ///
 /// Every edge consumes the events through a queue of its own, so any edge can answer for any
 /// job. History is bounded per job (``historyLimit`` events), in jobs (``jobLimit``, the
-/// oldest forgotten first) and in age (a finished job is forgotten ``finishedAgeMilliseconds``
-/// after its last event). Live events go to each follower's ``SSEOutbox``, which cuts off a
+/// oldest forgotten first), in bytes (``byteLimit`` of event bodies in all, the oldest jobs
+/// forgotten first, then the oldest events of a job that alone holds more) and in age (a
+/// finished job is forgotten ``finishedAgeMilliseconds`` after its last event). Live events go to each follower's ``SSEOutbox``, which cuts off a
 /// client that does not read rather than let it grow memory.
 public final class JobHub: Sendable {
     public struct Event: Sendable {
@@ -58,6 +59,8 @@ public final class JobHub: Sendable {
         var droppedBefore = 0
         var followers: [Int: Follower] = [:]
         var idempotencyKey: String?
+        /// The bytes of the event bodies in `events`.
+        var bytes = 0
     }
 
     struct State {
@@ -69,18 +72,27 @@ public final class JobHub: Sendable {
         var idempotency: [String: String] = [:]
         /// Events taken with a `x-seq` more than one past the job's last (``record(jobID:kind:seq:body:)``).
         var eventGaps = 0
+        /// The bytes of every job's kept event bodies.
+        var bytes = 0
+        /// Jobs forgotten before their time to stay within ``byteLimit``.
+        var forgottenForBytes = 0
     }
 
     private let state = Mutex(State())
     public let historyLimit: Int
     public let jobLimit: Int
+    /// The bytes of event bodies kept for all jobs together.
+    public let byteLimit: Int
 
     /// Milliseconds a finished job is kept after its last event (the event log's retention).
     public let finishedAgeMilliseconds: Int64
 
-    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000, finishedAgeMilliseconds: Int64 = 3_600_000) {
+    public static let defaultByteLimit = 256 << 20
+
+    public init(historyLimit: Int = 1000, jobLimit: Int = 10_000, byteLimit: Int = JobHub.defaultByteLimit, finishedAgeMilliseconds: Int64 = 3_600_000) {
         self.historyLimit = historyLimit
         self.jobLimit = jobLimit
+        self.byteLimit = byteLimit
         self.finishedAgeMilliseconds = finishedAgeMilliseconds
     }
 
@@ -130,9 +142,30 @@ public final class JobHub: Sendable {
     /// Forgets the oldest jobs while they are finished and past their age.
     private func expire(_ s: inout State, now: Int64) {
         while let first = s.order.first, let job = s.jobs[first], job.status.isFinished, now - job.status.updated > finishedAgeMilliseconds {
-            s.order.removeFirst()
-            s.jobs[first] = nil
-            if let key = job.idempotencyKey, s.idempotency[key] == first { s.idempotency[key] = nil }
+            Self.forgetOldest(&s)
+        }
+    }
+
+    /// Forgets the oldest job, ending its followers' streams.
+    private static func forgetOldest(_ s: inout State) {
+        guard let oldest = s.order.popFirst(), let gone = s.jobs.removeValue(forKey: oldest) else { return }
+        s.bytes -= gone.bytes
+        gone.followers.values.forEach { $0.outbox.finish() }
+        if let key = gone.idempotencyKey, s.idempotency[key] == oldest { s.idempotency[key] = nil }
+    }
+
+    /// Keeps the event bodies within ``byteLimit``: forgets the oldest jobs other than `jobID`
+    /// (the one that just grew), then drops `jobID`'s own oldest events, keeping its last.
+    private func trimBytes(_ s: inout State, keeping jobID: String) {
+        while s.bytes > byteLimit, let oldest = s.order.first, oldest != jobID {
+            Self.forgetOldest(&s)
+            s.forgottenForBytes += 1
+        }
+        // In place, as in ``record(jobID:kind:seq:body:)``.
+        while s.bytes > byteLimit, let count = s.jobs[jobID]?.events.count, count > 1, let first = s.jobs[jobID]!.events.popFirst() {
+            s.jobs[jobID]!.bytes -= first.body.readableBytes
+            s.jobs[jobID]!.droppedBefore = s.jobs[jobID]!.events.first?.seq ?? 0
+            s.bytes -= first.body.readableBytes
         }
     }
 
@@ -155,20 +188,16 @@ public final class JobHub: Sendable {
             if s.jobs[jobID] == nil {
                 s.jobs[jobID] = Job(status: Status(id: jobID, status: "queued", created: now, updated: now, lastSeq: 0))
                 s.order.append(jobID)
-                if s.order.count > jobLimit {
-                    let old = s.order.removeFirst()
-                    if let gone = s.jobs.removeValue(forKey: old) {
-                        gone.followers.values.forEach { $0.outbox.finish() }
-                        if let key = gone.idempotencyKey { s.idempotency[key] = nil }
-                    }
-                }
+                if s.order.count > jobLimit { Self.forgetOldest(&s) }
             }
             guard seq > 0, let lastSeq = s.jobs[jobID]?.status.lastSeq, seq > lastSeq else { return ([], nil, false, nil) }
             let skipped = lastSeq > 0 && seq > lastSeq + 1 ? (lastSeq + 1)...(seq - 1) : nil
             if skipped != nil { s.eventGaps += 1 }
             let event = Event(seq: seq, kind: kind, body: body)
             // In place: a copy of the job would copy its whole history on every event.
-            let (followers, finished) = Self.apply(event, progress: progress, now: now, historyLimit: historyLimit, to: &s.jobs[jobID]!)
+            let (followers, finished, added) = Self.apply(event, progress: progress, now: now, historyLimit: historyLimit, to: &s.jobs[jobID]!)
+            s.bytes += added
+            if s.bytes > byteLimit { trimBytes(&s, keeping: jobID) }
             return (followers, event, finished, skipped)
         }
         guard let event, !followers.isEmpty else { return skipped }
@@ -182,9 +211,16 @@ public final class JobHub: Sendable {
     /// Events taken that skipped sequence numbers, since start.
     public var eventGaps: Int { state.withLock { $0.eventGaps } }
 
+    /// What the history holds: jobs, bytes of event bodies, and jobs forgotten early (since
+    /// start) to stay within ``byteLimit``.
+    public var usage: (jobs: Int, bytes: Int, forgottenForBytes: Int) {
+        state.withLock { ($0.jobs.count, $0.bytes, $0.forgottenForBytes) }
+    }
+
     /// Adds `event` to `job`'s history and status.
-    /// - Returns: the job's followers, and whether the job has finished.
-    private static func apply(_ event: Event, progress: (Double?, String?), now: Int64, historyLimit: Int, to job: inout Job) -> ([Follower], Bool) {
+    /// - Returns: the job's followers, whether the job has finished, and the change in the
+    ///   bytes its history holds.
+    private static func apply(_ event: Event, progress: (Double?, String?), now: Int64, historyLimit: Int, to job: inout Job) -> ([Follower], Bool, Int) {
         job.status.lastSeq = event.seq
         job.status.updated = now
         switch event.kind {
@@ -207,11 +243,13 @@ public final class JobHub: Sendable {
             break
         }
         job.events.append(event)
-        if job.events.count > historyLimit {
-            job.events.removeFirst(job.events.count - historyLimit)
+        var added = event.body.readableBytes
+        while job.events.count > historyLimit, let first = job.events.popFirst() {
+            added -= first.body.readableBytes
             job.droppedBefore = job.events.first?.seq ?? 0
         }
-        return (Array(job.followers.values), job.status.isFinished)
+        job.bytes += added
+        return (Array(job.followers.values), job.status.isFinished, added)
     }
 
     /// One event as Server-Sent Events: `id: <seq>`, `event: <kind>`, `data: <body>`.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import GangwayCore
 import GangwayEdge
 import Logging
 import NIOCore
@@ -41,6 +42,12 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "Largest reply body (or streamed part) taken from a worker, in bytes; a larger one is dropped as it arrives and answered with 502 reply-too-large. Default: 16 MiB.")
     var maxReplyBytes = EdgeServices.defaultMaxReplyBytes
 
+    @Option(help: "Largest job event body kept, in bytes; a larger one is kept as a placeholder that gives its size, so its job's events stay numbered without a gap. Default: 1 MiB.")
+    var maxEventBytes = EdgeServices.defaultMaxEventBytes
+
+    @Option(help: "Bytes of job event bodies kept for all jobs together; past it the oldest jobs are forgotten first. Default: 256 MiB.")
+    var jobHistoryBytes = JobHub.defaultByteLimit
+
     @Option(help: "Seconds requests and streams in flight get to finish after SIGTERM or SIGINT; then those still waiting are answered 503 shutting-down. The process ends at most 5 s later.")
     var shutdownTimeout = EdgeServices.defaultDrainSeconds
 
@@ -75,6 +82,12 @@ struct EdgeCommand: AsyncParsableCommand {
         guard maxReplyBytes >= 1 else {
             throw ValidationError("--max-reply-bytes must be at least 1, got \(maxReplyBytes)")
         }
+        guard maxEventBytes >= 64 else {
+            throw ValidationError("--max-event-bytes must be at least 64 (room for the placeholder of a larger event), got \(maxEventBytes)")
+        }
+        guard jobHistoryBytes >= maxEventBytes else {
+            throw ValidationError("--job-history-bytes must be at least --max-event-bytes (\(maxEventBytes)), got \(jobHistoryBytes)")
+        }
         if let maxConnections, maxConnections < 1 {
             throw ValidationError("--max-connections must be at least 1, got \(maxConnections)")
         }
@@ -103,6 +116,8 @@ struct EdgeCommand: AsyncParsableCommand {
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
             maxReplyBytes: maxReplyBytes,
+            maxEventBytes: maxEventBytes,
+            jobHistoryBytes: jobHistoryBytes,
             drainSeconds: shutdownTimeout,
             topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
             logger: logger,

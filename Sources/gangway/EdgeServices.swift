@@ -13,6 +13,9 @@ enum EdgeServices {
     /// The largest reply body (or streamed part) an edge takes by default: RabbitMQ 4's
     /// default largest message.
     static let defaultMaxReplyBytes = 16 << 20
+    /// The largest job event body an edge keeps by default: progress and log lines are small,
+    /// and every edge holds each event for an hour and replays it on every reconnect.
+    static let defaultMaxEventBytes = 1 << 20
     /// How long requests and streams in flight get to finish after SIGTERM: under the 30 s
     /// Kubernetes gives a pod by default, with room for the rest of the shutdown.
     static let defaultDrainSeconds = 20.0
@@ -24,6 +27,8 @@ enum EdgeServices {
         instanceID: String,
         eventStreamBufferBytes: Int = 256 * 1024,
         maxReplyBytes: Int = EdgeServices.defaultMaxReplyBytes,
+        maxEventBytes: Int = EdgeServices.defaultMaxEventBytes,
+        jobHistoryBytes: Int = JobHub.defaultByteLimit,
         drainSeconds: Double = EdgeServices.defaultDrainSeconds,
         topics topicConfiguration: TopicHub.Configuration = .init(),
         logger: Logger,
@@ -34,7 +39,7 @@ enum EdgeServices {
         let topicsLost = LateBound<(@Sendable () -> Void)?>(nil)
         // No reply can arrive before the reply consumer is up: until then requests fail at once.
         let correlator = Correlator(notReceiving: "the reply connection to the broker is not up yet")
-        let jobs = JobHub()
+        let jobs = JobHub(byteLimit: jobHistoryBytes)
         let publisher = AMQPConnection(
             // Cancel messages go to gangway.cancel and published events to gangway.topics: make
             // sure they exist, or a publish there would close the publishing channel.
@@ -94,14 +99,25 @@ enum EdgeServices {
                 bindings: [BindingSpec(source: WireContract.eventsExchange, destination: WireContract.eventLogQueue.name, routingKey: "job.#")],
                 prefetch: 1000,
                 autoAck: false,
-                arguments: ["x-stream-offset": "first"]
+                arguments: ["x-stream-offset": "first"],
+                // Every edge holds each event for as long as its job is kept: an oversized one
+                // is dropped as it arrives, and kept as a placeholder that says so.
+                maxBodyBytes: maxEventBytes
             )
         ) { delivery in
             jobs.replayDelivered()
             let parts = delivery.routingKey.split(separator: ".")
             if parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue {
                 let jobID = String(parts[1])
-                if let skipped = jobs.record(jobID: jobID, kind: String(parts[2]), seq: Int(seq), body: delivery.body) {
+                var body = delivery.body
+                if let dropped = delivery.droppedBody {
+                    body = WireContract.omittedEventBody(size: dropped.size, limit: dropped.limit)
+                    logger.warning(
+                        "job.event.too_large",
+                        metadata: ["job.id": "\(jobID)", "job.event.seq": "\(seq)", "job.event.bytes": "\(dropped.size)", "job.event.limit": "\(dropped.limit)"]
+                    )
+                }
+                if let skipped = jobs.record(jobID: jobID, kind: String(parts[2]), seq: Int(seq), body: body) {
                     // Not expected: a worker publishes an event only once the one before it
                     // is confirmed. Said, so that it is seen.
                     logger.warning(

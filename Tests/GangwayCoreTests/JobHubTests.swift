@@ -103,6 +103,40 @@ struct JobHubTests {
         #expect(hub.status(of: "a") == nil && hub.status(of: "b") != nil && hub.status(of: "c") != nil)
     }
 
+    @Test("event bodies are bounded in bytes: the oldest jobs are forgotten first, their followers' streams ended")
+    func byteLimitForgetsOldest() async {
+        let hub = JobHub(byteLimit: 1000)
+        hub.record(jobID: "a", kind: "log", seq: 1, body: body(String(repeating: "a", count: 400)))
+        let follower = outbox()
+        let follow = try! #require(hub.follow(jobID: "a", lastEventID: nil, outbox: follower))
+        #expect(!follow.finished)
+        hub.record(jobID: "b", kind: "log", seq: 1, body: body(String(repeating: "b", count: 400)))
+        #expect(hub.usage.jobs == 2 && hub.usage.bytes == 800 && hub.usage.forgottenForBytes == 0)
+        // 1 200 bytes: "a", the oldest, goes.
+        hub.record(jobID: "c", kind: "log", seq: 1, body: body(String(repeating: "c", count: 400)))
+        #expect(hub.status(of: "a") == nil && hub.status(of: "b") != nil && hub.status(of: "c") != nil)
+        #expect(hub.usage.jobs == 2 && hub.usage.bytes == 800 && hub.usage.forgottenForBytes == 1)
+        let (_, end) = await drain(follower)
+        #expect(end == .finished)
+        // Events trimmed by the count limit give their bytes back too.
+        let counted = JobHub(historyLimit: 2)
+        for seq in 1...5 { counted.record(jobID: "j", kind: "log", seq: seq, body: body("12345")) }
+        #expect(counted.usage.bytes == 10)
+    }
+
+    @Test("a job that alone passes the byte bound keeps its newest events; resuming before them gets a reset")
+    func byteLimitTrimsOneJob() {
+        let hub = JobHub(byteLimit: 1000)
+        for seq in 1...5 { hub.record(jobID: "j", kind: "log", seq: seq, body: body(String(repeating: "x", count: 300))) }
+        #expect(hub.usage.bytes == 900 && hub.usage.forgottenForBytes == 0)
+        let follow = hub.follow(jobID: "j", lastEventID: 1, outbox: outbox())
+        #expect(follow?.reset == true && follow?.history.map(\.seq) == [3, 4, 5])
+        // One event larger than the bound is still kept, alone.
+        hub.record(jobID: "j", kind: "done", seq: 6, body: body(String(repeating: "y", count: 2000)))
+        #expect(hub.usage.bytes == 2000 && hub.status(of: "j")?.status == "succeeded")
+        #expect(hub.follow(jobID: "j", lastEventID: nil, outbox: outbox())?.history.map(\.seq) == [6])
+    }
+
     @Test("a finished job is forgotten after its age; an unfinished one is kept")
     func age() async throws {
         let hub = JobHub(finishedAgeMilliseconds: 50)

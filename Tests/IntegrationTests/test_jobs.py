@@ -527,3 +527,58 @@ def test_an_event_that_skips_a_sequence_number_is_passed_on_and_reported_as_a_ga
     gap = [line for line in log.splitlines() if "job.events.gap" in line and f"job.id={job}" in line]
     assert len(gap) == 1 and " warning " in gap[0], gap
     assert "job.event.seq=3" in gap[0] and "job.events.missing=2...2" in gap[0], gap
+
+
+def test_job_history_is_bounded_in_bytes_and_an_oversized_event_is_kept_as_a_placeholder(stack):
+    # Every edge holds each job's events for an hour and replays them on every reconnect: a
+    # worker's oversized event is dropped as it arrives and kept as a placeholder with its
+    # x-seq (no gap), and the history as a whole stays within its byte bound, the oldest jobs
+    # forgotten first.
+    edge = stack.start_edge(extra=("--max-event-bytes", "65536", "--job-history-bytes", "300000"))
+    time.sleep(1)  # the replay of earlier tests' events
+    with open(f"/proc/{edge.pid}/status") as f:
+        peak_before = int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    big, small = uuid.uuid4().hex, [uuid.uuid4().hex for _ in range(6)]
+    huge = 12 * 1024 * 1024
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+
+        def event(job, seq, kind, body):
+            ch.basic_publish("gangway.events", f"job.{job}.{kind}", body,
+                             pika.BasicProperties(headers={"x-seq": seq}, delivery_mode=2, content_type="application/json"))
+
+        for job in small:  # 6 x 60 000 bytes: more than the 300 000 kept
+            event(job, 1, "log", b'{"line":"' + b"y" * 60_000 + b'"}')
+            event(job, 2, "done", b'{"ok":true}')
+        event(big, 1, "log", b'{"line":"started"}')
+        event(big, 2, "log", b'{"line":"' + b"x" * huge + b'"}')
+        event(big, 3, "done", b'{"ok":true}')
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 20
+    while requests.get(f"{edge.base}/v1/jobs/{big}").json().get("status") != "succeeded":
+        assert time.monotonic() < deadline, "the last job's events did not arrive"
+        time.sleep(0.1)
+    events = [(e.id, e.event, e.data) for e in sseclient.SSEClient(requests.get(f"{edge.base}/v1/jobs/{big}/events", stream=True, timeout=10)).events()
+              if e.event in ("log", "done")]
+    assert [(i, kind) for i, kind, _ in events] == [("1", "log"), ("2", "log"), ("3", "done")]
+    placeholder = json.loads(events[1][2])
+    assert placeholder["bytes"] == huge + len('{"line":""}') and placeholder["limit"] == 65536 and "larger than the edge keeps" in placeholder["omitted"]
+    assert json.loads(events[2][2]) == {"ok": True}
+    # Never held: the edge's peak memory grew by much less than the event.
+    with open(f"/proc/{edge.pid}/status") as f:
+        peak_after = int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    assert peak_after - peak_before < 8 * 1024, f"peak RSS grew by {peak_after - peak_before} KiB"
+    health = requests.get(f"{edge.base}/healthz").json()
+    assert health["job_history_bytes"] <= 300_000 and health["jobs_forgotten_for_bytes"] >= 1
+    # The oldest of the six is forgotten (404, as for any job the edge does not know); the
+    # newest are kept whole.
+    assert requests.get(f"{edge.base}/v1/jobs/{small[0]}").status_code == 404
+    assert requests.get(f"{edge.base}/v1/jobs/{small[-1]}").json()["status"] == "succeeded"
+    assert "job.event.too_large" in open(edge.log_path).read()
+    # Bad limits are refused at start with the reason.
+    refused = stack.start_edge(extra=("--max-event-bytes", "65536", "--job-history-bytes", "1000"), wait=False)
+    assert refused.wait(timeout=30) != 0
+    assert "--job-history-bytes must be at least --max-event-bytes" in open(refused.log_path).read()
