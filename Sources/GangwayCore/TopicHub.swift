@@ -17,20 +17,25 @@ public protocol TopicBinder: Sendable {
 /// brings is encoded once and pushed to the ``SSEOutbox`` of every subscriber whose patterns
 /// match it.
 ///
-/// A bounded replay history (count and age) serves `Last-Event-ID`: a client resumes after the
+/// A bounded replay history (count, bytes and age) serves `Last-Event-ID`: a client resumes after the
 /// event it names when that event is still kept and every one of its patterns has been bound
 /// since; otherwise it gets an explicit reset instead of a silent gap.
 public final class TopicHub: Sendable {
     public struct Configuration: Sendable {
         /// Events kept for resumption.
         public var historyLimit: Int
+        /// Bytes of encoded events kept for resumption (the newest event is kept whatever its size).
+        public var historyByteLimit: Int
         /// Milliseconds an event is kept for resumption.
         public var historyAgeMilliseconds: Int64
         /// Milliseconds a pattern stays bound after its last subscriber left.
         public var lingerMilliseconds: Int64
 
-        public init(historyLimit: Int = 10_000, historyAgeMilliseconds: Int64 = 300_000, lingerMilliseconds: Int64 = 30_000) {
+        public static let defaultHistoryByteLimit = 64 << 20
+
+        public init(historyLimit: Int = 10_000, historyByteLimit: Int = Configuration.defaultHistoryByteLimit, historyAgeMilliseconds: Int64 = 300_000, lingerMilliseconds: Int64 = 30_000) {
             self.historyLimit = historyLimit
+            self.historyByteLimit = historyByteLimit
             self.historyAgeMilliseconds = historyAgeMilliseconds
             self.lingerMilliseconds = lingerMilliseconds
         }
@@ -75,6 +80,8 @@ public final class TopicHub: Sendable {
     struct State {
         var history: Deque<Entry> = []
         var historyIndex: [String: Int] = [:]
+        /// The bytes of the encoded events in `history`.
+        var historyBytes = 0
         var nextSeq = 1
         var bindings: [String: Binding] = [:]
         var subscribers: [Int: SSEOutbox] = [:]
@@ -171,6 +178,7 @@ public final class TopicHub: Sendable {
         let expired: [TopicPattern] = state.withLock { s in
             while let first = s.history.first, now - first.time > configuration.historyAgeMilliseconds {
                 s.historyIndex[first.id] = nil
+                s.historyBytes -= first.encoded.readableBytes
                 s.history.removeFirst()
             }
             var expired: [TopicPattern] = []
@@ -305,10 +313,14 @@ public final class TopicHub: Sendable {
             let encoded = SSEEncoder.event(id: id, data: data)
             s.history.append(Entry(seq: seq, id: id, topic: topic, time: now, encoded: encoded))
             s.historyIndex[id] = seq
+            s.historyBytes += encoded.readableBytes
             while s.history.count > configuration.historyLimit
+                || (s.history.count > 1 && s.historyBytes > configuration.historyByteLimit)
                 || (s.history.first.map { now - $0.time > configuration.historyAgeMilliseconds } ?? false)
             {
-                s.historyIndex[s.history.removeFirst().id] = nil
+                let gone = s.history.removeFirst()
+                s.historyIndex[gone.id] = nil
+                s.historyBytes -= gone.encoded.readableBytes
             }
             var matched = Set<Int>()
             var single: (key: String, binding: Binding)?
@@ -362,6 +374,11 @@ public final class TopicHub: Sendable {
             embedded = JSONString.quote(text)
         }
         return #"{"topic":\#(JSONString.quote(topic)),"data":\#(embedded)}"#
+    }
+
+    /// What the replay history holds: events and bytes of encoded events.
+    public var historyUsage: (events: Int, bytes: Int) {
+        state.withLock { ($0.history.count, $0.historyBytes) }
     }
 
     /// A new event id: the publish time in hex milliseconds, then 64 random bits.

@@ -106,10 +106,12 @@ public struct Edge: Sendable {
         router.get(RouterPath(healthPath)) { _, _ in
             // Counters an operator wants at a glance; /metrics comes with the metrics work.
             let history = jobs.usage
+            let topicHistory = topics.historyUsage
             let body = """
                 {"status":"ok","pending_requests":\(correlator.pending),"unknown_replies":\(correlator.unknownReplies),\
                 "event_streams":\(eventStreams.count),"event_streams_cut_off":\(eventStreams.cutOff),\
-                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count),"job_event_gaps":\(jobs.eventGaps),\
+                "topic_subscribers":\(topics.subscriberCount),"topic_bindings":\(topics.boundPatterns.count),\
+                "topic_history_events":\(topicHistory.events),"topic_history_bytes":\(topicHistory.bytes),"job_event_gaps":\(jobs.eventGaps),\
                 "job_history_jobs":\(history.jobs),"job_history_bytes":\(history.bytes),"jobs_forgotten_for_bytes":\(history.forgottenForBytes),\
                 "connections":\(connections.open),"connection_limit":\(connections.limit),"connection_limit_reached":\(connections.limitReached)}
                 """

@@ -42,7 +42,7 @@ struct EdgeCommand: AsyncParsableCommand {
     @Option(help: "Largest reply body (or streamed part) taken from a worker, in bytes; a larger one is dropped as it arrives and answered with 502 reply-too-large. Default: 16 MiB.")
     var maxReplyBytes = EdgeServices.defaultMaxReplyBytes
 
-    @Option(help: "Largest job event body kept, in bytes; a larger one is kept as a placeholder that gives its size, so its job's events stay numbered without a gap. Default: 1 MiB.")
+    @Option(help: "Largest job or topic event body, in bytes: a larger POST /v1/topics/{topic} is refused with 413, and a larger event from the broker is dropped as it arrives and passed on as a placeholder that gives its size (a job's keeps its x-seq, so its events stay numbered without a gap). Default: 1 MiB.")
     var maxEventBytes = EdgeServices.defaultMaxEventBytes
 
     @Option(help: "Bytes of job event bodies kept for all jobs together; past it the oldest jobs are forgotten first. Default: 256 MiB.")
@@ -53,6 +53,9 @@ struct EdgeCommand: AsyncParsableCommand {
 
     @Option(help: "Topic events kept for Last-Event-ID resumption.")
     var topicHistory = 10_000
+
+    @Option(help: "Bytes of topic events kept for Last-Event-ID resumption; past it the oldest go first. Default: 64 MiB.")
+    var topicHistoryBytes = TopicHub.Configuration.defaultHistoryByteLimit
 
     @Flag(inversion: .prefixedNo, help: "Serve the demo page at GET / when no route takes /.")
     var demoPage = true
@@ -85,6 +88,9 @@ struct EdgeCommand: AsyncParsableCommand {
         guard maxEventBytes >= 64 else {
             throw ValidationError("--max-event-bytes must be at least 64 (room for the placeholder of a larger event), got \(maxEventBytes)")
         }
+        guard topicHistoryBytes >= 1 else {
+            throw ValidationError("--topic-history-bytes must be at least 1, got \(topicHistoryBytes)")
+        }
         guard jobHistoryBytes >= maxEventBytes else {
             throw ValidationError("--job-history-bytes must be at least --max-event-bytes (\(maxEventBytes)), got \(jobHistoryBytes)")
         }
@@ -108,6 +114,7 @@ struct EdgeCommand: AsyncParsableCommand {
                 port: port,
                 eventLoopThreads: threads,
                 sseHeartbeatSeconds: max(1, min(sseHeartbeat, 120)),
+                topicMaxBodyBytes: maxEventBytes,
                 demoPage: demoPage,
                 batchScheduling: batchScheduling,
                 idleTimeoutSeconds: idleTimeout > 0 ? idleTimeout : nil,
@@ -119,7 +126,7 @@ struct EdgeCommand: AsyncParsableCommand {
             maxEventBytes: maxEventBytes,
             jobHistoryBytes: jobHistoryBytes,
             drainSeconds: shutdownTimeout,
-            topics: .init(historyLimit: max(0, topicHistory), lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
+            topics: .init(historyLimit: max(0, topicHistory), historyByteLimit: topicHistoryBytes, lingerMilliseconds: Int64(max(0, topicLinger)) * 1000),
             logger: logger,
             onServerRunning: { port in
                 logger.info(

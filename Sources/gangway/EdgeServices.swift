@@ -150,9 +150,26 @@ enum EdgeServices {
                 queue: topicQueue,
                 declare: QueueSpec(name: topicQueue, durable: false, exclusive: true, autoDelete: true),
                 prefetch: 0,
-                autoAck: true
+                autoAck: true,
+                // As job events: an oversized one (published straight to the exchange; the
+                // edge's own POST refuses it) is dropped as it arrives and passed on as a
+                // placeholder.
+                maxBodyBytes: maxEventBytes
             )
         ) { delivery in
+            if let dropped = delivery.droppedBody {
+                logger.warning(
+                    "topic.event.too_large",
+                    metadata: ["topic": "\(delivery.routingKey)", "topic.event.bytes": "\(dropped.size)", "topic.event.limit": "\(dropped.limit)"]
+                )
+                topics.deliver(
+                    topic: delivery.routingKey,
+                    messageID: delivery.properties.messageID,
+                    contentType: "application/json",
+                    body: WireContract.omittedEventBody(size: dropped.size, limit: dropped.limit)
+                )
+                return
+            }
             topics.deliver(
                 topic: delivery.routingKey,
                 messageID: delivery.properties.messageID,

@@ -23,9 +23,9 @@ struct TopicHubTests {
     func patterns(_ texts: String...) -> [TopicPattern] { texts.map { TopicPattern($0)! } }
 
     /// Runs `body` with the hub's operation loop running.
-    func withHub(linger: Int64 = 0, history: Int = 100, _ body: (TopicHub, RecordingBinder) async throws -> Void) async throws {
+    func withHub(linger: Int64 = 0, history: Int = 100, historyBytes: Int = 1 << 20, _ body: (TopicHub, RecordingBinder) async throws -> Void) async throws {
         let binder = RecordingBinder()
-        let hub = TopicHub(binder: binder, instanceID: "e1", configuration: .init(historyLimit: history, lingerMilliseconds: linger))
+        let hub = TopicHub(binder: binder, instanceID: "e1", configuration: .init(historyLimit: history, historyByteLimit: historyBytes, lingerMilliseconds: linger))
         let runner = Task { await hub.run() }
         defer { runner.cancel() }
         try await body(hub, binder)
@@ -170,6 +170,22 @@ struct TopicHubTests {
             #expect(gone.reset)
             let kept = try await hub.subscribe(patterns("#"), lastEventID: "m", outbox: SSEOutbox(limit: 1024))
             #expect(!kept.reset && kept.replay.map { String(buffer: $0) } == ["id: e1-4\ndata: {\"topic\":\"a\",\"data\":4}\n\n"])
+        }
+    }
+
+    @Test("history is bounded in bytes: the oldest events go first, the newest is kept whatever its size")
+    func historyByteBound() async throws {
+        try await withHub(historyBytes: 300) { hub, _ in
+            _ = try await hub.subscribe(patterns("#"), lastEventID: nil, outbox: SSEOutbox(limit: 1 << 20))
+            // Each event encodes to 138 bytes (id, data, the topic envelope): two fit, a third pushes the first out.
+            for n in 1...3 {
+                hub.deliver(topic: "a", messageID: "m\(n)", contentType: nil, body: ByteBuffer(string: "\"" + String(repeating: "x", count: 100) + "\""))
+            }
+            #expect(hub.historyUsage.events == 2 && hub.historyUsage.bytes == 276)
+            #expect(try await hub.subscribe(patterns("#"), lastEventID: "m1", outbox: SSEOutbox(limit: 1 << 20)).reset)
+            #expect(try await hub.subscribe(patterns("#"), lastEventID: "m2", outbox: SSEOutbox(limit: 1 << 20)).replay.count == 1)
+            hub.deliver(topic: "a", messageID: "big", contentType: nil, body: ByteBuffer(string: "\"" + String(repeating: "y", count: 1000) + "\""))
+            #expect(hub.historyUsage.events == 1 && hub.historyUsage.bytes > 1000)
         }
     }
 

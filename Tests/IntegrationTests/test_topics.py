@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import pika
 import requests
 import sseclient
 
@@ -336,3 +337,38 @@ def test_a_client_that_keeps_up_is_not_cut_off_for_one_event_larger_than_the_bou
     sub.thread.join(20)
     assert [json.loads(e.data)["data"] for e in sub.events] == [big, "after"]
     assert requests.get(f"{edge.base}/healthz").json()["event_streams_cut_off"] == 0
+
+
+def test_an_oversized_topic_event_is_refused_at_the_edge_and_passed_on_as_a_placeholder_from_the_broker(stack):
+    edge = stack.start_edge(extra=("--max-event-bytes", "65536", "--topic-history-bytes", "200000"))
+    t = f"t{stack.suffix}"
+    sub = Subscriber(edge, f"{t}.%23", until=lambda e: topic_of(e) == f"{t}.end")
+    # Through the edge: over the limit is a 413, and nothing is published.
+    r = requests.post(f"{edge.base}/v1/topics/{t}.big", data="x" * 65537, headers={"content-type": "text/plain"})
+    assert r.status_code == 413, r.text
+    # Straight to the exchange (any AMQP client can): dropped as it arrives, passed on as a
+    # placeholder that gives the size, with the publisher's id.
+    huge = 5 * 1024 * 1024
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("gangway.topics", f"{t}.big", b"z" * huge, pika.BasicProperties(message_id="big-1", content_type="text/plain"))
+    finally:
+        conn.close()
+    for n in range(4):  # 4 x ~60 KB: more than the 200 000 bytes of history kept
+        publish(edge, f"{t}.filler", {"n": n, "pad": "p" * 60_000})
+    publish(edge, f"{t}.end", {})
+    events = sub.join()
+    assert [topic_of(e) for e in events] == [f"{t}.big"] + [f"{t}.filler"] * 4 + [f"{t}.end"]
+    big = events[0]
+    assert big.id == "big-1"
+    assert json.loads(big.data)["data"] == {"omitted": "the event's body is larger than the edge keeps", "bytes": huge, "limit": 65536}
+    health = requests.get(f"{edge.base}/healthz").json()
+    assert health["topic_history_bytes"] <= 200_000 and health["topic_history_events"] < 6
+    # Resuming from the oldest event: it is gone from the bounded history, so a reset.
+    resumed = requests.get(f"{edge.base}/v1/topics/stream?match={t}.%23", headers={"last-event-id": "big-1"}, stream=True, timeout=10)
+    first = next(sseclient.SSEClient(resumed).events())
+    resumed.close()
+    assert first.event == "reset"
+    assert "topic.event.too_large" in open(edge.log_path).read()
