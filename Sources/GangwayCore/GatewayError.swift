@@ -124,7 +124,12 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
 
     /// The worker produced parts faster than the client read them, past the stream's buffer.
     public static func streamOverflow(route: String) -> GatewayError {
-        GatewayError(code: .badReply, detail: "the stream of route '\(route)' outran the client: more than its buffer was waiting to be sent")
+        GatewayError(code: .badReply, detail: "the stream of route '\(route)' outran the client: more than its buffer (8 MiB) was waiting, parts not yet read by the client or held back until a missing part came")
+    }
+
+    /// A gather's replies passed what the edge holds for one response.
+    public static func gatherTooLarge(route: String, limit: Int) -> GatewayError {
+        GatewayError(code: .replyTooLarge, detail: "the replies gathered for route '\(route)' passed \(limit) bytes in all, more than this edge holds for one response (--max-reply-bytes)")
     }
 
     public static let shuttingDown = GatewayError(code: .shuttingDown, detail: "this edge is shutting down; retry on another")

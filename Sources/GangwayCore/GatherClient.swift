@@ -8,11 +8,16 @@ import NIOCore
 ///
 /// The answer lists each reply with its replier's id (`x-replier`, or the worker's `app_id`)
 /// and says how many were expected and received. No reply at all by the deadline is a 504.
+/// The replies' bodies are bounded in all by ``maxBytes``: past it the answer is a 502
+/// `reply-too-large`.
 public struct GatherClient: Sendable {
     let client: RequestReplyClient
+    /// The bytes of replies one gather holds (each counted with a fixed share for its message).
+    let maxBytes: Int
 
-    public init(client: RequestReplyClient) {
+    public init(client: RequestReplyClient, maxBytes: Int = 16 << 20) {
         self.client = client
+        self.maxBytes = maxBytes
     }
 
     public func send(_ request: GatewayRequest) async throws(GatewayError) -> GatewayReply {
@@ -20,9 +25,11 @@ public struct GatherClient: Sendable {
         let spec = route.gather ?? Route.GatherSpec()
         let correlationID = client.nextCorrelationID()
         let correlator = client.correlator
-        let (replies, slot): (AsyncThrowingStream<Delivery, any Error>, Correlator.StreamSlot)
+        let replies: AsyncThrowingStream<Delivery, any Error>
         do {
-            (replies, slot) = try correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds)
+            // The replies collected stay counted against the buffer (none is reported taken):
+            // what one gather holds is bounded however many answer, and however large.
+            (replies, _) = try correlator.openStream(id: correlationID, idleMilliseconds: route.timeoutMilliseconds, timeoutMilliseconds: route.timeoutMilliseconds, bufferBytes: maxBytes)
         } catch {
             throw RequestReplyClient.error(for: error, route: route)
         }
@@ -36,7 +43,6 @@ public struct GatherClient: Sendable {
         var collected: [Delivery] = []
         do {
             for try await reply in replies {
-                slot.taken(reply)
                 collected.append(reply)
                 if let enough = spec.enough, collected.count >= enough { break }
             }
@@ -44,6 +50,8 @@ public struct GatherClient: Sendable {
             // The deadline: answer with what came.
         } catch Correlator.Failure.idle {
             // Same deadline (idle = timeout for a gather).
+        } catch Correlator.Failure.overflow {
+            throw .gatherTooLarge(route: route.name, limit: maxBytes)
         } catch {
             correlator.closeStream(id: correlationID)
             throw StreamClient.map(error, routeName: route.name)

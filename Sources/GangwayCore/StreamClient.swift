@@ -164,7 +164,6 @@ public struct StreamClient: Sendable {
                     if Task.isCancelled { throw CancellationError() }
                     throw GatewayError.badReply(route: route, reason: "the stream ended before its final part")
                 }
-                slot.taken(d)
                 let headers = d.properties.headers
                 // A plain reply (no x-part) is a stream of one part.
                 let index = headers[WireContract.Header.part].map { $0.intValue.map(Int.init) ?? -1 } ?? 0
@@ -177,7 +176,11 @@ public struct StreamClient: Sendable {
                 }
                 if reorderer.isFinished { finished = true }
             }
-            return ready.removeFirst()
+            // Only now off the stream's buffer: parts held back until a missing one comes
+            // count against it too, or a gap that never closes would grow memory.
+            let d = ready.removeFirst()
+            slot.taken(d)
+            return d
         }
     }
 }

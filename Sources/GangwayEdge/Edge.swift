@@ -41,6 +41,8 @@ public struct Edge: Sendable {
         /// some close (``ConnectionLimit``). The command line sets it below the open-file limit
         /// (``OpenFileLimit/connectionBudget(forLimit:)``).
         public var maxConnections: Int
+        /// The largest reply the edge takes; also what one gather's replies may take in all.
+        public var maxReplyBytes: Int
 
         public init(
             host: String = "0.0.0.0",
@@ -52,7 +54,8 @@ public struct Edge: Sendable {
             demoPage: Bool = true,
             batchScheduling: Bool = true,
             idleTimeoutSeconds: Int? = 60,
-            maxConnections: Int = .max
+            maxConnections: Int = .max,
+            maxReplyBytes: Int = 16 << 20
         ) {
             self.host = host
             self.port = port
@@ -64,6 +67,7 @@ public struct Edge: Sendable {
             self.batchScheduling = batchScheduling
             self.idleTimeoutSeconds = idleTimeoutSeconds
             self.maxConnections = maxConnections
+            self.maxReplyBytes = maxReplyBytes
         }
     }
 
@@ -96,7 +100,7 @@ public struct Edge: Sendable {
                 requestReply: RequestReplyHandler(client: client),
                 aggregate: AggregateHandler(client: aggregateClient),
                 stream: StreamHandler(client: StreamClient(client: client)),
-                gather: GatherHandler(client: GatherClient(client: client)),
+                gather: GatherHandler(client: GatherClient(client: client, maxBytes: configuration.maxReplyBytes)),
                 job: JobHandler(client: JobClient(client: client, hub: jobs, claims: claims), clients: eventStreams),
                 topics: TopicHandler(hub: topics, bus: bus, clients: eventStreams, maxBodyBytes: configuration.topicMaxBodyBytes),
                 demoPage: configuration.demoPage,

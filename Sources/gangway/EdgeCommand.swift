@@ -118,11 +118,11 @@ struct EdgeCommand: AsyncParsableCommand {
                 demoPage: demoPage,
                 batchScheduling: batchScheduling,
                 idleTimeoutSeconds: idleTimeout > 0 ? idleTimeout : nil,
-                maxConnections: connections.limit
+                maxConnections: connections.limit,
+                maxReplyBytes: maxReplyBytes
             ),
             instanceID: instance,
             eventStreamBufferBytes: max(1024, sseBufferBytes),
-            maxReplyBytes: maxReplyBytes,
             maxEventBytes: maxEventBytes,
             jobHistoryBytes: jobHistoryBytes,
             drainSeconds: shutdownTimeout,

@@ -26,7 +26,6 @@ enum EdgeServices {
         http: Edge.Configuration,
         instanceID: String,
         eventStreamBufferBytes: Int = 256 * 1024,
-        maxReplyBytes: Int = EdgeServices.defaultMaxReplyBytes,
         maxEventBytes: Int = EdgeServices.defaultMaxEventBytes,
         jobHistoryBytes: Int = JobHub.defaultByteLimit,
         drainSeconds: Double = EdgeServices.defaultDrainSeconds,
@@ -84,7 +83,7 @@ enum EdgeServices {
                 autoAck: true,
                 // A reply is held whole until it is written: a worker's oversized one is
                 // dropped as it arrives, and its request answered with a 502.
-                maxBodyBytes: maxReplyBytes
+                maxBodyBytes: http.maxReplyBytes
             )
         ) { delivery in
             correlator.deliver(delivery)

@@ -234,6 +234,12 @@ routes:
     routing_key: {self.queue['pika']}
     timeout: 10s
     idle_timeout: 700ms
+  - name: pika-gather
+    method: POST
+    path: /v1/pika-gather
+    shape: gather
+    routing_key: {self.queue['pika']}
+    timeout: 3s
 {routes_extra}""")
 
     def env(self, **extra):

@@ -23,7 +23,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("queue")
-    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall", "status", "stream-status", "stream-big"])
+    p.add_argument("--mode", default="echo", choices=["echo", "bad-status", "bad-header", "sleep", "twice", "stream-shuffled", "stream-stall", "status", "stream-status", "stream-big", "stream-hole", "gather-flood"])
     p.add_argument("--sleep-ms", type=int, default=0)
     args = p.parse_args()
 
@@ -48,12 +48,16 @@ def main():
             for i in order:
                 if args.mode == "stream-stall" and i == 3:
                     break  # parts 0-2 sent; then nothing more, ever
+                if args.mode == "stream-hole" and i == 0:
+                    continue  # every part but the first, which never comes
                 part_headers = {"x-part": i, "x-final": i == n - 1}
                 if i == 0:
                     part_headers["x-status"] = int(headers["x-header-x-demo"]) if args.mode == "stream-status" else 200
                 part = {"n": i}
                 if args.mode == "stream-big" and i == 3:
                     part["pad"] = "x" * int(headers["x-header-x-demo"])  # one part of about that size
+                if args.mode == "stream-hole":
+                    part["pad"] = "x" * int(headers["x-header-x-demo"])  # every part about that size
                 ch.basic_publish(exchange="", routing_key=props.reply_to, body=json.dumps(part).encode(),
                                  properties=pika.BasicProperties(correlation_id=props.correlation_id,
                                                                  content_type="application/json", headers=part_headers))
@@ -74,6 +78,14 @@ def main():
                 f"{k[8:]}={v.decode() if isinstance(v, bytes) else v}" for k, v in sorted(headers.items()) if k.startswith("x-param-")
             ),
         }
+        if args.mode == "gather-flood":
+            # One replier answering a gather 40 times, each reply of X-Demo bytes.
+            for i in range(40):
+                ch.basic_publish(exchange="", routing_key=props.reply_to, body=b"r" * int(headers["x-header-x-demo"]),
+                                 properties=pika.BasicProperties(correlation_id=props.correlation_id, content_type="text/plain",
+                                                                 headers={"x-status": 200, "x-replier": f"r{i}"}))
+            ch.basic_ack(method.delivery_tag)
+            return
         if args.mode == "bad-status":
             reply_headers["x-status"] = "not-a-status"
         if args.mode == "status":

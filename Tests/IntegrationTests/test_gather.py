@@ -57,3 +57,17 @@ def test_nobody_answering_is_a_504(stack):
     r = requests.post(edge.base + "/v1/gather", data="x")
     assert r.status_code == 504
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_a_gather_holds_its_replies_within_the_reply_limit(stack):
+    # One replier answering 40 times with 100 KB each: 4 MB in all, over the edge's 1 MB.
+    edge = stack.start_edge(extra=["--max-reply-bytes", "1000000"])
+    stack.start_pika_worker(stack.queue["pika"], mode="gather-flood")
+    r = requests.post(edge.base + "/v1/pika-gather", data="x", headers={"x-demo": "100000"})
+    assert r.status_code == 502, r.text[:300]
+    assert r.json()["type"].endswith("/reply-too-large")
+    assert "the replies gathered for route 'pika-gather' passed 1000000 bytes in all" in r.json()["detail"]
+    # Within the limit, all 40 replies are listed.
+    r = requests.post(edge.base + "/v1/pika-gather", data="x", headers={"x-demo": "1000"})
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["received"] == 40 and len(r.json()["replies"]) == 40

@@ -484,11 +484,15 @@ def test_readiness_reflects_the_broker(stack):
     assert health.pop("connections") in (1, 2)
     # Counted while the edge replays the broker's event log, which other tests wrote to.
     assert health.pop("job_event_gaps") >= 0
+    # The job history so far replayed from it, within the default 256 MiB: nothing forgotten.
+    assert health.pop("job_history_jobs") >= 0 and 0 <= health.pop("job_history_bytes") <= 256 << 20
+    assert health.pop("jobs_forgotten_for_bytes") == 0
     # The edge raised its soft limit on open files to the hard one, and keeps a reserve.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     open_files = 1 << 20 if hard == resource.RLIM_INFINITY else hard
     assert health == {"status": "ok", "pending_requests": 0, "unknown_replies": 0, "event_streams": 0,
                       "event_streams_cut_off": 0, "topic_subscribers": 0, "topic_bindings": 0,
+                      "topic_history_events": 0, "topic_history_bytes": 0,
                       "connection_limit": open_files - min(256, open_files // 4), "connection_limit_reached": 0}
     assert requests.get(edge.base + "/readyz").status_code == 200
 

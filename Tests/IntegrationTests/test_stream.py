@@ -212,3 +212,19 @@ def test_a_part_larger_than_the_edge_takes_ends_the_stream_with_an_error_and_the
 def peak_rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+
+def test_parts_held_back_for_a_missing_one_count_against_the_stream_buffer(stack):
+    # Every part but the first, 1 MB each: held back until part 0 comes, which it never does.
+    # They count against the stream's 8 MiB buffer like parts the client has not read, so the
+    # stream fails past it rather than hold the 49 MB.
+    edge = stack.start_edge()
+    stack.start_pika_worker(stack.queue["pika"], mode="stream-hole")
+    before_kib = peak_rss_kib(edge.pid)
+    r = requests.post(edge.base + "/v1/pika-stream", headers={"accept": "application/x-ndjson", "x-demo": "1000000"}, stream=True)
+    # Nothing was sent before the failure: a plain problem response.
+    assert r.status_code == 502, r.text[:300]
+    problem = r.json()
+    assert "held back until a missing part came" in problem["detail"], problem
+    grown_kib = peak_rss_kib(edge.pid) - before_kib
+    assert grown_kib < 24 * 1024, f"the edge's peak RSS grew by {grown_kib} KiB: the parts were held"
