@@ -79,6 +79,10 @@ public enum WireContract {
         return OutboundMessage(
             exchange: eventsExchange,
             routingKey: "job.\(jobID).\(kind)",
+            // An event that reaches no queue must come back (basic.return) to be sent again,
+            // not be confirmed and lost: as the broker's application restarts, there is a
+            // moment when it takes connections and routes nothing to the event log yet.
+            mandatory: true,
             properties: AMQPProperties(
                 contentType: "application/json",
                 headers: headers,

@@ -91,16 +91,24 @@ public final class JobContext: Sendable {
     ///
     /// A nack (the broker could not store it: a stream or quorum queue without a leader for a
     /// moment, as when its application restarts, or a queue that rejects publishes when full)
-    /// is answered by publishing the same event again, backing off from 50 ms to 5 s
+    /// or a return (it reached no queue: the event log not routable yet right after the
+    /// broker's application restarted, or not declared yet because no edge ever ran) is
+    /// answered by publishing the same event again, backing off from 50 ms to 5 s
     /// (``nackBackoff``), until it is confirmed, or until the task is cancelled (the worker stops
     /// or loses its connection, and the unacked job comes back).
     private func publishUntilConfirmed(_ event: Pending) async throws {
         var attempt = 0
-        while case .nacked = try await publish(event.message) {
+        while true {
+            let refusal: String
+            switch try await publish(event.message) {
+            case .confirmed: return
+            case .nacked: refusal = "worker.job.event.nacked"
+            case .returned: refusal = "worker.job.event.unroutable"
+            }
             let delay = Self.nackBackoff.delay(attempt: attempt, random: Double.random(in: 0...1))
             attempt += 1
             logger.warning(
-                "worker.job.event.nacked",
+                "\(refusal)",
                 metadata: [
                     "job.id": "\(jobID)", "job.event.seq": "\(event.seq)", "job.event.kind": "\(event.kind)",
                     "amqp.attempts": "\(attempt)", "amqp.retry_ms": "\(delay)",

@@ -53,7 +53,11 @@ struct DeadJobReporter: Service {
         let body = #"{"error":\#(JSONString.quote(detail)),"reason":\#(JSONString.quote(reason))}"#
         let event = WireContract.jobEvent(jobID: jobID, kind: "failed", seq: seq, json: body, appID: WireContract.appID, extraHeaders: WireContract.echoedJobHeaders(headers))
         do {
-            _ = try await publisher.publish(event)
+            switch try await publisher.publish(event) {
+            case .confirmed: break
+            case .nacked: throw DeadJobReportRefused(reason: "the broker refused the event (nack)")
+            case .returned: throw DeadJobReportRefused(reason: "the event reached no queue (the event log is not routable)")
+            }
             consumer.ack(delivery)
             logger.info("job.dead", metadata: ["job.id": "\(jobID)", "job.dead.reason": "\(reason)"])
         } catch {
@@ -65,4 +69,11 @@ struct DeadJobReporter: Service {
             consumer.reject(delivery, requeue: true)
         }
     }
+}
+
+/// The broker did not take a dead job's `failed` event: the dead message goes back to be
+/// reported again, not acknowledged with the report lost.
+struct DeadJobReportRefused: Error, CustomStringConvertible {
+    var reason: String
+    var description: String { reason }
 }

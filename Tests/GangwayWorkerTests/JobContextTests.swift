@@ -97,12 +97,19 @@ struct JobContextTests {
         #expect(recorder.published.last?.kind == "done")
     }
 
-    @Test("a nacked event is published again until it is confirmed")
-    func nackedEventRetried() async throws {
-        let recorder = EventRecorder(script: [0: .success(.nacked), 1: .success(.nacked)])
+    @Test("a nacked or returned event is published again until it is confirmed")
+    func refusedEventRetried() async throws {
+        // A nack, then a return (the event reached no queue), then the confirm.
+        let recorder = EventRecorder(script: [0: .success(.nacked), 1: .success(.returned(replyCode: 312, replyText: "NO_ROUTE"))])
         let job = context(recorder)
         try await job.log("started")
         try await job.emit("done", "null")
         #expect(recorder.published.map(\.seq) == [1, 1, 1, 2])
+    }
+
+    @Test("events are published mandatory, so that one that reaches no queue comes back")
+    func mandatory() async throws {
+        let event = WireContract.jobEvent(jobID: "j1", kind: "log", seq: 1, json: "{}", appID: "test")
+        #expect(event.mandatory && event.properties.messageID == "j1.1")
     }
 }

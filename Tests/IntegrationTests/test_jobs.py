@@ -196,6 +196,34 @@ def test_a_job_event_the_broker_nacks_is_published_again_and_the_job_goes_on_wit
     assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
 
 
+def test_an_event_that_reaches_no_queue_is_published_again_not_lost(stack):
+    # Right after the broker's application restarts it takes connections a moment before it
+    # routes anything to the event log (measured: about 0.3 s around each `start_app`). An
+    # event published then reached no queue and was confirmed all the same: lost, a gap for
+    # good. Events are mandatory now, and a returned one is published again. Here the event
+    # log's binding is taken away while a job runs, and put back 2 s later.
+    edge = stack.start_edge()
+    worker = stack.start_worker("render", queue=stack.queue["render"])
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    ch = conn.channel()
+    try:
+        job_id = submit(edge, "steps=4&delay_ms=300").json()["id"]
+        deadline = time.monotonic() + 10
+        while requests.get(edge.base + f"/v1/jobs/{job_id}").json().get("status") != "running":
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.05)
+        ch.queue_unbind("gangway.events.log", "gangway.events", "job.#")
+        time.sleep(2)
+        log = open(worker.log_path).read()
+        assert "worker.job.event.unroutable" in log, log[-2000:]
+    finally:
+        ch.queue_bind("gangway.events.log", "gangway.events", "job.#")
+        conn.close()
+    _, events = follow(edge, job_id)
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5", "6"]
+    assert [e.event for e in events] == ["log", "progress", "progress", "progress", "progress", "done"]
+
+
 def test_a_failing_job_reports_failed(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
