@@ -6,7 +6,7 @@ import NIOCore
 import Synchronization
 
 /// What a job handler reports with: each call publishes one event on `gangway.events`
-/// (`job.<id>.<kind>`, persistent, confirmed) with the next `x-seq`.
+/// (`job.<id>.<kind>`, persistent, mandatory, confirmed) with the next `x-seq`.
 ///
 /// A job's events reach the edges gapless and in `x-seq` order, whatever the handler does: an
 /// edge takes a job's events in that order and ignores one older than the last it has, so an

@@ -156,25 +156,15 @@ enum EdgeServices {
                 maxBodyBytes: maxEventBytes
             )
         ) { delivery in
+            var (body, contentType) = (delivery.body, delivery.properties.contentType)
             if let dropped = delivery.droppedBody {
+                (body, contentType) = (WireContract.omittedEventBody(size: dropped.size, limit: dropped.limit), "application/json")
                 logger.warning(
                     "topic.event.too_large",
                     metadata: ["topic": "\(delivery.routingKey)", "topic.event.bytes": "\(dropped.size)", "topic.event.limit": "\(dropped.limit)"]
                 )
-                topics.deliver(
-                    topic: delivery.routingKey,
-                    messageID: delivery.properties.messageID,
-                    contentType: "application/json",
-                    body: WireContract.omittedEventBody(size: dropped.size, limit: dropped.limit)
-                )
-                return
             }
-            topics.deliver(
-                topic: delivery.routingKey,
-                messageID: delivery.properties.messageID,
-                contentType: delivery.properties.contentType,
-                body: delivery.body
-            )
+            topics.deliver(topic: delivery.routingKey, messageID: delivery.properties.messageID, contentType: contentType, body: body)
         }
         let bus = AMQPMessageBus(publisher: publisher, consumer: consumer, replyQueue: replyQueue)
         let client = RequestReplyClient(bus: bus, correlator: correlator, presence: ConsumerPresence(bus: bus), instanceID: instanceID)
