@@ -15,7 +15,7 @@ public struct GatherClient: Sendable {
     /// The bytes of replies one gather holds (each counted with a fixed share for its message).
     let maxBytes: Int
 
-    public init(client: RequestReplyClient, maxBytes: Int = 16 << 20) {
+    public init(client: RequestReplyClient, maxBytes: Int) {
         self.client = client
         self.maxBytes = maxBytes
     }

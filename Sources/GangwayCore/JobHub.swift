@@ -13,8 +13,9 @@ import Foundation
 /// job. History is bounded per job (``historyLimit`` events), in jobs (``jobLimit``, the
 /// oldest forgotten first), in bytes (``byteLimit`` of event bodies in all, the oldest jobs
 /// forgotten first, then the oldest events of a job that alone holds more) and in age (a
-/// finished job is forgotten ``finishedAgeMilliseconds`` after its last event). Live events go to each follower's ``SSEOutbox``, which cuts off a
-/// client that does not read rather than let it grow memory.
+/// finished job is forgotten ``finishedAgeMilliseconds`` after its last event). Live events
+/// go to each follower's ``SSEOutbox``, which cuts off a client that does not read rather
+/// than let it grow memory.
 public final class JobHub: Sendable {
     public struct Event: Sendable {
         public var seq: Int
@@ -61,6 +62,15 @@ public final class JobHub: Sendable {
         var idempotencyKey: String?
         /// The bytes of the event bodies in `events`.
         var bytes = 0
+
+        /// Forgets the oldest event kept; a follower resuming from before it gets a reset.
+        /// - Returns: the bytes given back.
+        mutating func dropOldestEvent() -> Int {
+            guard let first = events.popFirst() else { return 0 }
+            droppedBefore = events.first?.seq ?? 0
+            bytes -= first.body.readableBytes
+            return first.body.readableBytes
+        }
     }
 
     struct State {
@@ -162,10 +172,8 @@ public final class JobHub: Sendable {
             s.forgottenForBytes += 1
         }
         // In place, as in ``record(jobID:kind:seq:body:)``.
-        while s.bytes > byteLimit, let count = s.jobs[jobID]?.events.count, count > 1, let first = s.jobs[jobID]!.events.popFirst() {
-            s.jobs[jobID]!.bytes -= first.body.readableBytes
-            s.jobs[jobID]!.droppedBefore = s.jobs[jobID]!.events.first?.seq ?? 0
-            s.bytes -= first.body.readableBytes
+        while s.bytes > byteLimit, let count = s.jobs[jobID]?.events.count, count > 1 {
+            s.bytes -= s.jobs[jobID]!.dropOldestEvent()
         }
     }
 
@@ -243,12 +251,9 @@ public final class JobHub: Sendable {
             break
         }
         job.events.append(event)
+        job.bytes += event.body.readableBytes
         var added = event.body.readableBytes
-        while job.events.count > historyLimit, let first = job.events.popFirst() {
-            added -= first.body.readableBytes
-            job.droppedBefore = job.events.first?.seq ?? 0
-        }
-        job.bytes += added
+        while job.events.count > historyLimit { added -= job.dropOldestEvent() }
         return (Array(job.followers.values), job.status.isFinished, added)
     }
 

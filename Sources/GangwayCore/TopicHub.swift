@@ -82,6 +82,13 @@ public final class TopicHub: Sendable {
         var historyIndex: [String: Int] = [:]
         /// The bytes of the encoded events in `history`.
         var historyBytes = 0
+
+        /// Forgets the oldest event of the replay history.
+        mutating func dropOldestEntry() {
+            let gone = history.removeFirst()
+            historyIndex[gone.id] = nil
+            historyBytes -= gone.encoded.readableBytes
+        }
         var nextSeq = 1
         var bindings: [String: Binding] = [:]
         var subscribers: [Int: SSEOutbox] = [:]
@@ -177,9 +184,7 @@ public final class TopicHub: Sendable {
     func sweep(now: Int64) async {
         let expired: [TopicPattern] = state.withLock { s in
             while let first = s.history.first, now - first.time > configuration.historyAgeMilliseconds {
-                s.historyIndex[first.id] = nil
-                s.historyBytes -= first.encoded.readableBytes
-                s.history.removeFirst()
+                s.dropOldestEntry()
             }
             var expired: [TopicPattern] = []
             for (key, binding) in s.bindings where binding.subscribers.isEmpty && binding.pending == 0 {
@@ -318,9 +323,7 @@ public final class TopicHub: Sendable {
                 || (s.history.count > 1 && s.historyBytes > configuration.historyByteLimit)
                 || (s.history.first.map { now - $0.time > configuration.historyAgeMilliseconds } ?? false)
             {
-                let gone = s.history.removeFirst()
-                s.historyIndex[gone.id] = nil
-                s.historyBytes -= gone.encoded.readableBytes
+                s.dropOldestEntry()
             }
             var matched = Set<Int>()
             var single: (key: String, binding: Binding)?

@@ -44,18 +44,26 @@ public struct Edge: Sendable {
         /// The largest reply the edge takes; also what one gather's replies may take in all.
         public var maxReplyBytes: Int
 
+        /// The largest reply body (or streamed part) an edge takes by default: RabbitMQ 4's
+        /// default largest message.
+        public static let defaultMaxReplyBytes = 16 << 20
+        /// The largest job or topic event body an edge takes by default: progress and log
+        /// lines are small, and every edge holds each job event for an hour and replays it on
+        /// every reconnect.
+        public static let defaultMaxEventBytes = 1 << 20
+
         public init(
             host: String = "0.0.0.0",
             port: Int = 8080,
             serverName: String = "gangway",
             eventLoopThreads: Int? = nil,
             sseHeartbeatSeconds: Int = 15,
-            topicMaxBodyBytes: Int = 1 << 20,
+            topicMaxBodyBytes: Int = Configuration.defaultMaxEventBytes,
             demoPage: Bool = true,
             batchScheduling: Bool = true,
             idleTimeoutSeconds: Int? = 60,
             maxConnections: Int = .max,
-            maxReplyBytes: Int = 16 << 20
+            maxReplyBytes: Int = Configuration.defaultMaxReplyBytes
         ) {
             self.host = host
             self.port = port

@@ -99,7 +99,7 @@ public final class JobContext: Sendable {
     private func publishUntilConfirmed(_ event: Pending) async throws {
         var attempt = 0
         while true {
-            let refusal: String
+            let refusal: Logger.Message
             switch try await publish(event.message) {
             case .confirmed: return
             case .nacked: refusal = "worker.job.event.nacked"
@@ -108,7 +108,7 @@ public final class JobContext: Sendable {
             let delay = Self.nackBackoff.delay(attempt: attempt, random: Double.random(in: 0...1))
             attempt += 1
             logger.warning(
-                "\(refusal)",
+                refusal,
                 metadata: [
                     "job.id": "\(jobID)", "job.event.seq": "\(event.seq)", "job.event.kind": "\(event.kind)",
                     "amqp.attempts": "\(attempt)", "amqp.retry_ms": "\(delay)",

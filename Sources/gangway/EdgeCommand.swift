@@ -40,10 +40,10 @@ struct EdgeCommand: AsyncParsableCommand {
     var topicLinger = 30
 
     @Option(help: "Largest reply body (or streamed part) taken from a worker, in bytes; a larger one is dropped as it arrives and answered with 502 reply-too-large. Default: 16 MiB.")
-    var maxReplyBytes = EdgeServices.defaultMaxReplyBytes
+    var maxReplyBytes = Edge.Configuration.defaultMaxReplyBytes
 
     @Option(help: "Largest job or topic event body, in bytes: a larger POST /v1/topics/{topic} is refused with 413, and a larger event from the broker is dropped as it arrives and passed on as a placeholder that gives its size (a job's keeps its x-seq, so its events stay numbered without a gap). Default: 1 MiB.")
-    var maxEventBytes = EdgeServices.defaultMaxEventBytes
+    var maxEventBytes = Edge.Configuration.defaultMaxEventBytes
 
     @Option(help: "Bytes of job event bodies kept for all jobs together; past it the oldest jobs are forgotten first. Default: 256 MiB.")
     var jobHistoryBytes = JobHub.defaultByteLimit

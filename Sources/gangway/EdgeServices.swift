@@ -10,12 +10,6 @@ import Synchronization
 /// Everything one edge runs, in start order; graceful shutdown goes in reverse, so the HTTP
 /// server drains in-flight requests while the broker connections are still up.
 enum EdgeServices {
-    /// The largest reply body (or streamed part) an edge takes by default: RabbitMQ 4's
-    /// default largest message.
-    static let defaultMaxReplyBytes = 16 << 20
-    /// The largest job event body an edge keeps by default: progress and log lines are small,
-    /// and every edge holds each event for an hour and replays it on every reconnect.
-    static let defaultMaxEventBytes = 1 << 20
     /// How long requests and streams in flight get to finish after SIGTERM: under the 30 s
     /// Kubernetes gives a pod by default, with room for the rest of the shutdown.
     static let defaultDrainSeconds = 20.0
@@ -26,7 +20,7 @@ enum EdgeServices {
         http: Edge.Configuration,
         instanceID: String,
         eventStreamBufferBytes: Int = 256 * 1024,
-        maxEventBytes: Int = EdgeServices.defaultMaxEventBytes,
+        maxEventBytes: Int = Edge.Configuration.defaultMaxEventBytes,
         jobHistoryBytes: Int = JobHub.defaultByteLimit,
         drainSeconds: Double = EdgeServices.defaultDrainSeconds,
         topics topicConfiguration: TopicHub.Configuration = .init(),
