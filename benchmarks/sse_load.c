@@ -9,6 +9,12 @@
 // key=value pairs: events expected and received, p50/p90/p99/max in ms, connections that
 // failed or were cut off.
 //
+// SSE_LOAD_PAUSE_US (default 1000): after reading everything that was ready, the reader waits
+// this long before it asks epoll again, so that it takes the streams' data in batches, as a
+// client on another host costs the edge nothing to wake. Sleeping in epoll_wait instead (0)
+// makes every write the edge sends over loopback wake this process inside the edge's own
+// write call. A delivery's latency is taken when it is read, so the pause can only add to it.
+//
 // Build: cc -O2 -o sse_load sse_load.c -lpthread
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -207,6 +213,8 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &usage0);
     int64_t started = now_us();
     pthread_create(&pub, NULL, publisher, params);
+    const char *pause_env = getenv("SSE_LOAD_PAUSE_US");
+    long pause_us = pause_env ? atol(pause_env) : 1000;
     int closed = 0;
     int64_t drain_until = 0;
     for (;;) {
@@ -229,6 +237,7 @@ int main(int argc, char **argv) {
                 break;
             }
         }
+        if (pause_us > 0 && n < 1024) usleep(pause_us);
     }
     pthread_join(pub, NULL);
     struct rusage usage1;
@@ -236,7 +245,7 @@ int main(int argc, char **argv) {
     double cpu_s = (usage1.ru_utime.tv_sec - usage0.ru_utime.tv_sec) + (usage1.ru_stime.tv_sec - usage0.ru_stime.tv_sec)
         + ((usage1.ru_utime.tv_usec - usage0.ru_utime.tv_usec) + (usage1.ru_stime.tv_usec - usage0.ru_stime.tv_usec)) / 1e6;
     double wall_s = (now_us() - started) / 1e6;
-    printf("client_cpu_pct=%.0f ", cpu_s / wall_s * 100);
+    printf("client_cpu_pct=%.0f pause_us=%ld ", cpu_s / wall_s * 100, pause_us);
     unsigned long expected = atomic_load(&published) * (unsigned long)headers;
     printf("published=%lu expected=%lu received=%llu closed=%d p50_ms=%.1f p90_ms=%.1f p99_ms=%.1f max_ms=%.1f over_20s=%llu\n",
            atomic_load(&published), expected, (unsigned long long)received, closed, percentile(0.50), percentile(0.90),
