@@ -30,6 +30,9 @@ public final class AMQPConnection: Sendable {
     struct Consumer: Sendable {
         var options: ConsumerOptions
         var handler: DeliveryHandler
+        /// Registration order: consumers are (re)subscribed in it on every connect, except
+        /// that those reading a stream from an offset come last (see `ConnectionOwner`).
+        var order: Int
     }
 
     /// Called on the owner thread when a publish is settled; must not block.
@@ -220,7 +223,7 @@ public final class AMQPConnection: Sendable {
         let tag = shared.withLock { state -> String in
             state.nextConsumerTag += 1
             let tag = "\(configuration.name).\(state.nextConsumerTag)"
-            state.consumers[tag] = Consumer(options: options, handler: handler)
+            state.consumers[tag] = Consumer(options: options, handler: handler, order: state.nextConsumerTag)
             return tag
         }
         _ = enqueue(.startConsumer(tag: tag), needsConnection: true)

@@ -86,6 +86,12 @@ public struct ConsumerOptions: Sendable {
     }
 }
 
+extension ConsumerOptions {
+    /// Whether this consumer reads a stream queue from an offset (`x-stream-offset`), and so may
+    /// be sent a backlog as soon as it starts.
+    var readsFromOffset: Bool { arguments["x-stream-offset"] != nil }
+}
+
 /// What a passive queue declaration tells.
 public struct QueueInfo: Sendable, Equatable {
     public var messageCount: UInt32
