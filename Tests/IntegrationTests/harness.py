@@ -281,17 +281,17 @@ routes:
             time.sleep(0.1)
         raise RuntimeError("edge did not become ready: " + open(edge.log_path).read()[-2000:])
 
-    def start_worker(self, kind="echo", queue=None, extra=(), wait=True, url=None):
-        """Starts a worker (on the broker at `url`, when given); with `wait`, returns once the
-        broker lists its consumer (each look is a `rabbitmqctl` call of up to a second)."""
+    def start_worker(self, kind="echo", queue=None, extra=(), wait=True, url=None, vhost="/"):
+        """Starts a worker (on the broker at `url`, when given, in `vhost`); with `wait`, returns
+        once the broker lists its consumer (each look is a `rabbitmqctl` call of up to a second)."""
         queue = queue or self.queue[kind]
-        before = self.consumer_count(queue) if wait else 0
+        before = self.consumer_count(queue, vhost) if wait else 0
         args = [gangway_bin(), "worker", kind, "--queue", queue, *extra]
         if url:
             args += ["--amqp-url", url]
         p = self.spawn(args, f"worker-{kind}")
         if wait:
-            self.wait_consumers(queue, at_least=before + 1)
+            self.wait_consumers(queue, at_least=before + 1, vhost=vhost)
         return p
 
     def start_pika_worker(self, queue, mode="echo", extra=()):
@@ -301,8 +301,8 @@ routes:
         self.wait_consumers(queue, at_least=before + 1)
         return p
 
-    def consumer_count(self, queue):
-        out = self.broker.ctl("list_queues", "name", "consumers", "--quiet", "--no-table-headers", check=False).stdout
+    def consumer_count(self, queue, vhost="/"):
+        out = self.broker.ctl("list_queues", "-p", vhost, "name", "consumers", "--quiet", "--no-table-headers", check=False).stdout
         for line in out.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == queue:
@@ -315,10 +315,10 @@ routes:
         while self.consumer_count(queue) > 0 and time.time() < deadline:
             time.sleep(0.1)
 
-    def wait_consumers(self, queue, at_least, timeout=30):
+    def wait_consumers(self, queue, at_least, timeout=30, vhost="/"):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.consumer_count(queue) >= at_least:
+            if self.consumer_count(queue, vhost) >= at_least:
                 return
             for p in self.procs:
                 if p.poll() is not None and p.returncode not in (0, -9, -15):
