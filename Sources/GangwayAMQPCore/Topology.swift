@@ -20,6 +20,22 @@ public struct Topology: Sendable, Hashable {
         return copy
     }
 
+    /// This topology plus `queue`, unless one of that name is declared already.
+    public func ensuring(_ queue: QueueSpec) -> Topology {
+        guard !queues.contains(where: { $0.name == queue.name }) else { return self }
+        var copy = self
+        copy.queues.append(queue)
+        return copy
+    }
+
+    /// This topology plus `binding`, unless it is declared already.
+    public func ensuring(_ binding: BindingSpec) -> Topology {
+        guard !bindings.contains(binding) else { return self }
+        var copy = self
+        copy.bindings.append(binding)
+        return copy
+    }
+
     /// The queues a direct-style publish to `exchange` with `routingKey` lands in, as far as
     /// the declared topology tells; the default exchange routes to the queue of that name.
     public func queues(forExchange exchange: String, routingKey: String) -> [String] {

@@ -29,8 +29,20 @@ public enum WireContract {
     /// apart from job events so that a subscriber's `#` never sees them.
     public static let topicsExchange = ExchangeSpec(name: "gangway.topics", type: "topic")
     /// Fanout exchange of cancel messages (`x-cancel: <correlation id>`); every worker binds a
-    /// queue of its own to it.
+    /// queue of its own to it, or reads the cancel log.
     public static let cancelExchange = ExchangeSpec(name: "gangway.cancel", type: "fanout")
+    /// The stream queue that keeps cancel messages (an hour, at most 10 MB per segment file),
+    /// so that a worker that was not running or not connected when a job was cancelled learns
+    /// of it when it (re)connects, before it takes that job.
+    public static let cancelLogQueue = QueueSpec(
+        name: "gangway.cancel.log",
+        durable: true,
+        arguments: ["x-queue-type": "stream", "x-max-age": "1h", "x-stream-max-segment-size-bytes": .int(10_000_000)]
+    )
+    public static let cancelLogBinding = BindingSpec(source: cancelExchange.name, destination: cancelLogQueue.name, routingKey: "")
+    /// How long a cancel message counts: a worker ignores an older one (the log keeps whole
+    /// segment files, so it may hold some).
+    public static let cancelMilliseconds: Int64 = 3_600_000
 
     public enum Header {
         public static let method = "x-method"
@@ -48,6 +60,7 @@ public enum WireContract {
         public static let final = "x-final"
         public static let contractVersion = "x-gangway-version"
         public static let cancel = "x-cancel"
+        public static let cancelLogMarker = "x-cancel-log-marker"
         public static let replier = "x-replier"
         public static let jobID = "x-job-id"
         public static let seq = "x-seq"
@@ -97,6 +110,42 @@ public enum WireContract {
 
     /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on scalars,
     /// because "\r\n" is one `Character`, equal to neither "\r" nor "\n".
+    /// A cancel message for the request or job `id`: persistent and `mandatory` (the cancel log
+    /// takes it, so a return means it reached nothing), stamped with its time.
+    public static func cancel(id: String) -> OutboundMessage {
+        OutboundMessage(
+            exchange: cancelExchange.name,
+            routingKey: "",
+            mandatory: true,
+            properties: AMQPProperties(
+                headers: [Header.cancel: .string(id)],
+                deliveryMode: 2,
+                correlationID: id,
+                timestamp: UInt64(epochMilliseconds() / 1000),
+                appID: appID
+            )
+        )
+    }
+
+    /// A marker for the cancel log: a job worker publishes one each time it connects, and once
+    /// its consumer of the log reads it back, it has read every cancel sent before. It carries
+    /// no `x-cancel` and no `correlation_id`, so a worker that does not look for it ignores it.
+    public static func cancelLogMarker(_ marker: String) -> OutboundMessage {
+        OutboundMessage(
+            exchange: cancelExchange.name,
+            routingKey: "",
+            mandatory: true,
+            properties: AMQPProperties(headers: [Header.cancelLogMarker: .string(marker)], appID: appID)
+        )
+    }
+
+    /// The id a cancel message is for and when it was sent (epoch ms; `nil` when it does not
+    /// say), or `nil` when it names no id.
+    public static func cancelled(_ properties: AMQPProperties) -> (id: String, at: Int64?)? {
+        guard let id = properties.headers[Header.cancel]?.stringValue ?? properties.correlationID else { return nil }
+        return (id, properties.timestamp.map { Int64($0) * 1000 })
+    }
+
     public static func isSingleLine(_ text: String) -> Bool {
         !text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
     }

@@ -174,17 +174,21 @@ extension JobClient {
     /// - Returns: false for an unknown or finished job.
     public func cancel(jobID: String) async throws(GatewayError) -> Bool {
         guard let status = hub.status(of: jobID), !status.isFinished else { return false }
-        let message = OutboundMessage(
-            exchange: WireContract.cancelExchange.name,
-            routingKey: "",
-            properties: AMQPProperties(headers: [WireContract.Header.cancel: .string(jobID)], correlationID: jobID, appID: WireContract.appID)
-        )
+        // Kept in the cancel log, so that a worker that is not running now learns of it before
+        // it takes the job.
+        let outcome: PublishOutcome
         do {
-            _ = try await client.bus.publish(message, confirmWithin: defaultConfirmTimeout)
+            outcome = try await client.bus.publish(WireContract.cancel(id: jobID), confirmWithin: defaultConfirmTimeout)
         } catch {
             throw .brokerUnavailable("\(error)")
         }
-        return true
+        switch outcome {
+        case .confirmed: return true
+        case .returned(let code, let text):
+            throw .brokerUnavailable("the cancel request reached no queue (\(code) \(text)): is \(WireContract.cancelLogQueue.name) gone?")
+        case .nacked:
+            throw .brokerUnavailable("the broker refused the cancel request")
+        }
     }
 }
 

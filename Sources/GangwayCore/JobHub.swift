@@ -108,10 +108,8 @@ public final class JobHub: Sendable {
 
     // MARK: Catching up with the event log
 
-    /// When the event log's consumer last connected (uptime ns; 0 while it is not) and when
-    /// the last event came from it.
-    private let replayStartedAt = Atomic<UInt64>(0)
-    private let lastReplayEvent = Atomic<UInt64>(0)
+    /// How far this edge has got with the event log's history.
+    private let replay = LogReplay(quietNanoseconds: JobHub.replayQuiet)
     /// How long the event log must stay quiet after its consumer connected before this edge
     /// counts as caught up with the history.
     public static let replayQuiet: UInt64 = 300_000_000
@@ -119,21 +117,18 @@ public final class JobHub: Sendable {
     /// The event log's consumer connected (`true`), so its replay of the history starts over,
     /// or lost its connection (`false`).
     public func replayRestarted(_ connected: Bool, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
-        replayStartedAt.store(connected ? max(now, 1) : 0, ordering: .relaxed)
+        replay.restarted(connected, now: now)
     }
 
     /// An event came from the event log (replayed or live).
     public func replayDelivered(now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
-        lastReplayEvent.store(now, ordering: .relaxed)
+        replay.delivered(now: now)
     }
 
     /// Whether this edge has caught up with the event log: its consumer is connected, and no
     /// event has come for ``replayQuiet`` since the later of the connection and the last event.
     public func isReplaySettled(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Bool {
-        let started = replayStartedAt.load(ordering: .relaxed)
-        guard started != 0 else { return false }
-        let since = max(started, lastReplayEvent.load(ordering: .relaxed))
-        return now > since && now - since >= Self.replayQuiet
+        replay.isSettled(now: now)
     }
 
     /// For a job this edge does not know: waits, at most `limit`, until it learns of the job or
@@ -141,12 +136,9 @@ public final class JobHub: Sendable {
     /// still replaying the history, and a job it has not reached yet is not unknown.
     /// - Returns: whether the job is known.
     public func awaitKnown(jobID: String, limit: Duration = .seconds(3)) async -> Bool {
-        let deadline = ContinuousClock.now + limit
-        while status(of: jobID) == nil {
-            if isReplaySettled() || ContinuousClock.now >= deadline { return false }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return true
+        if status(of: jobID) != nil { return true }
+        _ = await replay.awaitSettled(limit: limit) { self.status(of: jobID) != nil }
+        return status(of: jobID) != nil
     }
 
     /// Forgets the oldest jobs while they are finished and past their age.

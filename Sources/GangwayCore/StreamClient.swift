@@ -17,13 +17,13 @@ public struct StreamClient: Sendable {
         /// Status, headers and content type from part 0; its body is empty.
         public var head: GatewayReply
         public var parts: PartStream
-        let cancelMessage: OutboundMessage
+        let correlationID: String
         let bus: any MessageBus
 
         /// Tells the worker to stop (the client went away). Best effort: the worker also stops
         /// at its deadline.
         public func cancel() {
-            try? bus.publish(cancelMessage) { _ in }
+            try? bus.publish(WireContract.cancel(id: correlationID)) { _ in }
         }
 
         /// Ends the stream here and tells the worker to stop: nobody will read what it sends.
@@ -72,12 +72,7 @@ public struct StreamClient: Sendable {
         var head = try RequestReplyClient.decodeReply(first, route: route.name)
         parts.pushFront(head.body, error: first.properties.headers[Self.errorHeader]?.stringValue)
         head.body = ByteBuffer()
-        let cancel = OutboundMessage(
-            exchange: WireContract.cancelExchange.name,
-            routingKey: "",
-            properties: AMQPProperties(headers: [WireContract.Header.cancel: .string(correlationID)], correlationID: correlationID, appID: WireContract.appID)
-        )
-        return Opened(head: head, parts: parts, cancelMessage: cancel, bus: client.bus)
+        return Opened(head: head, parts: parts, correlationID: correlationID, bus: client.bus)
     }
 
     static func map(_ error: any Error, routeName: String) -> GatewayError {

@@ -112,6 +112,8 @@ public struct Worker: Service {
     private let kind: Kind
     private let logger: Logger
     private let inFlight = InFlight()
+    /// How far this worker has read the cancel log since it last connected.
+    private let cancelReplay: LogReplay
     /// Replies published whose confirm (and so the request's ack) has not come yet.
     private let unsettledReplies = Counter()
     private let handlers: RunningHandlers
@@ -139,6 +141,10 @@ public struct Worker: Service {
         self.logger = logger
         let handlers = RunningHandlers()
         self.handlers = handlers
+        let cancelReplay = LogReplay(quietNanoseconds: 300_000_000)
+        self.cancelReplay = cancelReplay
+        let isJobWorker = if case .job = kind { true } else { false }
+        let ownConnection = LateBound<AMQPConnection?>(nil)
         self.connection = AMQPConnection(
             configuration: .init(url: configuration.url, name: configuration.name, topology: configuration.topology.ensuring(WireContract.cancelExchange).ensuring(WireContract.eventsExchangeSpec),
                 onStateChange: { up in
@@ -147,6 +153,22 @@ public struct Worker: Service {
                     // it here as well would run the request or job twice at once; it is
                     // interrupted, as on a shutdown that took too long.
                     if !up { handlers.interruptRunning() }
+                    // A job worker reads the cancel log from its start again on each
+                    // connection; the marker it publishes now tells when it has read up to now.
+                    guard isJobWorker, up, let connection = ownConnection.value else {
+                        cancelReplay.restarted(up)
+                        return
+                    }
+                    let marker = "\(configuration.name).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+                    cancelReplay.restarted(true, marker: marker)
+                    do {
+                        try connection.publish(WireContract.cancelLogMarker(marker)) { outcome in
+                            if case .success(.confirmed) = outcome { return }
+                            cancelReplay.markerLost(marker)
+                        }
+                    } catch {
+                        cancelReplay.markerLost(marker)
+                    }
                 },
                 batchScheduling: configuration.batchScheduling,
                 // Replies and job events wait out a resource alarm: failed, they would leave
@@ -155,6 +177,7 @@ public struct Worker: Service {
             ),
             logger: logger
         )
+        ownConnection.value = connection
     }
 
     public func run() async throws {
@@ -164,20 +187,48 @@ public struct Worker: Service {
         let tag = connection.consume(.init(queue: configuration.queue, prefetch: configuration.prefetch)) { delivery in
             handlers.start(immediately: immediate) { await self.process(delivery) }
         }
-        // Cancel messages reach every worker; each cancels the request if it holds it.
-        let cancelQueue = "gangway.cancel.\(configuration.name).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+        // Cancel messages reach every worker; each cancels the stream or job if it holds it,
+        // and a job worker remembers the others, so that a job cancelled while it waited in its
+        // queue is not started when it comes.
         let inFlight = self.inFlight
-        connection.consume(
-            .init(
-                queue: cancelQueue,
-                declare: QueueSpec(name: cancelQueue, durable: false, exclusive: true, autoDelete: true),
-                bindings: [BindingSpec(source: WireContract.cancelExchange.name, destination: cancelQueue, routingKey: "")],
-                prefetch: 0,
-                autoAck: true
-            )
-        ) { delivery in
-            if let id = delivery.properties.headers[WireContract.Header.cancel]?.stringValue ?? delivery.properties.correlationID {
-                inFlight.cancel(id)
+        let connection = self.connection
+        if case .job = kind {
+            // Through the cancel log, read from its start on every connection: a job cancelled
+            // while this worker was not running or not connected is not started either.
+            let cancelReplay = self.cancelReplay
+            connection.consume(
+                .init(
+                    queue: WireContract.cancelLogQueue.name,
+                    declare: WireContract.cancelLogQueue,
+                    bindings: [WireContract.cancelLogBinding],
+                    prefetch: 1000,
+                    arguments: ["x-stream-offset": "first"],
+                    maxBodyBytes: 4096
+                )
+            ) { delivery in
+                cancelReplay.delivered(marker: delivery.properties.headers[WireContract.Header.cancelLogMarker]?.stringValue)
+                if let cancel = WireContract.cancelled(delivery.properties) {
+                    inFlight.cancel(cancel.id, at: cancel.at)
+                }
+                connection.ack(delivery)
+            }
+        } else {
+            // A stream's cancel matters only while it runs: a queue of this worker's own, so that
+            // request and stream workers do not depend on the broker's stream queues.
+            let cancelQueue = "gangway.cancel.\(configuration.name).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+            connection.consume(
+                .init(
+                    queue: cancelQueue,
+                    declare: QueueSpec(name: cancelQueue, durable: false, exclusive: true, autoDelete: true),
+                    bindings: [BindingSpec(source: WireContract.cancelExchange.name, destination: cancelQueue, routingKey: "")],
+                    prefetch: 0,
+                    autoAck: true,
+                    maxBodyBytes: 4096
+                )
+            ) { delivery in
+                if let cancel = WireContract.cancelled(delivery.properties) {
+                    inFlight.cancel(cancel.id, at: cancel.at)
+                }
             }
         }
         logger.info("worker.started", metadata: ["worker.prefetch": "\(configuration.prefetch)"])
@@ -322,14 +373,19 @@ extension Worker {
     private func job(_ delivery: Delivery, request: WorkerRequest, handler: @escaping JobHandler) async {
         let id = request.header(WireContract.Header.jobID) ?? delivery.properties.messageID ?? ""
         let context = JobContext(jobID: id, connection: connection, appID: configuration.name, echoed: WireContract.echoedJobHeaders(delivery.properties.headers), logger: logger)
-        // A task of its own so that `DELETE /v1/jobs/{id}` (a cancel message) can cancel it;
-        // awaited right here, so it never outlives this delivery.
-        // Cancelled while it waited in the queue: report it cancelled without running it.
+        // Cancelled while it waited in the queue: report it cancelled without running it. A
+        // cancel sent while this worker was not running or not connected comes from the cancel
+        // log, which it reads again from its start on each connection: caught up first.
+        if !cancelReplay.isSettled(), !(await cancelReplay.awaitSettled(limit: .seconds(3))) {
+            logger.warning("worker.cancel_log.behind", metadata: ["job.id": "\(id)"])
+        }
         if inFlight.takeEarlyCancel(id) {
             logger.info("worker.cancelled.before.start", metadata: ["job.id": "\(id)"])
             await finish(delivery, context, kind: "cancelled", #"{"reason":"cancelled on request before it started"}"#)
             return
         }
+        // A task of its own so that `DELETE /v1/jobs/{id}` (a cancel message) can cancel it;
+        // awaited right here, so it never outlives this delivery.
         let task = Task { try await handler(request, context) }
         let cancelRequest = inFlight.insert(id, task)
         defer { inFlight.remove(id, cancelRequest) }
@@ -495,7 +551,7 @@ final class InFlight: Sendable {
 
     private let state = Mutex(State())
     static let earlyLimit = 10_000
-    static let earlyMilliseconds: Int64 = 3_600_000
+    static let earlyMilliseconds = WireContract.cancelMilliseconds
 
     /// Registers a task; cancels it at once if a cancel came for it in the meantime.
     /// - Returns: the flag that says, once the task is cancelled, whether a cancel message did it
@@ -523,11 +579,15 @@ final class InFlight: Sendable {
         }
     }
 
-    func cancel(_ id: String) {
+    /// A cancel message for `id`, sent at `at` (epoch ms; now when it does not say). One older
+    /// than ``earlyMilliseconds``, read again from the cancel log, is ignored.
+    func cancel(_ id: String, at: Int64? = nil) {
         let now = WireContract.epochMilliseconds()
+        let at = at ?? now
+        guard now - at <= Self.earlyMilliseconds else { return }
         let running: (@Sendable () -> Void)? = state.withLock { s in
             if let running = s.tasks[id] { return running.cancel }
-            if s.early.updateValue(now, forKey: id) == nil { s.earlyOrder.append(id) }
+            if s.early.updateValue(at, forKey: id) == nil { s.earlyOrder.append(id) }
             while s.earlyOrder.count > Self.earlyLimit || (s.earlyOrder.first.flatMap { s.early[$0] }.map { now - $0 > Self.earlyMilliseconds } ?? false) {
                 s.early[s.earlyOrder.removeFirst()] = nil
             }

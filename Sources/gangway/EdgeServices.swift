@@ -51,7 +51,13 @@ enum EdgeServices {
             configuration: .init(
                 url: url,
                 name: "edge.consume",
-                topology: Topology(exchanges: [WireContract.eventsExchangeSpec, WireContract.deadJobsExchange, WireContract.topicsExchange]),
+                // The cancel log takes every cancel request (DELETE /v1/jobs/{id}, a stream's
+                // client gone), for workers that are not running or not connected then.
+                topology: Topology(
+                    exchanges: [WireContract.eventsExchangeSpec, WireContract.deadJobsExchange, WireContract.topicsExchange, WireContract.cancelExchange],
+                    queues: [WireContract.cancelLogQueue],
+                    bindings: [WireContract.cancelLogBinding]
+                ),
                 onStateChange: { up in
                     // The exclusive reply queue died with the connection: no reply can arrive,
                     // for the requests waiting and for any published before it is back.
@@ -208,21 +214,6 @@ struct AMQPTopicBinder: TopicBinder {
 
     func unbind(_ pattern: TopicPattern) async throws {
         try await connection.removeBinding(binding(pattern), fromConsumer: consumerTag.value)
-    }
-}
-
-/// A value known only after what reads it is made: a consumer tag known once its consumer is
-/// registered, a hub the consumer's state changes tell once the hub exists.
-final class LateBound<Value: Sendable>: Sendable {
-    private let storage: Mutex<Value>
-
-    init(_ initial: Value) {
-        storage = Mutex(initial)
-    }
-
-    var value: Value {
-        get { storage.withLock { $0 } }
-        set { storage.withLock { $0 = newValue } }
     }
 }
 

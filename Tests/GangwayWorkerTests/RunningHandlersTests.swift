@@ -1,4 +1,5 @@
 import Foundation
+import GangwayAMQPCore
 import Synchronization
 import Testing
 
@@ -154,6 +155,24 @@ struct RunningHandlersTests {
         inFlight.cancel("job-1")
         #expect(inFlight.takeEarlyCancel("job-1"), "once both ended, a cancel waits for the next delivery")
         interrupted.cancel()
+    }
+
+    @Test("a cancel read again from the cancel log counts from when it was sent: one older than an hour is ignored")
+    func cancelAge() {
+        let inFlight = InFlight()
+        let now = WireContract.epochMilliseconds()
+        inFlight.cancel("stale", at: now - InFlight.earlyMilliseconds - 1_000)
+        #expect(!inFlight.takeEarlyCancel("stale"))
+        inFlight.cancel("recent", at: now - InFlight.earlyMilliseconds + 60_000)
+        #expect(inFlight.takeEarlyCancel("recent"))
+        #expect(!inFlight.takeEarlyCancel("recent"), "taken once")
+        // A stale cancel does not reach a running task either.
+        let running = Task<Void, any Error> { try await Task.sleep(for: .seconds(3600)) }
+        let request = inFlight.insert("job-2", running)
+        inFlight.cancel("job-2", at: now - InFlight.earlyMilliseconds - 1)
+        #expect(!request.requested && !running.isCancelled)
+        inFlight.cancel("job-2", at: now)
+        #expect(request.requested && running.isCancelled)
     }
 
     @Test("an immediate handler runs on the caller's thread until it first suspends")

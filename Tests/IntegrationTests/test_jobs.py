@@ -511,6 +511,70 @@ def test_delete_of_a_job_still_waiting_in_its_queue_means_it_never_runs(stack):
     assert events[-1].event == "done"
 
 
+def test_a_job_cancelled_while_no_worker_runs_is_not_started_by_the_worker_that_comes_later(stack):
+    # The cancel message is kept in the cancel log; a job worker reads the log from its start
+    # when it connects, before it starts the jobs it takes.
+    edge = stack.start_edge()
+    job_id = submit(edge, "steps=3&delay_ms=100").json()["id"]
+    kept = submit(edge, "steps=2&delay_ms=50").json()["id"]
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    r = requests.delete(edge.base + f"/v1/jobs/{job_id}")
+    assert r.status_code == 202, r.text
+    time.sleep(0.5)  # long gone from any live queue: no worker was there to take it
+    # Other cancels keep coming, so the log is never quiet: the worker knows it has read up to
+    # the present by the marker it publishes into the log, not by a pause.
+    stop = threading.Event()
+
+    def chatter():
+        conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+        ch = conn.channel()
+        while not stop.is_set():
+            ch.basic_publish("gangway.cancel", "", b"", pika.BasicProperties(headers={"x-cancel": uuid.uuid4().hex}, timestamp=int(time.time())))
+            time.sleep(0.05)
+        conn.close()
+
+    busy = threading.Thread(target=chatter)
+    busy.start()
+    try:
+        worker = stack.start_worker("render", queue=stack.queue["render"])
+        _, events = follow(edge, job_id)
+        assert [e.event for e in events] == ["cancelled"]
+        assert "before it started" in events[0].data
+        assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        # The job behind it, not cancelled, runs.
+        _, events = follow(edge, kept)
+        assert events[-1].event == "done"
+    finally:
+        stop.set()
+        busy.join()
+    log = open(worker.log_path).read()
+    assert "worker.cancelled.before.start" in log
+    assert "worker.cancel_log.behind" not in log
+
+
+def test_a_cancel_that_no_queue_takes_is_refused_with_503(stack):
+    edge = stack.start_edge()
+    job_id = submit(edge, "steps=3&delay_ms=100").json()["id"]
+    conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+    try:
+        ch = conn.channel()
+        ch.queue_delete("gangway.cancel.log")
+        try:
+            r = requests.delete(edge.base + f"/v1/jobs/{job_id}")
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "the cancel request reached no queue" in r.json()["detail"] and "gangway.cancel.log" in r.json()["detail"], r.text
+            assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        finally:
+            ch.queue_declare("gangway.cancel.log", durable=True, arguments={
+                "x-queue-type": "stream", "x-max-age": "1h", "x-stream-max-segment-size-bytes": 10000000})
+            ch.queue_bind("gangway.cancel.log", "gangway.cancel", "")
+    finally:
+        conn.close()
+    # With the log back, the same request goes through.
+    assert requests.delete(edge.base + f"/v1/jobs/{job_id}").status_code == 202
+
+
 def test_a_finished_job_redirects_to_its_result_when_the_route_says_so(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
