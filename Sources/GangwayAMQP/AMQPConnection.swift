@@ -35,6 +35,16 @@ public final class AMQPConnection: Sendable {
         var order: Int
     }
 
+    /// The order consumers are subscribed in on every connect: as they were registered, but
+    /// those that read a stream from an offset last. Once one starts, the broker sends its
+    /// backlog (up to its prefetch) ahead of the answers to the declarations and consumes that
+    /// follow on this connection, and over a slow link those would time out behind it.
+    static func subscriptionOrder(_ consumers: [String: Consumer]) -> [(key: String, value: Consumer)] {
+        consumers.sorted {
+            ($0.value.options.readsFromOffset ? 1 : 0, $0.value.order) < ($1.value.options.readsFromOffset ? 1 : 0, $1.value.order)
+        }
+    }
+
     /// Called on the owner thread when a publish is settled; must not block.
     public typealias PublishCallback = @Sendable (Result<PublishOutcome, AMQPError>) -> Void
 

@@ -278,13 +278,7 @@ final class ConnectionOwner: @unchecked Sendable {
         self.generation = generation
         assembler = ContentAssembler(generation: generation)
         try declare(configuration.topology, on: state)
-        // In the order they were registered, but those that read a stream from an offset last:
-        // once one starts, the broker sends its backlog (up to its prefetch) ahead of the
-        // answers to the declarations and consumes that follow on this connection, and over a
-        // slow link those would time out behind it.
-        let consumers = connection.shared.withLock { $0.consumers }.sorted {
-            ($0.value.options.readsFromOffset ? 1 : 0, $0.value.order) < ($1.value.options.readsFromOffset ? 1 : 0, $1.value.order)
-        }
+        let consumers = AMQPConnection.subscriptionOrder(connection.shared.withLock { $0.consumers })
         for (tag, consumer) in consumers {
             try startConsumer(tag: tag, consumer, on: state)
         }
