@@ -7,6 +7,9 @@
 #      connections: jobs/s and p99.
 #
 #   benchmarks/sse.sh [SUBSCRIBERS] [RATE] [SECONDS]
+#
+# SSE_LOAD_PAUSE_US (default 1000) is how long the load client pauses after reading what was
+# ready (0: it sleeps in epoll_wait, and every write of the edge wakes it; see sse_load.c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUBSCRIBERS=${1:-10000}
@@ -67,7 +70,7 @@ print(f"deliveries: {kv['received']} of {kv['expected']} expected; streams close
 print(f"delivery latency ms: p50 {kv['p50_ms']}  p90 {kv['p90_ms']}  p99 {kv['p99_ms']}  max {kv['max_ms']}")
 print(f"edge RSS: idle {int(rss_idle)/1024:.1f} MiB, with the streams {int(rss_open)/1024:.1f} MiB, after publishing {int(rss_after)/1024:.1f} MiB"
       f" = {per_k:.2f} MiB per 1,000 open streams")
-print(f"edge CPU while publishing: {cpu:.0f}% of one core; the load client (reading every stream): {kv['client_cpu_pct']}%")
+print(f"edge CPU while publishing: {cpu:.0f}% of one core; the load client (reading every stream, pausing {kv['pause_us']} µs after each drain): {kv['client_cpu_pct']}%")
 def ms(text):
     v, u = re.match(r"([\d.]+)(us|ms|s)", text).groups()
     return float(v) / 1000 if u == "us" else float(v) * 1000 if u == "s" else float(v)
