@@ -492,6 +492,14 @@ def test_delete_cancels_a_running_job_through_the_worker(stack):
     assert requests.delete(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
 
 
+def assert_cancelled_before_it_started(edge, job_id):
+    _, events = follow(edge, job_id)
+    # Not a single log or progress event: it was never started.
+    assert [e.event for e in events] == ["cancelled"]
+    assert "before it started" in events[0].data
+    assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
 def test_delete_of_a_job_still_waiting_in_its_queue_means_it_never_runs(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"], extra=["--prefetch", "1"])
@@ -502,11 +510,7 @@ def test_delete_of_a_job_still_waiting_in_its_queue_means_it_never_runs(stack):
         time.sleep(0.05)
     assert requests.get(edge.base + f"/v1/jobs/{waiting}").json()["status"] == "queued"
     assert requests.delete(edge.base + f"/v1/jobs/{waiting}").status_code == 202
-    _, events = follow(edge, waiting)
-    # Not a single log or progress event: it was never started.
-    assert [e.event for e in events] == ["cancelled"]
-    assert "before it started" in events[0].data
-    assert requests.get(edge.base + f"/v1/jobs/{waiting}").json()["status"] == "cancelled"
+    assert_cancelled_before_it_started(edge, waiting)
     _, events = follow(edge, running)
     assert events[-1].event == "done"
 
@@ -537,10 +541,7 @@ def test_a_job_cancelled_while_no_worker_runs_is_not_started_by_the_worker_that_
     busy.start()
     try:
         worker = stack.start_worker("render", queue=stack.queue["render"])
-        _, events = follow(edge, job_id)
-        assert [e.event for e in events] == ["cancelled"]
-        assert "before it started" in events[0].data
-        assert requests.get(edge.base + f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        assert_cancelled_before_it_started(edge, job_id)
         # The job behind it, not cancelled, runs.
         _, events = follow(edge, kept)
         assert events[-1].event == "done"
