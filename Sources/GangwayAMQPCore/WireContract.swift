@@ -60,7 +60,9 @@ public enum WireContract {
         public static let final = "x-final"
         public static let contractVersion = "x-gangway-version"
         public static let cancel = "x-cancel"
-        public static let cancelLogMarker = "x-cancel-log-marker"
+        /// On a marker: a message a consumer of a stream queue publishes into it to tell when
+        /// its replay of the log has reached the present (see ``LogReplay``).
+        public static let logMarker = "x-log-marker"
         public static let replier = "x-replier"
         public static let jobID = "x-job-id"
         public static let seq = "x-seq"
@@ -135,7 +137,20 @@ public enum WireContract {
             exchange: cancelExchange.name,
             routingKey: "",
             mandatory: true,
-            properties: AMQPProperties(headers: [Header.cancelLogMarker: .string(marker)], appID: appID)
+            properties: AMQPProperties(headers: [Header.logMarker: .string(marker)], appID: appID)
+        )
+    }
+
+    /// A marker for the job event log: an edge publishes one each time its consumer of the log
+    /// connects, and once it reads it back, it has caught up with every job's history. Its
+    /// routing key, `job.marker`, names no job event (those have three parts).
+    public static let eventLogMarkerKey = "job.marker"
+    public static func eventLogMarker(_ marker: String) -> OutboundMessage {
+        OutboundMessage(
+            exchange: eventsExchange,
+            routingKey: eventLogMarkerKey,
+            mandatory: true,
+            properties: AMQPProperties(headers: [Header.logMarker: .string(marker)], appID: appID)
         )
     }
 

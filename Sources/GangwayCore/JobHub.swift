@@ -116,17 +116,25 @@ public final class JobHub: Sendable {
 
     /// The event log's consumer connected (`true`), so its replay of the history starts over,
     /// or lost its connection (`false`).
-    public func replayRestarted(_ connected: Bool, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
-        replay.restarted(connected, now: now)
+    /// - Parameter marker: the marker published into the log for this connection, if any.
+    public func replayRestarted(_ connected: Bool, marker: String? = nil, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
+        replay.restarted(connected, marker: marker, now: now)
     }
 
-    /// An event came from the event log (replayed or live).
-    public func replayDelivered(now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
-        replay.delivered(now: now)
+    /// The marker for this connection could not be published: quiet tells instead.
+    public func replayMarkerLost(_ marker: String) {
+        replay.markerLost(marker)
     }
 
-    /// Whether this edge has caught up with the event log: its consumer is connected, and no
-    /// event has come for ``replayQuiet`` since the later of the connection and the last event.
+    /// A message came from the event log (replayed or live); `marker` is the marker it
+    /// carries, if it is one.
+    public func replayDelivered(marker: String? = nil, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
+        replay.delivered(marker: marker, now: now)
+    }
+
+    /// Whether this edge has caught up with the event log: its consumer is connected, and the
+    /// marker it published has come back (without one: no event has come for ``replayQuiet``
+    /// since the later of the connection and the last event).
     public func isReplaySettled(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Bool {
         replay.isSettled(now: now)
     }

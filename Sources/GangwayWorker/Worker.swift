@@ -206,7 +206,7 @@ public struct Worker: Service {
                     maxBodyBytes: 4096
                 )
             ) { delivery in
-                cancelReplay.delivered(marker: delivery.properties.headers[WireContract.Header.cancelLogMarker]?.stringValue)
+                cancelReplay.delivered(marker: delivery.properties.headers[WireContract.Header.logMarker]?.stringValue)
                 if let cancel = WireContract.cancelled(delivery.properties) {
                     inFlight.cancel(cancel.id, at: cancel.at)
                 }

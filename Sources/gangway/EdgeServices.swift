@@ -47,6 +47,7 @@ enum EdgeServices {
             ),
             logger: logger
         )
+        let consumerRef = LateBound<AMQPConnection?>(nil)
         let consumer = AMQPConnection(
             configuration: .init(
                 url: url,
@@ -68,13 +69,30 @@ enum EdgeServices {
                         // So did the topic queue, and the events published until it is back.
                         topicsLost.value?()
                     }
-                    // The event log is replayed from its start on every connection.
-                    jobs.replayRestarted(up)
+                    // The event log is replayed from its start on every connection; the
+                    // marker published now tells when the replay has reached the present.
+                    // (Published on this connection, which is up now; the publishing one may
+                    // not be yet.)
+                    guard up, let consumer = consumerRef.value else {
+                        jobs.replayRestarted(up)
+                        return
+                    }
+                    let marker = "\(instanceID).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+                    jobs.replayRestarted(true, marker: marker)
+                    do {
+                        try consumer.publish(WireContract.eventLogMarker(marker)) { outcome in
+                            if case .success(.confirmed) = outcome { return }
+                            jobs.replayMarkerLost(marker)
+                        }
+                    } catch {
+                        jobs.replayMarkerLost(marker)
+                    }
                 },
                 batchScheduling: http.batchScheduling
             ),
             logger: logger
         )
+        consumerRef.value = consumer
         consumer.consume(
             .init(
                 queue: replyQueue,
@@ -104,7 +122,7 @@ enum EdgeServices {
                 maxBodyBytes: maxEventBytes
             )
         ) { delivery in
-            jobs.replayDelivered()
+            jobs.replayDelivered(marker: delivery.properties.headers[WireContract.Header.logMarker]?.stringValue)
             let parts = delivery.routingKey.split(separator: ".")
             if parts.count == 3, parts[0] == "job", let seq = delivery.properties.headers[WireContract.Header.seq]?.intValue {
                 let jobID = String(parts[1])

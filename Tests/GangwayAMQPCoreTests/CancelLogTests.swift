@@ -80,7 +80,7 @@ struct CancelLogTests {
         let message = WireContract.cancelLogMarker("m3")
         #expect(message.mandatory && message.exchange == WireContract.cancelExchange.name)
         #expect(WireContract.cancelled(message.properties) == nil, "a marker cancels nothing")
-        #expect(message.properties.headers[WireContract.Header.cancelLogMarker]?.stringValue == "m3")
+        #expect(message.properties.headers[WireContract.Header.logMarker]?.stringValue == "m3")
     }
 
     @Test("waiting for a replay ends when it settles, when the condition holds, or at the limit")

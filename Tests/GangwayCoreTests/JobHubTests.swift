@@ -1,4 +1,5 @@
 import GangwayCore
+import GangwayAMQPCore
 import NIOCore
 import Testing
 
@@ -181,6 +182,24 @@ struct JobHubTests {
         #expect(!hub.isReplaySettled(now: 10 * quiet), "not while disconnected")
         hub.replayRestarted(true, now: 11 * quiet)
         #expect(!hub.isReplaySettled(now: 11 * quiet + 1), "the replay starts over")
+    }
+
+    @Test("with a marker in the event log, caught up when it comes back, however busy the log")
+    func replaySettlesByMarker() async {
+        let hub = JobHub()
+        let quiet = JobHub.replayQuiet
+        hub.replayRestarted(true, marker: "edge-1.a", now: quiet)
+        #expect(!hub.isReplaySettled(now: 10 * quiet), "quiet does not count while the marker is on its way")
+        hub.replayDelivered(marker: "edge-2.b", now: 11 * quiet)
+        #expect(!hub.isReplaySettled(now: 12 * quiet), "another edge's marker")
+        hub.replayDelivered(marker: "edge-1.a", now: 12 * quiet)
+        #expect(hub.isReplaySettled(now: 12 * quiet))
+        // A marker that could not be published: back to quiet.
+        hub.replayRestarted(true, marker: "edge-1.c", now: 20 * quiet)
+        hub.replayMarkerLost("edge-1.c")
+        #expect(hub.isReplaySettled(now: 22 * quiet))
+        let marker = WireContract.eventLogMarker("edge-1.d")
+        #expect(marker.routingKey == "job.marker" && marker.mandatory && marker.exchange == WireContract.eventsExchange)
     }
 
     @Test("a lookup of a job not known yet waits for the replay to reach it, and no longer than it must")

@@ -576,6 +576,48 @@ def test_a_cancel_that_no_queue_takes_is_refused_with_503(stack):
     assert requests.delete(edge.base + f"/v1/jobs/{job_id}").status_code == 202
 
 
+def test_an_edge_started_on_a_busy_event_log_knows_at_once_when_it_has_caught_up(stack):
+    # A job elsewhere keeps reporting, so the event log is never quiet for long: the edge knows
+    # it has read the log up to the present by the marker it publishes into it, and answers
+    # 404 for a job that is not there without waiting for a pause (at most 3 s) first.
+    stop = threading.Event()
+    other = uuid.uuid4().hex
+
+    def chatter():
+        conn = pika.BlockingConnection(pika.URLParameters(stack.broker.url))
+        ch = conn.channel()
+        # As an edge declares them, so that the events are kept before any edge ran.
+        ch.exchange_declare("gangway.events", "topic", durable=True)
+        ch.queue_declare("gangway.events.log", durable=True, arguments={
+            "x-queue-type": "stream", "x-max-age": "1h", "x-stream-max-segment-size-bytes": 100000000})
+        ch.queue_bind("gangway.events.log", "gangway.events", "job.#")
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            ch.basic_publish("gangway.events", f"job.{other}.log", json.dumps({"line": f"line {seq}"}).encode(),
+                             pika.BasicProperties(headers={"x-seq": seq}, delivery_mode=2, content_type="application/json"))
+            time.sleep(0.05)
+        conn.close()
+
+    busy = threading.Thread(target=chatter)
+    busy.start()
+    try:
+        time.sleep(0.5)
+        assert busy.is_alive()
+        edge = stack.start_edge()
+        start = time.monotonic()
+        r = requests.get(edge.base + "/v1/jobs/" + uuid.uuid4().hex)
+        elapsed = time.monotonic() - start
+        assert r.status_code == 404, r.text
+        assert elapsed < 1.5, f"404 after {elapsed:.1f} s"
+        # And the job that keeps reporting is known, with its history.
+        assert requests.get(edge.base + f"/v1/jobs/{other}").json()["status"] == "running"
+        assert busy.is_alive()
+    finally:
+        stop.set()
+        busy.join()
+
+
 def test_a_finished_job_redirects_to_its_result_when_the_route_says_so(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
