@@ -110,8 +110,6 @@ public enum WireContract {
         )
     }
 
-    /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on scalars,
-    /// because "\r\n" is one `Character`, equal to neither "\r" nor "\n".
     /// A cancel message for the request or job `id`: persistent and `mandatory` (the cancel log
     /// takes it, so a return means it reached nothing), stamped with its time.
     public static func cancel(id: String) -> OutboundMessage {
@@ -161,6 +159,8 @@ public enum WireContract {
         return (id, properties.timestamp.map { Int64($0) * 1000 })
     }
 
+    /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on scalars,
+    /// because "\r\n" is one `Character`, equal to neither "\r" nor "\n".
     public static func isSingleLine(_ text: String) -> Bool {
         !text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
     }
