@@ -202,6 +202,20 @@ public final class AMQPConnection: Sendable {
         }
     }
 
+    /// Publishes a marker into a stream this side reads (see `LogReplay`); `lost` is called,
+    /// on the owner thread or at once, when it cannot be sent or the broker does not confirm it,
+    /// so that the replay goes by quiet instead.
+    public func publishLogMarker(_ message: OutboundMessage, ifLost lost: @escaping @Sendable () -> Void) {
+        do {
+            try publish(message) { outcome in
+                if case .success(.confirmed) = outcome { return }
+                lost()
+            }
+        } catch {
+            lost()
+        }
+    }
+
     /// Publishes several messages, in order, with one hand-off to the owner thread (which sends
     /// them as one corked batch); each reports like ``publish(_:onSettled:)``.
     /// - Throws: ``AMQPError`` at once when not connected or blocked; then none is sent and no

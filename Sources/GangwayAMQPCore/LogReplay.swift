@@ -31,6 +31,12 @@ public final class LogReplay: Sendable {
         self.quiet = quietNanoseconds
     }
 
+    /// A new marker's id: `prefix` (who publishes it) and a random part, so that no other
+    /// connection's marker, nor an earlier one of this side, is taken for it.
+    public static func newMarker(prefix: String) -> String {
+        "\(prefix).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+    }
+
     /// The consumer's connection came up (`true`), so its replay starts over, or went down.
     /// - Parameter marker: the id of the marker published into the log on this connection.
     public func restarted(_ connected: Bool, marker: String? = nil, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {

@@ -159,16 +159,9 @@ public struct Worker: Service {
                         cancelReplay.restarted(up)
                         return
                     }
-                    let marker = "\(configuration.name).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+                    let marker = LogReplay.newMarker(prefix: configuration.name)
                     cancelReplay.restarted(true, marker: marker)
-                    do {
-                        try connection.publish(WireContract.cancelLogMarker(marker)) { outcome in
-                            if case .success(.confirmed) = outcome { return }
-                            cancelReplay.markerLost(marker)
-                        }
-                    } catch {
-                        cancelReplay.markerLost(marker)
-                    }
+                    connection.publishLogMarker(WireContract.cancelLogMarker(marker)) { cancelReplay.markerLost(marker) }
                 },
                 batchScheduling: configuration.batchScheduling,
                 // Replies and job events wait out a resource alarm: failed, they would leave

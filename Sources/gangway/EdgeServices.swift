@@ -77,16 +77,9 @@ enum EdgeServices {
                         jobs.replayRestarted(up)
                         return
                     }
-                    let marker = "\(instanceID).\(String(UInt64.random(in: 0 ... .max), radix: 36))"
+                    let marker = LogReplay.newMarker(prefix: instanceID)
                     jobs.replayRestarted(true, marker: marker)
-                    do {
-                        try consumer.publish(WireContract.eventLogMarker(marker)) { outcome in
-                            if case .success(.confirmed) = outcome { return }
-                            jobs.replayMarkerLost(marker)
-                        }
-                    } catch {
-                        jobs.replayMarkerLost(marker)
-                    }
+                    consumer.publishLogMarker(WireContract.eventLogMarker(marker)) { jobs.replayMarkerLost(marker) }
                 },
                 batchScheduling: http.batchScheduling
             ),
