@@ -5,8 +5,9 @@ import Synchronization
 /// Matches replies from the edge's reply queue to the requests waiting for them.
 ///
 /// ``deliver(_:)`` runs on the AMQP consumer thread and only resumes a continuation under a
-/// short lock. Deadlines are swept every few milliseconds by ``run()``, so a request that gets
-/// no reply fails within its timeout plus one sweep interval.
+/// short lock. While a request or stream waits, deadlines are swept every few milliseconds by
+/// ``run()``, so a request that gets no reply fails within its timeout plus one sweep interval;
+/// while none waits, the sweeper sleeps until one does, so an idle edge has no timer to serve.
 public final class Correlator: Sendable {
     public enum Failure: Error, Sendable, Equatable {
         case timeout
@@ -114,6 +115,11 @@ public final class Correlator: Sendable {
         var notReceiving: String?
         /// ``shutDown()`` was called: no slot opens again.
         var shutDown = false
+        /// The sweeper, asleep until a slot opens (see ``untilSomethingWaits()``).
+        var parkedSweeper: CheckedContinuation<Void, Never>?
+
+        /// No request or stream waits: nothing to sweep.
+        var isIdle: Bool { map.count == 0 && streams.isEmpty }
     }
 
     private let state: Mutex<State>
@@ -180,13 +186,15 @@ public final class Correlator: Sendable {
         whenReplied callback: (@Sendable (Result<Delivery, Failure>) -> Void)? = nil
     ) throws(Failure) -> Bool {
         let now = NIODeadline.now().uptimeNanoseconds
-        return try state.withLock { s throws(Failure) in
+        let (registered, sweeper) = try state.withLock { s throws(Failure) -> (Bool, CheckedContinuation<Void, Never>?) in
             if s.shutDown { throw .shuttingDown }
             if let reason = s.notReceiving { throw .unavailable(reason) }
-            guard s.map.register(id, waiting: callback.map { .callback($0) }) else { return false }
+            guard s.map.register(id, waiting: callback.map { .callback($0) }) else { return (false, nil) }
             s.deadlines.add(id: id, timeoutMilliseconds: timeoutMilliseconds, now: now)
-            return true
+            return (true, s.parkedSweeper.take())
         }
+        sweeper?.resume()
+        return registered
     }
 
     /// Hands a reply to its request. Called on the consumer thread; never blocks.
@@ -238,11 +246,13 @@ public final class Correlator: Sendable {
             now: now,
             limitBytes: bufferBytes
         )
-        try state.withLock { s throws(Failure) in
+        let sweeper = try state.withLock { s throws(Failure) in
             if s.shutDown { throw .shuttingDown }
             if let reason = s.notReceiving { throw .unavailable(reason) }
             s.streams[id] = slot
+            return s.parkedSweeper.take()
         }
+        sweeper?.resume()
         continuation.onTermination = { [weak self] _ in
             self?.state.withLock { _ = $0.streams.removeValue(forKey: id) }
         }
@@ -331,15 +341,40 @@ public final class Correlator: Sendable {
         for (id, failure) in streams { closeStream(id: id, with: failure) }
     }
 
+    /// Returns once a request or stream waits (at once when one does), or the task is
+    /// cancelled. Before it sleeps it drops the deadlines queued: with no slot open, every one
+    /// of them belongs to a request answered already.
+    private func untilSomethingWaits() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let parked = state.withLock { s -> Bool in
+                    // Cancelled before the handler below could find the continuation: go on.
+                    guard s.isIdle, !Task.isCancelled else { return false }
+                    s.deadlines = DeadlineQueue()
+                    s.parkedSweeper = continuation
+                    return true
+                }
+                if !parked { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { $0.parkedSweeper.take() }?.resume()
+        }
+    }
+
+    /// The sweeper is asleep until a request or stream waits.
+    public var isSweeperParked: Bool { state.withLock { $0.parkedSweeper != nil } }
+
     /// A part may arrive on the consumer thread after `now` was read: then it is not idle.
     /// (Wrapping subtraction here once turned that race into an instant idle timeout.)
     public static func isIdle(lastPart: UInt64, now: UInt64, idle: UInt64) -> Bool {
         lastPart < now && now - lastPart >= idle
     }
 
-    /// Sweeps deadlines until the task is cancelled.
+    /// Sweeps deadlines until the task is cancelled: every ``sweepInterval`` while a request or
+    /// stream waits, not at all while none does.
     public func run() async {
         while !Task.isCancelled {
+            await untilSomethingWaits()
             try? await Task.sleep(for: sweepInterval)
             expire()
         }

@@ -64,6 +64,54 @@ struct CorrelatorTests {
         #expect(correlator.pending == 0)
     }
 
+    @Test("the sweeper sleeps while nothing waits, a request or a stream wakes it, and cancelled asleep it ends")
+    func sweeperSleepsWhileIdle() async throws {
+        let correlator = Correlator(sweepInterval: .milliseconds(2))
+        let sweeper = Task { await correlator.run() }
+        defer { sweeper.cancel() }
+        await Self.until("the sweeper sleeps") { correlator.isSweeperParked }
+
+        // A request opened now still times out: opening its slot woke the sweeper.
+        #expect(try correlator.register(id: "unanswered", timeoutMilliseconds: 20))
+        try #require(!correlator.isSweeperParked)
+        await #expect(throws: Correlator.Failure.timeout) { try await correlator.wait(id: "unanswered") }
+        await Self.until("the sweeper sleeps after the timeout") { correlator.isSweeperParked }
+
+        // So does a stream whose parts stop coming.
+        let (parts, _) = try correlator.openStream(id: "quiet", idleMilliseconds: 20, timeoutMilliseconds: 60_000)
+        try #require(!correlator.isSweeperParked)
+        await #expect(throws: Correlator.Failure.idle) { for try await _ in parts {} }
+        await Self.until("the sweeper sleeps after the stream") { correlator.isSweeperParked }
+
+        // A request answered long before its deadline does not keep the sweeper awake until it.
+        #expect(try correlator.register(id: "answered", timeoutMilliseconds: 60_000))
+        correlator.deliver(reply("answered", "1"))
+        #expect(String(buffer: try await correlator.wait(id: "answered").body) == "1")
+        await Self.until("the sweeper sleeps after the reply") { correlator.isSweeperParked }
+
+        // Cancelled while asleep, the sweeper ends, and with no sweeper no slot opens.
+        sweeper.cancel()
+        await sweeper.value
+        #expect(!correlator.isSweeperParked)
+        #expect(throws: Correlator.Failure.unavailable("the edge is shutting down")) {
+            try correlator.register(id: "after", timeoutMilliseconds: 60_000)
+        }
+    }
+
+    /// Waits until `condition` holds; records a failure instead of spinning for ever when it
+    /// never does (after seconds, far beyond what a sweep takes).
+    static func until(_ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ condition: () -> Bool) async {
+        let clock = ContinuousClock()
+        let giveUp = clock.now + .seconds(10)
+        while !condition() {
+            guard clock.now < giveUp else {
+                Issue.record("never: \(what)", sourceLocation: sourceLocation)
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
     @Test("nothing to wait for answers at once")
     func empty() async {
         #expect(await Correlator().waitAll(ids: []).isEmpty)

@@ -583,3 +583,33 @@ def test_edge_and_worker_run_their_busy_threads_as_batch_threads(stack):
     batch_threads = [name for name, policies in batch.items() if 3 in policies]
     assert len(batch_threads) == 1 and batch_threads[0].startswith("echo."), batch
     assert all(policies == {0} for policies in normal.values()), normal
+
+
+def wake_ups(pid):
+    """How often a process's threads have woken from sleep so far (voluntary context switches)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def test_an_idle_edge_sleeps_and_still_times_out_the_next_request(stack):
+    # The deadline sweeper runs every 5 ms while a request waits for its reply, and sleeps
+    # while none does: an idle edge has no timer to serve. Its AMQP threads wake a few times a
+    # second for heartbeats; sweeping through the idle time alone would be 600 wake-ups and more.
+    edge = stack.start_edge()
+    stack.start_worker("echo", extra=["--delay-ms", "1500"])
+    problem(requests.post(edge.base + "/v1/slow", data="z"), 504)
+    time.sleep(1)  # the worker's late reply comes and is dropped
+    before = wake_ups(edge.pid)
+    time.sleep(3)
+    woke = wake_ups(edge.pid) - before
+    assert woke < 150, woke
+    # Asleep, it still times out the next request at its deadline (1 s on this route).
+    start = time.monotonic()
+    problem(requests.post(edge.base + "/v1/slow", data="z"), 504)
+    assert 0.75 <= time.monotonic() - start < 1.3
