@@ -362,7 +362,7 @@ public final class Correlator: Sendable {
     }
 
     /// The sweeper is asleep until a request or stream waits.
-    public var isSweeperParked: Bool { state.withLock { $0.parkedSweeper != nil } }
+    package var isSweeperParked: Bool { state.withLock { $0.parkedSweeper != nil } }
 
     /// A part may arrive on the consumer thread after `now` was read: then it is not idle.
     /// (Wrapping subtraction here once turned that race into an instant idle timeout.)
