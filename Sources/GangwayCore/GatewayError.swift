@@ -16,6 +16,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case headersTooLarge = "headers-too-large"
         case legsFailed = "legs-failed"
         case conflict = "conflict"
+        case notImplemented = "not-implemented"
     }
 
     let code: Code
@@ -37,6 +38,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .noConsumer, .brokerUnavailable, .shuttingDown: return 503
         case .timeout: return 504
         case .badReply, .replyTooLarge, .legsFailed: return 502
+        case .notImplemented: return 501
         }
     }
 
@@ -53,6 +55,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         case .shuttingDown: return "Shutting Down"
         case .timeout: return "Gateway Timeout"
         case .badReply, .replyTooLarge, .legsFailed: return "Bad Gateway"
+        case .notImplemented: return "Not Implemented"
         }
     }
 
@@ -82,6 +85,12 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public static func conflict(_ detail: String) -> GatewayError {
         GatewayError(code: .conflict, detail: detail)
+    }
+
+    /// The request uses something of HTTP the edge does not implement (a transfer coding other
+    /// than chunked).
+    public static func notImplemented(_ detail: String) -> GatewayError {
+        GatewayError(code: .notImplemented, detail: detail)
     }
 
     public static func noConsumer(route: String, reason: String) -> GatewayError {

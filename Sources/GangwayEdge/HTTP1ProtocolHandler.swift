@@ -17,7 +17,10 @@ import NIOHTTP1
 /// obs-text, such as ISO-8859-1 bytes). The decoder reads every value as UTF-8 text and puts
 /// U+FFFD in place of what is not, so such a value would reach a worker, or an idempotency key,
 /// altered, and two different values could become one; the client is told instead. (A value
-/// that holds U+FFFD itself, as UTF-8, cannot be told apart and is refused too.)
+/// that holds U+FFFD itself, as UTF-8, cannot be told apart and is refused too.) A request
+/// whose `Transfer-Encoding` names any coding but `chunked` (`gzip, chunked`, say) gets 501, as
+/// RFC 9112 asks: the decoder would take away the chunked framing only, and pass the body on
+/// still compressed as if it were the request's bytes.
 ///
 /// **Connections** the request does not keep alive close after the response. Above this
 /// handler a request has no version, and Hummingbird (and ``RequestReplyChannelHandler``)
@@ -72,6 +75,10 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
             if let name = Self.fieldNotUTF8(head.headers) {
                 refuse(.badRequest("the value of header field '\(name)' is not UTF-8 text, and the edge would have to alter it"), context: context)
+                return
+            }
+            if let codings = Self.unsupportedTransferCoding(head.headers) {
+                refuse(.notImplemented("the request's transfer coding '\(codings)' is not supported: send the body as it is, with Content-Length or Transfer-Encoding: chunked"), context: context)
                 return
             }
             let http10 = head.version == .http1_0
@@ -139,6 +146,18 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if replaced { return header.name }
         }
         return nil
+    }
+
+    /// The request's `Transfer-Encoding`, as sent, when it names any coding but `chunked`;
+    /// nil when it has none or names `chunked` alone.
+    static func unsupportedTransferCoding(_ headers: HTTPHeaders) -> String? {
+        let values = headers["transfer-encoding"]
+        guard !values.isEmpty else { return nil }
+        let codings = values.flatMap { $0.split(separator: ",") }.compactMap { coding -> String? in
+            let trimmed = coding.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" })
+            return trimmed.isEmpty ? nil : String(trimmed.reversed()).lowercased()
+        }
+        return codings == ["chunked"] ? nil : values.joined(separator: ", ")
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

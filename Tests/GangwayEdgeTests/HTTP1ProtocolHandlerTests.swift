@@ -199,4 +199,28 @@ struct HTTP1ProtocolHandlerTests {
         try await utf8.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\nHost: x\r\nX-Name: café ✓\r\n\r\n"))
         #expect(try await Self.passedHead(utf8)?.headers["x-name"] == ["café ✓"])
     }
+
+    @Test("a transfer coding other than chunked is a 501 problem naming it, nothing goes up and the connection closes; chunked alone passes, in any case and spacing")
+    func transferCodings() async throws {
+        for fields in ["Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"] {
+            let channel = try await Self.pipeline()
+            try await channel.writeInbound(ByteBuffer(string: "POST /a HTTP/1.1\r\nHost: x\r\n\(fields)\r\n5\r\nhello\r\n0\r\n\r\n"))
+            #expect(try await channel.readInbound(as: HTTPServerRequestPart.self) == nil, "nothing goes up")
+            let answer = try await Self.written(channel)
+            #expect(answer.hasPrefix("HTTP/1.1 501 Not Implemented\r\n"), "\(answer)")
+            #expect(answer.contains(#""type":"https://gangway.dev/problems/not-implemented""#), "\(answer)")
+            #expect(answer.hasSuffix(#""detail":"the request's transfer coding 'gzip, chunked' is not supported: send the body as it is, with Content-Length or Transfer-Encoding: chunked","request_id":"test-id"}"#), "\(answer)")
+            #expect(!channel.isActive)
+        }
+        let chunked = try await Self.pipeline()
+        try await chunked.writeInbound(ByteBuffer(string: "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  Chunked \r\n\r\n5\r\nhello\r\n0\r\n\r\n"))
+        #expect(try await Self.passedHead(chunked)?.uri == "/a")
+        #expect(try await chunked.readInbound(as: HTTPServerRequestPart.self) == .body(ByteBuffer(string: "hello")))
+
+        #expect(HTTP1ProtocolHandler.unsupportedTransferCoding(["Content-Length": "3"]) == nil)
+        #expect(HTTP1ProtocolHandler.unsupportedTransferCoding(["transfer-encoding": "chunked"]) == nil)
+        #expect(HTTP1ProtocolHandler.unsupportedTransferCoding(["Transfer-Encoding": "\tCHUNKED,"]) == nil)
+        #expect(HTTP1ProtocolHandler.unsupportedTransferCoding(["Transfer-Encoding": "chunked, chunked"]) == "chunked, chunked")
+        #expect(HTTP1ProtocolHandler.unsupportedTransferCoding(["Transfer-Encoding": "identity"]) == "identity")
+    }
 }

@@ -114,6 +114,12 @@ def test_requests_that_do_not_parse_get_a_problem_and_a_closed_connection(stack)
     # A malformed chunk inside a body: the route's handler answers 400 with a problem.
     answer = raw_exchange(edge, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
     assert answer.startswith("HTTP/1.1 400 Bad Request\r\n") and "not valid HTTP/1.1" in answer, answer
+    # A transfer coding the edge cannot undo (gzip under chunked): 501, not its compressed bytes
+    # passed on as the body.
+    answer = raw_exchange(edge, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 501 Not Implemented\r\n"), answer
+    assert "application/problem+json" in answer and "transfer coding 'gzip, chunked' is not supported" in answer, answer
+    assert "hello" not in answer, answer
     # The edge still serves.
     assert requests.post(edge.base + "/v1/echo", data="ok").text == "ok"
 
