@@ -66,6 +66,19 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         GatewayError(code: .notFound, detail: "no route matches \(path)")
     }
 
+    /// A job id this edge does not know (the path itself is a job's).
+    /// - Parameters:
+    ///   - keptMinutes: how long the edge keeps a finished job; `keptJobs`: how many jobs at most.
+    public static func jobNotFound(id: String, keptMinutes: Int64, keptJobs: Int) -> GatewayError {
+        GatewayError(code: .notFound, detail: "no job \(id) is known here: it was never submitted, or it finished longer ago than this edge keeps jobs (\(keptMinutes) minutes after their last event, \(keptJobs) jobs at most)")
+    }
+
+    /// A job's result asked for before it succeeded (or of a job that did not).
+    public static func resultNotFound(jobID: String, status: String) -> GatewayError {
+        let why = status == "succeeded" ? "it succeeded without one" : "it is \(status)"
+        return GatewayError(code: .notFound, detail: "job \(jobID) has no result: \(why)")
+    }
+
     public static func methodNotAllowed(method: String, path: String, allow: [String]) -> GatewayError {
         GatewayError(code: .methodNotAllowed, detail: "\(method) is not allowed on \(path); allowed: \(allow.joined(separator: ", "))", allow: allow)
     }

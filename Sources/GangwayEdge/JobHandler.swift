@@ -43,7 +43,7 @@ struct JobHandler: Sendable {
             guard rest.count == 1 else { return nil }
             return try await cancel(id)
         }
-        if rest.count == 1 { return status(id) }
+        if rest.count == 1 { return try status(id) }
         if rest.count == 2 && rest[1] == "result" { return try result(id) }
         if rest.count == 2 && rest[1] == "events" { return try events(id, request: request, context: context) }
         return nil
@@ -52,12 +52,17 @@ struct JobHandler: Sendable {
     /// `DELETE /v1/jobs/{id}`: 202 once the cancel request is out; 404 for an unknown job,
     /// 409 for one that has finished.
     func cancel(_ id: String) async throws -> Response {
-        guard client.hub.status(of: id) != nil else { throw GatewayError.notFound(path: Self.prefix + id) }
+        guard client.hub.status(of: id) != nil else { throw unknown(id) }
         guard try await client.cancel(jobID: id) else {
             throw GatewayError.conflict("job \(id) has finished; there is nothing to cancel")
         }
         let body = #"{"id":"\#(id)","status":"cancelling","status_url":"\#(Self.prefix + id)"}"#
         return Response(status: .accepted, headers: [.location: Self.prefix + id, .contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    /// The 404 for a job this edge does not know.
+    func unknown(_ id: String) -> GatewayError {
+        .jobNotFound(id: id, keptMinutes: client.hub.finishedAgeMilliseconds / 60_000, keptJobs: client.hub.jobLimit)
     }
 
     static func isJobID(_ s: String) -> Bool {
@@ -66,16 +71,15 @@ struct JobHandler: Sendable {
 
     /// `GET /v1/jobs/{id}/result`: the result of a succeeded job.
     func result(_ id: String) throws -> Response {
-        guard let s = client.hub.status(of: id), s.status == "succeeded", let result = s.result else {
-            throw GatewayError.notFound(path: Self.prefix + id + "/result")
+        guard let s = client.hub.status(of: id) else { throw unknown(id) }
+        guard s.status == "succeeded", let result = s.result else {
+            throw GatewayError.resultNotFound(jobID: id, status: s.status)
         }
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: result))
     }
 
-    func status(_ id: String) -> Response {
-        guard let s = client.hub.status(of: id) else {
-            return ProblemResponse.make(.notFound(path: Self.prefix + id), instance: Self.prefix + id, requestID: "")
-        }
+    func status(_ id: String) throws -> Response {
+        guard let s = client.hub.status(of: id) else { throw unknown(id) }
         if s.resultRedirect && s.status == "succeeded" {
             return Response(status: .seeOther, headers: [.location: Self.prefix + id + "/result"])
         }
@@ -93,7 +97,7 @@ struct JobHandler: Sendable {
         let outbox = clients.open()
         guard let follow = client.hub.follow(jobID: id, lastEventID: lastEventID, outbox: outbox) else {
             clients.close(outbox)
-            throw GatewayError.notFound(path: request.uri.path)
+            throw unknown(id)
         }
         var preamble: [ByteBuffer] = []
         if follow.reset {

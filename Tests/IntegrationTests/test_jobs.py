@@ -3,6 +3,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -317,8 +318,15 @@ def test_a_worker_stopped_while_its_done_is_nacked_leaves_the_job_to_another_not
 
 def test_unknown_jobs_are_404_and_unroutable_jobs_are_503_never_202(stack):
     edge = stack.start_edge()
-    assert requests.get(edge.base + "/v1/jobs/" + "0" * 32).status_code == 404
-    assert requests.get(edge.base + "/v1/jobs/" + "0" * 32 + "/events").status_code == 404
+    unknown = "0" * 32
+    for method, path in [("GET", ""), ("GET", "/events"), ("DELETE", "")]:
+        r = requests.request(method, edge.base + "/v1/jobs/" + unknown + path, headers={"x-request-id": "rid-404"})
+        assert r.status_code == 404, (method, path, r.text)
+        body = r.json()
+        # Told that the job is unknown (and why it may be), not that no route matches the path.
+        assert body["detail"].startswith(f"no job {unknown} is known here: it was never submitted, or it finished"), body
+        assert "60 minutes after their last event" in body["detail"], body
+        assert body["request_id"] == "rid-404", body
     r = requests.post(edge.base + "/v1/jobs/nowhere", data="{}")
     assert r.status_code == 503, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -621,8 +629,12 @@ def test_an_edge_started_on_a_busy_event_log_knows_at_once_when_it_has_caught_up
 def test_a_finished_job_redirects_to_its_result_when_the_route_says_so(stack):
     edge = stack.start_edge()
     stack.start_worker("render", queue=stack.queue["render"])
-    r = requests.post(edge.base + "/v1/jobs/render-redirect?steps=1&delay_ms=50", data="{}")
+    r = requests.post(edge.base + "/v1/jobs/render-redirect?steps=1&delay_ms=1000", data="{}")
     job_id = r.json()["id"]
+    # Before it has succeeded there is no result, and the 404 says why.
+    early = requests.get(edge.base + f"/v1/jobs/{job_id}/result")
+    assert early.status_code == 404, early.text
+    assert re.fullmatch(f"job {job_id} has no result: it is (queued|running)", early.json()["detail"]), early.text
     follow(edge, job_id)  # until done
     status = requests.get(edge.base + f"/v1/jobs/{job_id}", allow_redirects=False)
     assert status.status_code == 303
