@@ -93,14 +93,20 @@ struct JobHandler: Sendable {
     }
 
     func events(_ id: String, request: Request, context: GatewayRequestContext) throws -> Response {
-        let lastEventID = (request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters.get("lastEventId")).flatMap { Int($0) }
+        let given = (request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters.get("lastEventId")).flatMap { $0.isEmpty ? nil : $0 }
+        let lastEventID = given.flatMap { Int($0) }
         let outbox = clients.open()
         guard let follow = client.hub.follow(jobID: id, lastEventID: lastEventID, outbox: outbox) else {
             clients.close(outbox)
             throw unknown(id)
         }
         var preamble: [ByteBuffer] = []
-        if follow.reset {
+        if let given, lastEventID == nil {
+            // Not one of this stream's ids (they count 1, 2, 3…): the whole history follows,
+            // and the client is told why it may see events again.
+            let reason = "the Last-Event-ID \(given) is not an event id of this job's stream; its whole history follows"
+            preamble.append(SSEEncoder.event(name: "reset", data: #"{"reason":\#(JSONString.quote(reason))}"#))
+        } else if follow.reset {
             preamble.append(SSEEncoder.event(name: "reset", data: #"{"reason":"the requested events are older than the kept history"}"#))
         }
         preamble += follow.history.map(JobHub.encode)

@@ -136,6 +136,10 @@ def test_a_late_subscriber_sees_the_full_history_and_last_event_id_resumes(stack
     assert [e.id for e in events] == ["4", "5"]
     _, events = follow(edge, job_id, query="?lastEventId=4")
     assert [e.id for e in events] == ["5"]
+    # An id that is none of this stream's: a reset that says so, then the whole history.
+    _, events = follow(edge, job_id, headers={"Last-Event-ID": "orders-17"})
+    assert events[0].event == "reset" and "orders-17 is not an event id" in json.loads(events[0].data)["reason"], events[0]
+    assert [e.id for e in events[1:]] == ["1", "2", "3", "4", "5"]
 
 
 def test_reconnecting_with_last_event_id_mid_job_gets_the_rest_exactly_once(stack):
