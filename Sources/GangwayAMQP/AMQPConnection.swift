@@ -63,8 +63,21 @@ public final class AMQPConnection: Sendable {
         }
     }
 
+    /// A message to publish and who hears about its confirm, in one box: a command is copied
+    /// into the queue and destroyed on the owner thread, and a message's dozen strings, table
+    /// and body would each be retained and released on the way (on two threads).
+    final class Publication: Sendable {
+        let message: OutboundMessage
+        let token: PublishToken
+
+        init(_ message: OutboundMessage, _ token: PublishToken) {
+            self.message = message
+            self.token = token
+        }
+    }
+
     enum Command: Sendable {
-        case publish(OutboundMessage, PublishToken)
+        case publish(Publication)
         case ack(deliveryTag: UInt64, multiple: Bool, generation: UInt64)
         case reject(deliveryTag: UInt64, requeue: Bool, generation: UInt64)
         case declare(Topology, CheckedContinuation<Void, any Error>)
@@ -186,7 +199,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` when not connected, blocked, or the connection drops first.
     public func publish(_ message: OutboundMessage) async throws -> PublishOutcome {
         try await withCheckedThrowingContinuation { continuation in
-            if let error = enqueue(.publish(message, .continuation(continuation)), needsConnection: true) {
+            if let error = enqueue(.publish(Publication(message, .continuation(continuation))), needsConnection: true) {
                 continuation.resume(throwing: error)
             }
         }
@@ -197,7 +210,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` at once when not connected or blocked; the callback is then
     ///   never called.
     public func publish(_ message: OutboundMessage, onSettled: @escaping PublishCallback) throws {
-        if let error = enqueue(.publish(message, .callback(onSettled)), needsConnection: true) {
+        if let error = enqueue(.publish(Publication(message, .callback(onSettled))), needsConnection: true) {
             throw error
         }
     }
@@ -221,7 +234,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` at once when not connected or blocked; then none is sent and no
     ///   callback is called.
     public func publish(batch: [(message: OutboundMessage, onSettled: PublishCallback)]) throws {
-        if let error = enqueue(batch.map { .publish($0.message, .callback($0.onSettled)) }, needsConnection: true) {
+        if let error = enqueue(batch.map { .publish(Publication($0.message, .callback($0.onSettled))) }, needsConnection: true) {
             throw error
         }
     }
@@ -230,7 +243,7 @@ public final class AMQPConnection: Sendable {
     /// a timeout anyway.
     /// - Throws: ``AMQPError`` when not connected.
     public func publishWithoutConfirm(_ message: OutboundMessage) throws {
-        if let error = enqueue(.publish(message, .none), needsConnection: true) {
+        if let error = enqueue(.publish(Publication(message, .none)), needsConnection: true) {
             throw error
         }
     }
@@ -386,8 +399,9 @@ extension AMQPConnection.Command {
     /// if the notice came after that, when their turn comes (``AMQPConnectionConfiguration/failFastWhenBlocked``).
     var waitsOnBroker: Bool {
         switch self {
-        case .publish(_, .none), .ack, .reject, .startConsumer, .cancelConsumer: return false
-        case .publish, .declare, .unbind, .purgeQueue, .inspectQueue: return true
+        case .publish(let publication): if case .none = publication.token { return false } else { return true }
+        case .ack, .reject, .startConsumer, .cancelConsumer: return false
+        case .declare, .unbind, .purgeQueue, .inspectQueue: return true
         }
     }
 

@@ -203,7 +203,7 @@ final class ConnectionOwner: @unchecked Sendable {
 
     private func fail(_ command: AMQPConnection.Command, with error: AMQPError) {
         switch command {
-        case .publish(_, let token): token.settle(.failure(error))
+        case .publish(let publication): publication.token.settle(.failure(error))
         case .declare(_, let c): c.resume(throwing: error)
         case .unbind(_, let c): c.resume(throwing: error)
         case .purgeQueue(_, let c): c.resume(throwing: error)
@@ -592,13 +592,19 @@ final class ConnectionOwner: @unchecked Sendable {
             }
         }
         switch command {
-        case .publish(var message, let token):
-            if message.mandatory && message.properties.messageID == nil {
+        case .publish(let publication):
+            let message = publication.message
+            var messageID = message.properties.messageID
+            if message.mandatory && messageID == nil {
                 nextMessageID += 1
-                message.properties.messageID = "\(configuration.name)-\(nextMessageID)"
+                messageID = "\(configuration.name)-\(nextMessageID)"
             }
-            _ = confirms.published(token, messageID: message.mandatory ? message.properties.messageID : nil)
+            _ = confirms.published(publication.token, messageID: message.mandatory ? messageID : nil)
             var properties = arena.properties(message.properties)
+            if messageID != message.properties.messageID, let messageID {
+                properties._flags |= GW_FLAG_MESSAGE_ID
+                properties.message_id = arena.bytes(messageID)
+            }
             let exchange = arena.bytes(message.exchange)
             let routingKey = arena.bytes(message.routingKey)
             let rc = message.body.withUnsafeReadableBytes { body in
