@@ -159,10 +159,11 @@ public enum WireContract {
         return (id, properties.timestamp.map { Int64($0) * 1000 })
     }
 
-    /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on scalars,
-    /// because "\r\n" is one `Character`, equal to neither "\r" nor "\n".
+    /// Whether a header value or media type is one line: no CR, LF or NUL. Checked on UTF-8
+    /// bytes, not characters ("\r\n" is one `Character`, equal to neither "\r" nor "\n"); no
+    /// byte of a multi-byte character is below 0x80, so these bytes are these characters.
     public static func isSingleLine(_ text: String) -> Bool {
-        !text.unicodeScalars.contains { $0 == "\r" || $0 == "\n" || $0 == "\0" }
+        !text.utf8.contains { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") || $0 == 0 }
     }
 
     /// Wall-clock milliseconds since the epoch: the unit of `x-deadline`.

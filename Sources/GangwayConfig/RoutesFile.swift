@@ -495,6 +495,21 @@ public enum RoutesFile {
 
     /// Whether `c` may appear in an HTTP header name (RFC 9110 token).
     public static func isTokenCharacter(_ c: Unicode.Scalar) -> Bool {
-        c.isASCII && (c.isASCIILetter || ("0"..."9").contains(c) || "!#$%&'*+-.^_`|~".unicodeScalars.contains(c))
+        c.isASCII && isTokenByte(UInt8(c.value))
+    }
+
+    /// ``isTokenCharacter(_:)`` for one byte of UTF-8 text: no byte of a multi-byte character
+    /// is a token character, so a name is a token exactly when all its bytes are.
+    public static func isTokenByte(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
     }
 }

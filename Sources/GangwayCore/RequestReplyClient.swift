@@ -100,12 +100,16 @@ public final class RequestReplyClient: Sendable {
             }
             return
         }
-        let route = request.route
+        // The callback keeps what its answer needs of the route, not the route: it is destroyed
+        // on the thread that settles it, and every field it holds would be released there.
+        let (name, timeout) = (request.route.name, request.route.timeoutMilliseconds)
         let prepared: Prepared
         do {
             // The slot is opened with its callback: the reply, a return or a failed publish
             // settles it exactly once.
-            prepared = try prepareMessage(request) { result in completion(Self.outcome(result, route: route)) }
+            prepared = try prepareMessage(request) { result in
+                completion(Self.outcome(result, routeName: name, timeoutMilliseconds: timeout))
+            }
         } catch {
             completion(.failure(error))
             return
@@ -211,19 +215,31 @@ public final class RequestReplyClient: Sendable {
 
     /// What a settled reply slot means to the client: the checked reply, or the error.
     static func outcome(_ result: Result<Delivery, Correlator.Failure>, route: Route) -> Result<GatewayReply, GatewayError> {
+        outcome(result, routeName: route.name, timeoutMilliseconds: route.timeoutMilliseconds)
+    }
+
+    static func outcome(
+        _ result: Result<Delivery, Correlator.Failure>,
+        routeName: String,
+        timeoutMilliseconds: Int
+    ) -> Result<GatewayReply, GatewayError> {
         switch result {
         case .success(let delivery):
-            return Result { () throws(GatewayError) in try decodeReply(delivery, route: route.name) }
+            return Result { () throws(GatewayError) in try decodeReply(delivery, route: routeName) }
         case .failure(let failure):
-            return .failure(error(for: failure, route: route))
+            return .failure(error(for: failure, routeName: routeName, timeoutMilliseconds: timeoutMilliseconds))
         }
     }
 
     static func error(for failure: Correlator.Failure, route: Route) -> GatewayError {
+        error(for: failure, routeName: route.name, timeoutMilliseconds: route.timeoutMilliseconds)
+    }
+
+    static func error(for failure: Correlator.Failure, routeName: String, timeoutMilliseconds: Int) -> GatewayError {
         switch failure {
-        case .timeout: return .timeout(route: route.name, milliseconds: route.timeoutMilliseconds)
+        case .timeout: return .timeout(route: routeName, milliseconds: timeoutMilliseconds)
         case .unavailable(let reason): return .brokerUnavailable(reason)
-        case .unroutable(let reason): return .noConsumer(route: route.name, reason: reason)
+        case .unroutable(let reason): return .noConsumer(route: routeName, reason: reason)
         case .cancelled, .idle, .overflow, .shuttingDown: return .shuttingDown
         }
     }
@@ -335,7 +351,7 @@ public final class RequestReplyClient: Sendable {
         var headers: [(String, String)] = []
         for (key, value) in props.headers where key.hasPrefix(WireContract.Header.headerPrefix) {
             let name = String(key.dropFirst(WireContract.Header.headerPrefix.count)).lowercased()
-            guard !name.isEmpty, name.unicodeScalars.allSatisfy(RoutesFile.isTokenCharacter) else {
+            guard !name.isEmpty, name.utf8.allSatisfy(RoutesFile.isTokenByte) else {
                 throw .badReply(route: route, reason: "'\(key)' is not a valid header name")
             }
             guard let text = value.stringValue, WireContract.isSingleLine(text) else {

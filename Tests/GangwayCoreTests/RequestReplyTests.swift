@@ -269,13 +269,44 @@ struct RequestReplyTests {
 
     @Test("reply headers with line breaks or bad names are 502")
     func malformedHeaders() throws {
-        for headers: AMQPTable in [["x-header-x-a": "a\r\nb"], ["x-header-bad name": "v"], ["x-header-x-t": .table([:])]] {
+        for headers: AMQPTable in [
+            ["x-header-x-a": "a\r\nb"], ["x-header-x-a": "a\rb"], ["x-header-x-a": "a\nb"], ["x-header-x-a": "a\0b"],
+            ["x-header-bad name": "v"], ["x-header-bad:name": "v"], ["x-header-bäd": "v"], ["x-header-": "v"],
+            ["x-header-x-t": .table([:])],
+        ] {
             let d = Delivery(
                 consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
                 properties: AMQPProperties(headers: headers), body: ByteBuffer(), generation: 1
             )
             #expect(throws: GatewayError.self) { try RequestReplyClient.decodeReply(d, route: "r") }
         }
+    }
+
+    @Test("reply headers that are tokens with one-line values pass, whatever else their text holds")
+    func wellFormedHeaders() throws {
+        let d = Delivery(
+            consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+            properties: AMQPProperties(
+                contentType: "text/plain; charset=utf-8",
+                headers: ["x-header-X-Odd!#$%&'*+-.^_`|~9": "tab\there, é, 日本, \u{1F600}"]
+            ),
+            body: ByteBuffer(), generation: 1
+        )
+        let reply = try RequestReplyClient.decodeReply(d, route: "r")
+        #expect(reply.headers.map(\.0) == ["x-odd!#$%&'*+-.^_`|~9"])
+        #expect(reply.headers.map(\.1) == ["tab\there, é, 日本, \u{1F600}"])
+    }
+
+    @Test("the byte-wise token check agrees with the character one on every scalar up to U+00FF and beyond")
+    func tokenBytes() {
+        for value in UInt32(0)...0x2FF {
+            let scalar = Unicode.Scalar(value)!
+            let text = String(Character(scalar))
+            #expect(text.utf8.allSatisfy(RoutesFile.isTokenByte) == RoutesFile.isTokenCharacter(scalar), "U+\(String(value, radix: 16))")
+            #expect(WireContract.isSingleLine(text) == !["\r", "\n", "\0"].contains(scalar), "U+\(String(value, radix: 16))")
+        }
+        #expect(!WireContract.isSingleLine("a\r\nb"))
+        #expect(WireContract.isSingleLine("日本\u{1F600}"))
     }
 
     @Test("the body of a reply whose status carries no content is dropped", arguments: [(204, 0), (205, 0), (304, 0), (200, 4), (404, 4)])
