@@ -65,17 +65,29 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         }
     }
 
-    /// A request this handler serves.
-    struct Accepted {
-        var head: HTTPRequest
-        var uri: URI
-        var route: Route
-        var parameters: [String: String]
+    /// A request this handler serves: a class, so that passing it through the state and the
+    /// calls that serve it costs one reference count, not one per field.
+    final class Accepted {
+        let head: HTTPRequest
+        let uri: URI
+        let route: Route
+        let parameters: [String: String]
+        /// The body read so far; handed on to the message when the request ends.
         var body: ByteBuffer?
-        var requestID: String
-        var traceparent: String
+        let requestID: String
+        let traceparent: String
         /// The client asked to close the connection after the response.
-        var close: Bool
+        let close: Bool
+
+        init(head: HTTPRequest, uri: URI, route: Route, parameters: [String: String], requestID: String, traceparent: String, close: Bool) {
+            self.head = head
+            self.uri = uri
+            self.route = route
+            self.parameters = parameters
+            self.requestID = requestID
+            self.traceparent = traceparent
+            self.close = close
+        }
     }
 
     enum State {
@@ -86,8 +98,11 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         case passing(owed: Int, reading: Bool)
         /// Reading the body of a request served here.
         case reading(Accepted)
-        /// The request is published; its response is not written yet.
-        case waiting
+        /// The request is published; its response is not written yet. The request is kept
+        /// here (without its body) for the response, rather than in the callback that brings the
+        /// reply: that callback passes through the consumer's thread, and every field it
+        /// captured would be copied and released there.
+        case waiting(Accepted)
         /// Answered before the end of the request arrived (its body too large): the rest of it
         /// is dropped.
         case discarding
@@ -188,24 +203,25 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
                 state = .reading(accepted)
                 continueIfExpected(head, context: context)
             }
-        case (.reading(var accepted), .body(let bytes)):
+        case (.reading(let accepted), .body(let bytes)):
             let limit = accepted.route.maxBodyBytes
             if (accepted.body?.readableBytes ?? 0) + bytes.readableBytes > limit {
                 state = .discarding
                 respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: limit)), close: accepted.close, context: context)
                 return
             }
-            state = .idle  // drop the copy held by the state while the body grows
             if accepted.body == nil {
                 accepted.body = bytes
             } else {
                 var more = bytes
                 accepted.body!.writeBuffer(&more)
             }
-            state = .reading(accepted)
         case (.reading(let accepted), .end):
-            state = .waiting
-            send(accepted)
+            // The body moves on to the message; the response needs the rest.
+            let body = accepted.body ?? ByteBuffer()
+            accepted.body = nil
+            state = .waiting(accepted)
+            send(accepted, body: body)
         case (.discarding, .end):
             state = .idle
             resumeReading(context: context)
@@ -247,7 +263,6 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             uri: uri,
             route: route,
             parameters: parameters,
-            body: nil,
             requestID: RequestIdentity.requestID(from: head.headerFields[.xRequestID]),
             traceparent: RequestIdentity.traceparent(from: head.headerFields[.traceparent]),
             // ``HTTP1ProtocolHandler`` below sends every request that does not keep the
@@ -257,31 +272,28 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     /// Publishes a complete request; its outcome comes back on the event loop.
-    private func send(_ accepted: Accepted) {
+    private func send(_ accepted: Accepted, body: ByteBuffer) {
         guard let context else { return }
         let request = GatewayRequest(
             head: accepted.head,
             uri: accepted.uri,
             route: accepted.route,
             parameters: accepted.parameters,
-            body: accepted.body ?? ByteBuffer(),
+            body: body,
             requestID: accepted.requestID,
             traceparent: accepted.traceparent
         )
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
-        // The response needs the request's id and path, not its body.
-        var accepted = accepted
-        accepted.body = nil
         if accepted.route.shape == .aggregate, let aggregate = configuration.aggregate {
-            aggregate(request, loop, taskExecutor(on: loop)) { [accepted] result in
-                handler.value.replied(accepted, result: result)
+            aggregate(request, loop, taskExecutor(on: loop)) { result in
+                handler.value.replied(result)
             }
             return
         }
-        configuration.send(request) { [accepted] result in
+        configuration.send(request) { result in
             loop.execute {
-                handler.value.replied(accepted, result: result)
+                handler.value.replied(result)
             }
         }
     }
@@ -294,9 +306,9 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         return made
     }
 
-    private func replied(_ accepted: Accepted, result: Result<GatewayReply, GatewayError>) {
+    private func replied(_ result: Result<GatewayReply, GatewayError>) {
         // The connection closed meanwhile: there is no one to answer.
-        guard let context, case .waiting = state else { return }
+        guard let context, case .waiting(let accepted) = state else { return }
         state = .idle
         respond(to: accepted, with: result.mapError { $0 as any Error }, close: accepted.close, context: context)
         resumeReading(context: context)
@@ -361,7 +373,7 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         switch result {
         case .success(let reply):
             status = .init(code: reply.status)
-            fields = reply.httpHeaders
+            fields = Self.fields(of: reply, serverName: configuration.serverName)
             body = reply.body
         case .failure(let error):
             let problem = ProblemResponse.gatewayError(for: error, instance: accepted.uri.path)
@@ -369,11 +381,13 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             fields = ProblemResponse.headers(problem)
             body = ProblemResponse.body(problem, instance: accepted.uri.path, requestID: accepted.requestID)
         }
-        fields[.contentLength] = String(body.readableBytes)
-        fields[.xRequestID] = accepted.requestID
-        fields[.date] = currentDate()
-        if let serverName = configuration.serverName { fields[.server] = serverName }
-        if close { fields[.connection] = "close" }
+        // None of these is among the fields above (``fields(of:)``), so they are appended
+        // without a search for an earlier value.
+        fields.append(HTTPField(name: .contentLength, value: String(body.readableBytes)))
+        fields.append(HTTPField(name: .xRequestID, value: accepted.requestID))
+        fields.append(HTTPField(name: .date, value: currentDate()))
+        if let serverName = configuration.serverName { fields.append(HTTPField(name: .server, value: serverName)) }
+        if close { fields.append(HTTPField(name: .connection, value: "close")) }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: status, headerFields: fields))), promise: nil)
         // A HEAD request's response says how long the body would be, without it.
         if body.readableBytes > 0 && accepted.head.method != .head {
@@ -385,6 +399,32 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
         } else {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
+    }
+
+    /// A reply's fields (``GatewayReply/httpHeaders``) without those the edge sets on every
+    /// response: a worker's `X-Request-ID`, `Date` or `Server` (when the edge names itself)
+    /// gives way to the edge's, as the middleware's setting them would replace it. The framing
+    /// fields never come from a worker's reply (they are dropped as hop-by-hop), but an
+    /// aggregate's names are its legs' keys joined to their headers' names, and a leg keyed
+    /// `content` keeping `length` would make one.
+    static func fields(of reply: GatewayReply, serverName: String?) -> HTTPFields {
+        var fields = HTTPFields()
+        fields.reserveCapacity(reply.headers.count + 7)
+        if let contentType = reply.contentType, !contentType.isEmpty {
+            fields.append(HTTPField(name: .contentType, value: contentType))
+        }
+        if let contentEncoding = reply.contentEncoding, !contentEncoding.isEmpty {
+            fields.append(HTTPField(name: .contentEncoding, value: contentEncoding))
+        }
+        for (name, value) in reply.headers {
+            guard let fieldName = HTTPField.Name(name) else { continue }
+            switch fieldName {
+            case .xRequestID, .date, .contentLength, .connection, .transferEncoding: continue
+            case .server where serverName != nil: continue
+            default: fields.append(HTTPField(name: fieldName, value: value))
+            }
+        }
+        return fields
     }
 
     /// The `Date` header's value, formatted at most once a second per connection.

@@ -145,6 +145,43 @@ struct RequestReplyChannelHandlerTests {
         #expect(channel.isActive)
     }
 
+    @Test("fields the edge sets on every response give way to the edge's when a reply carries them too, each once")
+    func edgeFieldsWin() throws {
+        let (channel, sent, _) = try Self.channel()
+        try channel.writeInbound(Self.head(.post, "/v1/echo/a", [.init("X-Request-ID")!: "rid-2"]))
+        try channel.writeInbound(HTTPRequestPart.end(nil))
+        let reply = GatewayReply(
+            status: 200,
+            headers: [
+                ("x-request-id", "from-worker"), ("date", "Thu, 01 Jan 1970 00:00:00 GMT"), ("server", "worker"),
+                // An aggregate's names are leg keys joined to header names: a leg keyed
+                // "content" keeping "length" makes this one.
+                ("content-length", "999"), ("connection", "upgrade"), ("transfer-encoding", "chunked"),
+                ("x-kept", "1"), ("x-kept", "2"),
+            ],
+            contentType: "text/plain",
+            contentEncoding: "identity",
+            body: ByteBuffer(string: "abc")
+        )
+        sent.answer(0, .success(reply))
+        channel.embeddedEventLoop.run()
+        let response = try #require(try Self.response(channel))
+        let fields = response.head.headerFields
+        #expect(fields[values: .xRequestID] == ["rid-2"])
+        #expect(fields[values: .server] == ["gangway-test"])
+        #expect(fields[values: .date].count == 1 && fields[.date] != "Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(fields[values: .contentLength] == ["3"])
+        #expect(fields[values: .connection].isEmpty && fields[values: .transferEncoding].isEmpty)
+        #expect(fields[values: .init("x-kept")!] == ["1", "2"])
+        #expect(fields[.contentType] == "text/plain" && fields[.contentEncoding] == "identity")
+        #expect(response.body == "abc")
+
+        // An edge that does not name itself (no Server of its own) passes a worker's on.
+        let unnamed = RequestReplyChannelHandler.fields(of: reply, serverName: nil)
+        #expect(unnamed[values: .server] == ["worker"])
+        #expect(unnamed[values: .xRequestID].isEmpty && unnamed[values: .date].isEmpty && unnamed[values: .contentLength].isEmpty)
+    }
+
     @Test("a failure is a problem JSON response with the request's id")
     func failureIsProblem() throws {
         let (channel, sent, _) = try Self.channel()
