@@ -137,9 +137,12 @@ public final class RequestReplyClient: Sendable {
         var started: [String] = []
         batch.reserveCapacity(requests.count)
         for (index, request) in requests.enumerated() {
-            let route = request.route
+            // As in ``send(_:completion:)``: the callback keeps the route's name and timeout only.
+            let (name, timeout) = (request.route.name, request.route.timeoutMilliseconds)
             do {
-                let prepared = try prepareMessage(request) { result in whenSettled(index, Self.outcome(result, route: route)) }
+                let prepared = try prepareMessage(request) { result in
+                    whenSettled(index, Self.outcome(result, routeName: name, timeoutMilliseconds: timeout))
+                }
                 batch.append((prepared.message, prepared.onSettled))
                 started.append(prepared.pending.correlationID)
             } catch {
