@@ -46,7 +46,9 @@ public final class AMQPConnection: Sendable {
     }
 
     /// Called on the owner thread when a publish is settled; must not block.
-    public typealias PublishCallback = @Sendable (Result<PublishOutcome, AMQPError>) -> Void
+    /// (Its error is an ``AMQPError``, typed `any Error` so that callers' callbacks of that type,
+    /// like `MessageBus`'s, are taken as they are instead of wrapped in another closure.)
+    public typealias PublishCallback = @Sendable (Result<PublishOutcome, any Error>) -> Void
 
     /// Who hears about a publish's confirm.
     enum PublishToken: Sendable {
@@ -57,7 +59,7 @@ public final class AMQPConnection: Sendable {
         func settle(_ result: Result<PublishOutcome, AMQPError>) {
             switch self {
             case .continuation(let c): c.resume(with: result.mapError { $0 as any Error })
-            case .callback(let f): f(result)
+            case .callback(let f): f(result.mapError { $0 })
             case .none: break
             }
         }

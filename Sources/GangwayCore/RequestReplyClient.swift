@@ -191,7 +191,12 @@ public final class RequestReplyClient: Sendable {
         }
         guard registered else { throw .brokerUnavailable("correlation id collision") }
         let correlator = self.correlator
-        return (Pending(correlationID: correlationID, route: request.route), message, Self.settlement { correlator.fail(id: correlationID, with: $0) })
+        // One closure, not a settlement wrapped around a failing one: a confirmed publish
+        // (nearly all of them) only frees it, on the publisher's thread.
+        let onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void = { result in
+            if let failure = Self.failure(for: result) { correlator.fail(id: correlationID, with: failure) }
+        }
+        return (Pending(correlationID: correlationID, route: request.route), message, onSettled)
     }
 
     /// Waits for a started request's reply and checks it against the contract.
@@ -317,15 +322,17 @@ public final class RequestReplyClient: Sendable {
     /// waiting for the reply.
     static func settlement(_ onFailure: @escaping @Sendable (Correlator.Failure) -> Void) -> @Sendable (Result<PublishOutcome, any Error>) -> Void {
         { result in
-            switch result {
-            case .success(.confirmed): break
-            case .success(.returned(let code, let text)):
-                onFailure(.unroutable("the broker could not route it (\(code) \(text))"))
-            case .success(.nacked):
-                onFailure(.unavailable("the broker refused the message"))
-            case .failure(let error):
-                onFailure(.unavailable("\(error)"))
-            }
+            if let failure = failure(for: result) { onFailure(failure) }
+        }
+    }
+
+    /// What a publish outcome other than a confirm does to the request's reply slot.
+    static func failure(for result: Result<PublishOutcome, any Error>) -> Correlator.Failure? {
+        switch result {
+        case .success(.confirmed): return nil
+        case .success(.returned(let code, let text)): return .unroutable("the broker could not route it (\(code) \(text))")
+        case .success(.nacked): return .unavailable("the broker refused the message")
+        case .failure(let error): return .unavailable("\(error)")
         }
     }
 

@@ -23,13 +23,11 @@ final class AMQPMessageBus: MessageBus {
     }
 
     func publish(_ message: OutboundMessage, onSettled: @escaping @Sendable (Result<PublishOutcome, any Error>) -> Void) throws {
-        try publisher.publish(message) { result in onSettled(result.mapError { $0 }) }
+        try publisher.publish(message, onSettled: onSettled)
     }
 
     func publish(_ batch: [(message: OutboundMessage, onSettled: @Sendable (Result<PublishOutcome, any Error>) -> Void)]) throws {
-        try publisher.publish(batch: batch.map { item in
-            (item.message, { result in item.onSettled(result.mapError { $0 }) })
-        })
+        try publisher.publish(batch: batch)
     }
 
     func consumerCount(queue: String) async throws -> UInt32? {
