@@ -57,16 +57,21 @@ extension GatewayReply {
     }
 
     /// Content type and encoding, and the reply's headers.
-    var httpHeaders: HTTPFields {
+    var httpHeaders: HTTPFields { httpFields() }
+
+    /// Content type and encoding, and the reply's headers but those `skipping` names, with room
+    /// for `extraCapacity` fields more.
+    func httpFields(extraCapacity: Int = 0, skipping skip: (HTTPField.Name) -> Bool = { _ in false }) -> HTTPFields {
         var fields = HTTPFields()
+        fields.reserveCapacity(headers.count + 2 + extraCapacity)
         if let contentType, !contentType.isEmpty {
-            fields[.contentType] = contentType
+            fields.append(HTTPField(name: .contentType, value: contentType))
         }
         if let contentEncoding, !contentEncoding.isEmpty {
-            fields[.contentEncoding] = contentEncoding
+            fields.append(HTTPField(name: .contentEncoding, value: contentEncoding))
         }
         for (name, value) in headers {
-            if let fieldName = HTTPField.Name(name) {
+            if let fieldName = HTTPField.Name(name), !skip(fieldName) {
                 fields.append(HTTPField(name: fieldName, value: value))
             }
         }

@@ -68,16 +68,17 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
         switch unwrapInboundIn(data) {
         case .head(var head):
             readingRequest = true
-            if head.version != .http1_0, case let hosts = Self.hostFields(head.headers), hosts != 1 {
-                let detail = hosts == 0 ? "an HTTP/1.1 request must carry a Host header field" : "the request carries \(hosts) Host header fields, where HTTP/1.1 allows one"
+            let fields = FieldScan(head.headers)
+            if head.version != .http1_0, fields.hosts != 1 {
+                let detail = fields.hosts == 0 ? "an HTTP/1.1 request must carry a Host header field" : "the request carries \(fields.hosts) Host header fields, where HTTP/1.1 allows one"
                 refuse(.badRequest(detail), context: context)
                 return
             }
-            if let name = Self.fieldNotUTF8(head.headers) {
+            if let name = fields.notUTF8 {
                 refuse(.badRequest("the value of header field '\(name)' is not UTF-8 text, and the edge would have to alter it"), context: context)
                 return
             }
-            if let codings = Self.unsupportedTransferCoding(head.headers) {
+            if fields.hasTransferEncoding, let codings = Self.unsupportedTransferCoding(head.headers) {
                 refuse(.notImplemented("the request's transfer coding '\(codings)' is not supported: send the body as it is, with Content-Length or Transfer-Encoding: chunked"), context: context)
                 return
             }
@@ -122,30 +123,41 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
-    /// How many `Host` header fields there are (RFC 9112 asks for exactly one in HTTP/1.1).
-    static func hostFields(_ headers: HTTPHeaders) -> Int {
-        var count = 0
-        for header in headers where header.name.utf8.count == 4 {
-            if header.name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) { count += 1 }
-        }
-        return count
-    }
+    /// What a request's header fields hold that the checks above need, found in one walk over
+    /// them: how many `Host` fields there are (RFC 9112 asks for exactly one in HTTP/1.1), the
+    /// name of the first field whose value the decoder could not read as UTF-8 (it holds
+    /// U+FFFD, EF BF BD, which the decoder puts in place of bytes that are not), and whether
+    /// there is a `Transfer-Encoding`.
+    struct FieldScan {
+        var hosts = 0
+        var notUTF8: String?
+        var hasTransferEncoding = false
 
-    /// The name of the first header field whose value the decoder could not read as UTF-8:
-    /// it holds U+FFFD (EF BF BD), which the decoder puts in place of bytes that are not.
-    static func fieldNotUTF8(_ headers: HTTPHeaders) -> String? {
-        for header in headers {
-            var value = header.value
-            let replaced = value.withUTF8 { bytes in
+        init(_ headers: HTTPHeaders) {
+            for header in headers {
+                switch header.name.utf8.count {
+                case 4 where Self.equalsIgnoringCase(header.name, "host"): hosts += 1
+                case 17 where Self.equalsIgnoringCase(header.name, "transfer-encoding"): hasTransferEncoding = true
+                default: break
+                }
+                if notUTF8 == nil, Self.holdsReplacementCharacter(header.value) { notUTF8 = header.name }
+            }
+        }
+
+        private static func equalsIgnoringCase(_ name: String, _ lowercase: StaticString) -> Bool {
+            lowercase.withUTF8Buffer { name.utf8.elementsEqual($0, by: { $0 | 0x20 == $1 }) }
+        }
+
+        private static func holdsReplacementCharacter(_ value: String) -> Bool {
+            var value = value
+            return value.withUTF8 { bytes in
                 guard bytes.count >= 3 else { return false }
                 for i in 0..<(bytes.count - 2) where bytes[i] == 0xEF && bytes[i + 1] == 0xBF && bytes[i + 2] == 0xBD {
                     return true
                 }
                 return false
             }
-            if replaced { return header.name }
         }
-        return nil
     }
 
     /// The request's `Transfer-Encoding`, as sent, when it names any coding but `chunked`;
@@ -153,9 +165,10 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
     static func unsupportedTransferCoding(_ headers: HTTPHeaders) -> String? {
         let values = headers["transfer-encoding"]
         guard !values.isEmpty else { return nil }
+        let isSpace = { (c: Character) in c == " " || c == "\t" }
         let codings = values.flatMap { $0.split(separator: ",") }.compactMap { coding -> String? in
-            let trimmed = coding.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" })
-            return trimmed.isEmpty ? nil : String(trimmed.reversed()).lowercased()
+            guard let first = coding.firstIndex(where: { !isSpace($0) }), let last = coding.lastIndex(where: { !isSpace($0) }) else { return nil }
+            return coding[first...last].lowercased()
         }
         return codings == ["chunked"] ? nil : values.joined(separator: ", ")
     }

@@ -408,23 +408,13 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     /// aggregate's names are its legs' keys joined to their headers' names, and a leg keyed
     /// `content` keeping `length` would make one.
     static func fields(of reply: GatewayReply, serverName: String?) -> HTTPFields {
-        var fields = HTTPFields()
-        fields.reserveCapacity(reply.headers.count + 7)
-        if let contentType = reply.contentType, !contentType.isEmpty {
-            fields.append(HTTPField(name: .contentType, value: contentType))
-        }
-        if let contentEncoding = reply.contentEncoding, !contentEncoding.isEmpty {
-            fields.append(HTTPField(name: .contentEncoding, value: contentEncoding))
-        }
-        for (name, value) in reply.headers {
-            guard let fieldName = HTTPField.Name(name) else { continue }
-            switch fieldName {
-            case .xRequestID, .date, .contentLength, .connection, .transferEncoding: continue
-            case .server where serverName != nil: continue
-            default: fields.append(HTTPField(name: fieldName, value: value))
+        reply.httpFields(extraCapacity: 5) { name in
+            switch name {
+            case .xRequestID, .date, .contentLength, .connection, .transferEncoding: return true
+            case .server: return serverName != nil
+            default: return false
             }
         }
-        return fields
     }
 
     /// The `Date` header's value, formatted at most once a second per connection.
