@@ -20,9 +20,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 if [ -n "${GANGWAY_BENCH_BIN:-}" ]; then
   bin=$GANGWAY_BENCH_BIN
 else
-  echo "building (release)..." >&2
-  swift build -c release --product gangway >/dev/null
-  bin=$(swift build -c release --show-bin-path)/gangway
+  # Built as docker/Dockerfile builds the shipped image: the Swift runtime linked in statically
+  # (its thread-local state and calls then skip the dynamic linker's indirections).
+  echo "building (release, static Swift runtime, as the image)..." >&2
+  swift build -c release --product gangway --static-swift-stdlib >/dev/null
+  bin=$(swift build -c release --static-swift-stdlib --show-bin-path)/gangway
 fi
 
 port=$(free_port)
