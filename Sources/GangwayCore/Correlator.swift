@@ -372,13 +372,85 @@ public final class Correlator: Sendable {
 
     /// Sweeps deadlines until the task is cancelled: every ``sweepInterval`` while a request or
     /// stream waits, not at all while none does.
-    public func run() async {
+    ///
+    /// - Parameter eventLoop: the loop whose timer paces the sweeps, if any (the edge passes one
+    ///   of its HTTP loops). While requests wait, each sweep then runs on that loop, which is
+    ///   awake anyway, and the task itself sleeps until the correlator is idle again; without
+    ///   one, the task sleeps between sweeps, and every sweep wakes a thread of Swift's global
+    ///   pool through its timer (200 times a second at the default interval). The loop must
+    ///   outlive the task: one shut down under it takes no more sweeps (the task still ends
+    ///   when cancelled).
+    public func run(sweepingOn eventLoop: (any EventLoop)? = nil) async {
         while !Task.isCancelled {
             await untilSomethingWaits()
-            try? await Task.sleep(for: sweepInterval)
-            expire()
+            if let eventLoop {
+                await sweepUntilIdle(on: eventLoop)
+            } else {
+                try? await Task.sleep(for: sweepInterval)
+                expire()
+            }
         }
         // No sweeper from here on: a request opened later would never time out.
         repliesStopped("the edge is shutting down")
     }
+
+    /// Sweeps on `eventLoop` every ``sweepInterval``, each sweep scheduling the next, until
+    /// nothing waits or the task is cancelled.
+    private func sweepUntilIdle(on eventLoop: any EventLoop) async {
+        let sweeps = SweepChain()
+        let interval = TimeAmount(sweepInterval)
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                guard sweeps.start(done) else { return }
+                @Sendable func next() {
+                    eventLoop.scheduleTask(in: interval) {
+                        guard !sweeps.isFinished else { return }
+                        self.expire()
+                        if self.isIdle { sweeps.finish() } else { next() }
+                    }
+                }
+                next()
+            }
+        } onCancel: {
+            sweeps.finish()
+        }
+    }
+
+    /// The sweeps on a loop: resumes the waiting task exactly once, when the correlator goes
+    /// idle or the task is cancelled, whichever comes first; the sweep after that stops.
+    private final class SweepChain: Sendable {
+        private enum State {
+            case notStarted
+            case running(CheckedContinuation<Void, Never>)
+            case finished
+        }
+        private let state = Mutex(State.notStarted)
+
+        /// - Returns: false when the task was cancelled already (`done` is resumed then).
+        func start(_ done: CheckedContinuation<Void, Never>) -> Bool {
+            let started = state.withLock { s -> Bool in
+                guard case .notStarted = s else { return false }
+                s = .running(done)
+                return true
+            }
+            if !started { done.resume() }
+            return started
+        }
+
+        func finish() {
+            let done = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                defer { s = .finished }
+                if case .running(let done) = s { return done }
+                return nil
+            }
+            done?.resume()
+        }
+
+        var isFinished: Bool {
+            state.withLock { if case .finished = $0 { true } else { false } }
+        }
+    }
+
+    /// No request or stream waits.
+    private var isIdle: Bool { state.withLock { $0.isIdle } }
 }

@@ -4,6 +4,7 @@ import GangwayConfig
 import GangwayCore
 import GangwayEdge
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
 
@@ -200,7 +201,8 @@ enum EdgeServices {
             logger.notice("edge.drain.expired", metadata: ["edge.pending": "\(correlator.pending)"])
             correlator.shutDown()
         }
-        return [publisher, consumer, CorrelatorService(correlator: correlator), deadJobs, server, streams]
+        let sweeper = CorrelatorService(correlator: correlator, eventLoop: app.eventLoopGroup.next())
+        return [publisher, consumer, sweeper, deadJobs, server, streams]
     }
 }
 
@@ -228,12 +230,14 @@ struct AMQPTopicBinder: TopicBinder {
     }
 }
 
+/// The correlator's deadline sweeps, paced by one of the edge's HTTP event loops.
 struct CorrelatorService: Service {
     let correlator: Correlator
+    let eventLoop: any EventLoop
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            await correlator.run()
+            await correlator.run(sweepingOn: eventLoop)
         }
     }
 }

@@ -1,6 +1,7 @@
 import GangwayAMQPCore
 import GangwayCore
 import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -13,11 +14,45 @@ struct CorrelatorTests {
         )
     }
 
-    @Test("replies that came before, during and after the wait, a failure and a deadline, each in its place")
-    func mixed() async throws {
+    /// What paces a test's sweeper: its task's own sleeps, or an event loop's timer.
+    enum Pacing: String, CaseIterable, Sendable {
+        case task
+        case eventLoop
+    }
+
+    /// A running sweeper paced as asked, with the loop group to shut down after it (if any).
+    struct Sweeper {
+        let task: Task<Void, Never>
+        let group: MultiThreadedEventLoopGroup?
+
+        init(_ correlator: Correlator, _ pacing: Pacing) {
+            switch pacing {
+            case .task:
+                group = nil
+                task = Task { await correlator.run() }
+            case .eventLoop:
+                let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                let loop = group.next()
+                self.group = group
+                task = Task { await correlator.run(sweepingOn: loop) }
+            }
+        }
+
+        /// Cancels the sweeper, waits for it to end and shuts its loop down.
+        func stop() async throws {
+            task.cancel()
+            await task.value
+            try await group?.shutdownGracefully()
+        }
+    }
+
+    @Test(
+        "replies that came before, during and after the wait, a failure and a deadline, each in its place",
+        arguments: Pacing.allCases
+    )
+    func mixed(_ pacing: Pacing) async throws {
         let correlator = Correlator(sweepInterval: .milliseconds(2))
-        let sweeper = Task { await correlator.run() }
-        defer { sweeper.cancel() }
+        let sweeper = Sweeper(correlator, pacing)
         for id in ["early", "late", "failed"] { #expect(try correlator.register(id: id, timeoutMilliseconds: 5_000)) }
         #expect(try correlator.register(id: "expired", timeoutMilliseconds: 20))
         correlator.deliver(reply("early", "1"))
@@ -44,6 +79,7 @@ struct CorrelatorTests {
         // A second reply to an id already answered is dropped and counted.
         correlator.deliver(reply("late", "again"))
         #expect(correlator.unknownReplies == 1)
+        try await sweeper.stop()
     }
 
     @Test("cancelling the waiting task ends every slot as cancelled")
@@ -64,11 +100,13 @@ struct CorrelatorTests {
         #expect(correlator.pending == 0)
     }
 
-    @Test("the sweeper sleeps while nothing waits, a request or a stream wakes it, and cancelled asleep it ends")
-    func sweeperSleepsWhileIdle() async throws {
+    @Test(
+        "the sweeper sleeps while nothing waits, a request or a stream wakes it, and cancelled asleep it ends",
+        arguments: Pacing.allCases
+    )
+    func sweeperSleepsWhileIdle(_ pacing: Pacing) async throws {
         let correlator = Correlator(sweepInterval: .milliseconds(2))
-        let sweeper = Task { await correlator.run() }
-        defer { sweeper.cancel() }
+        let sweeper = Sweeper(correlator, pacing)
         await Self.until("the sweeper sleeps") { correlator.isSweeperParked }
 
         // A request opened now still times out: opening its slot woke the sweeper.
@@ -90,12 +128,26 @@ struct CorrelatorTests {
         await Self.until("the sweeper sleeps after the reply") { correlator.isSweeperParked }
 
         // Cancelled while asleep, the sweeper ends, and with no sweeper no slot opens.
-        sweeper.cancel()
-        await sweeper.value
+        try await sweeper.stop()
         #expect(!correlator.isSweeperParked)
         #expect(throws: Correlator.Failure.unavailable("the edge is shutting down")) {
             try correlator.register(id: "after", timeoutMilliseconds: 60_000)
         }
+    }
+
+    @Test("cancelled while requests wait, the sweeper ends, and the requests fail at once", arguments: Pacing.allCases)
+    func sweeperCancelledWhileBusy(_ pacing: Pacing) async throws {
+        let correlator = Correlator(sweepInterval: .milliseconds(2))
+        let sweeper = Sweeper(correlator, pacing)
+        #expect(try correlator.register(id: "waiting", timeoutMilliseconds: 60_000))
+        try #require(!correlator.isSweeperParked)
+        let waiter = Task { try await correlator.wait(id: "waiting") }
+        // A few sweeps go by with the request still waiting.
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(correlator.pending == 1)
+        try await sweeper.stop()
+        await #expect(throws: Correlator.Failure.unavailable("the edge is shutting down")) { try await waiter.value }
+        #expect(correlator.pending == 0)
     }
 
     /// Waits until `condition` holds; records a failure instead of spinning for ever when it
