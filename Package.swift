@@ -109,7 +109,7 @@ let package = Package(
             dependencies: ["GangwayAMQPCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "CRabbitMQTests", dependencies: ["CRabbitMQ"]),
-        .testTarget(name: "GangwayAMQPTests", dependencies: ["GangwayAMQP", "GangwayAMQPCore"]),
+        .testTarget(name: "GangwayAMQPTests", dependencies: ["CRabbitMQ", "GangwayAMQP", "GangwayAMQPCore"]),
         .testTarget(name: "GangwayConfigTests", dependencies: ["GangwayConfig", "GangwayAMQPCore"]),
         .testTarget(
             name: "GangwayCoreTests",

@@ -3,19 +3,51 @@ import GangwayAMQPCore
 
 /// Owns the C memory built for one call into rabbitmq-c (tables, strings) and frees it after.
 ///
-/// Only used on a connection's owner thread, for the duration of one call.
+/// Only used on a connection's owner thread, for the duration of one call. Everything is
+/// carved out of one slab kept from call to call, so a publish (a dozen strings and a header
+/// table) costs no allocation; what does not fit in the slab's rest is allocated on its own
+/// and freed at ``reset()``.
 final class CArena {
-    private var allocations: [UnsafeMutableRawPointer] = []
+    /// Enough for a request's properties and headers with room to spare.
+    static let slabBytes = 8192
+
+    private let slab = UnsafeMutableRawPointer.allocate(byteCount: CArena.slabBytes, alignment: 16)
+    private var slabUsed = 0
+    private var overflow: [UnsafeMutableRawPointer] = []
 
     deinit {
         reset()
+        slab.deallocate()
     }
 
     /// Frees everything allocated so far; the arena can be used again.
     func reset() {
-        for p in allocations { p.deallocate() }
-        allocations.removeAll(keepingCapacity: true)
+        slabUsed = 0
+        for p in overflow { p.deallocate() }
+        overflow.removeAll(keepingCapacity: true)
     }
+
+    /// Memory for `count` values of `type`, uninitialized, valid until ``reset()``.
+    private func allocate<T>(_ type: T.Type, count: Int) -> UnsafeMutablePointer<T> {
+        let byteCount = MemoryLayout<T>.stride * count
+        let alignment = MemoryLayout<T>.alignment
+        let start = (slabUsed + alignment - 1) & ~(alignment - 1)
+        let raw: UnsafeMutableRawPointer
+        if start + byteCount <= Self.slabBytes {
+            slabUsed = start + byteCount
+            raw = slab + start
+        } else {
+            raw = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: alignment)
+            overflow.append(raw)
+        }
+        return raw.bindMemory(to: T.self, capacity: count)
+    }
+
+    /// The slab's bytes in use, for tests.
+    var slabBytesUsed: Int { slabUsed }
+
+    /// The allocations outside the slab, for tests.
+    var overflowCount: Int { overflow.count }
 
     func bytes(_ string: String) -> amqp_bytes_t {
         var string = string
@@ -23,17 +55,15 @@ final class CArena {
     }
 
     func bytes(_ buffer: UnsafeBufferPointer<UInt8>) -> amqp_bytes_t {
-        guard buffer.count > 0 else { return amqp_bytes_t(len: 0, bytes: nil) }
-        let p = UnsafeMutableRawPointer.allocate(byteCount: buffer.count, alignment: 1)
-        p.copyMemory(from: buffer.baseAddress!, byteCount: buffer.count)
-        allocations.append(p)
-        return amqp_bytes_t(len: buffer.count, bytes: p)
+        guard buffer.count > 0, let source = buffer.baseAddress else { return amqp_bytes_t(len: 0, bytes: nil) }
+        let p = allocate(UInt8.self, count: buffer.count)
+        p.initialize(from: source, count: buffer.count)
+        return amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(p))
     }
 
     func table(_ table: AMQPTable) -> amqp_table_t {
         guard !table.isEmpty else { return amqp_table_t(num_entries: 0, entries: nil) }
-        let entries = UnsafeMutablePointer<amqp_table_entry_t>.allocate(capacity: table.count)
-        allocations.append(UnsafeMutableRawPointer(entries))
+        let entries = allocate(amqp_table_entry_t.self, count: table.count)
         for (i, (key, value)) in table.enumerated() {
             (entries + i).initialize(to: amqp_table_entry_t(key: bytes(key), value: field(value)))
         }
@@ -66,8 +96,7 @@ final class CArena {
             f.value.table = table(t)
         case .array(let items):
             f.kind = UInt8(AMQP_FIELD_KIND_ARRAY.rawValue)
-            let entries = UnsafeMutablePointer<amqp_field_value_t>.allocate(capacity: max(items.count, 1))
-            allocations.append(UnsafeMutableRawPointer(entries))
+            let entries = allocate(amqp_field_value_t.self, count: max(items.count, 1))
             for (i, item) in items.enumerated() { (entries + i).initialize(to: field(item)) }
             f.value.array = amqp_array_t(num_entries: Int32(items.count), entries: entries)
         case .void:
