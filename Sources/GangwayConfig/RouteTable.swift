@@ -1,7 +1,7 @@
 /// The immutable set of routes, matched by method and path.
 ///
 /// A trie of path segments: literal children are tried before a parameter child, so
-/// `/v1/users/me` wins over `/v1/users/{id}`. Matching allocates only the parameter map.
+/// `/v1/users/me` wins over `/v1/users/{id}`. Matching allocates only the parameter map, and only for a route with parameters.
 public struct RouteTable: Sendable {
     public enum Match: Sendable {
         case matched(Route, parameters: [String: String])
@@ -52,11 +52,15 @@ public struct RouteTable: Sendable {
     }
 
     /// Matches a request path (without query). Parameter values are percent-decoded.
+    ///
+    /// The path's segments are what follows its first `/`, split at every `/` byte (`/` is one
+    /// byte in UTF-8 and never part of another character's bytes); a path without `/` has none.
     public func match(method: String, path: String) -> Match {
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         var values: [(String, Substring)] = []
-        guard let node = find(root, segments[...], &values) else { return .notFound }
+        let segments = path.utf8.firstIndex(of: UInt8(ascii: "/")).map { path[path.utf8.index(after: $0)...] }
+        guard let node = find(root, segments, &values) else { return .notFound }
         if let route = node.routes[method] ?? (method == "HEAD" ? node.routes["GET"] : nil) {
+            guard !values.isEmpty else { return .matched(route, parameters: [:]) }
             var parameters: [String: String] = [:]
             let keyParameters = route.keyParameterNames
             for (name, raw) in values {
@@ -76,9 +80,18 @@ public struct RouteTable: Sendable {
         return .methodNotAllowed(allowed: allowed.sorted())
     }
 
-    private func find(_ node: Node, _ segments: ArraySlice<Substring>, _ values: inout [(String, Substring)]) -> Node? {
-        guard let segment = segments.first else { return node.routes.isEmpty ? nil : node }
-        let rest = segments.dropFirst()
+    /// The node `segments` (`a/b/c`; nil for none left) lead to from `node`.
+    private func find(_ node: Node, _ segments: Substring?, _ values: inout [(String, Substring)]) -> Node? {
+        guard let segments else { return node.routes.isEmpty ? nil : node }
+        let segment: Substring
+        let rest: Substring?
+        if let slash = segments.utf8.firstIndex(of: UInt8(ascii: "/")) {
+            segment = segments[..<slash]
+            rest = segments[segments.utf8.index(after: slash)...]
+        } else {
+            segment = segments
+            rest = nil
+        }
         if let literal = node.literals[String(segment)], let found = find(literal, rest, &values) {
             return found
         }
