@@ -163,7 +163,9 @@ public enum WireContract {
     /// bytes, not characters ("\r\n" is one `Character`, equal to neither "\r" nor "\n"); no
     /// byte of a multi-byte character is below 0x80, so these bytes are these characters.
     public static func isSingleLine(_ text: String) -> Bool {
-        !text.utf8.contains { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") || $0 == 0 }
+        func isBreak(_ byte: UInt8) -> Bool { byte == UInt8(ascii: "\r") || byte == UInt8(ascii: "\n") || byte == 0 }
+        // A native string's bytes are contiguous: read them through a pointer, not the view.
+        return text.utf8.withContiguousStorageIfAvailable { !$0.contains(where: isBreak) } ?? !text.utf8.contains(where: isBreak)
     }
 
     /// Wall-clock milliseconds since the epoch: the unit of `x-deadline`.

@@ -500,6 +500,7 @@ public enum RoutesFile {
 
     /// ``isTokenCharacter(_:)`` for one byte of UTF-8 text: no byte of a multi-byte character
     /// is a token character, so a name is a token exactly when all its bytes are.
+    @inlinable
     public static func isTokenByte(_ b: UInt8) -> Bool {
         switch b {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):

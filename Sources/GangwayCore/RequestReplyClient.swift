@@ -358,10 +358,11 @@ public final class RequestReplyClient: Sendable {
             }
             status = Int(s)
         }
-        var headers: [(String, String)] = []
-        for (key, value) in props.headers where key.hasPrefix(WireContract.Header.headerPrefix) {
-            let name = String(key.dropFirst(WireContract.Header.headerPrefix.count)).lowercased()
-            guard !name.isEmpty, name.utf8.allSatisfy(RoutesFile.isTokenByte) else {
+        var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(props.headers.count)
+        for (key, value) in props.headers {
+            guard let name = responseHeaderName(key) else { continue }
+            guard !name.isEmpty else {
                 throw .badReply(route: route, reason: "'\(key)' is not a valid header name")
             }
             guard let text = value.stringValue, WireContract.isSingleLine(text) else {
@@ -375,6 +376,35 @@ public final class RequestReplyClient: Sendable {
         }
         let body = GatewayReply.carriesContent(status: status) ? delivery.body : ByteBuffer()
         return GatewayReply(status: status, headers: headers, contentType: props.contentType, contentEncoding: props.contentEncoding, body: body)
+    }
+
+    /// The response header a reply's `x-header-<name>` key names, lower-cased (a token's bytes
+    /// are ASCII, so ASCII lower case is all there is): nil when `key` has not that prefix, empty
+    /// when what follows it is not a token (RFC 9110 §5.1). Read as bytes: a reply has a few such
+    /// keys, and the edge decodes one reply per request.
+    static func responseHeaderName(_ key: String) -> String? {
+        enum Scan { case otherKey, notToken, token(hasUpperCase: Bool) }
+        let prefix: StaticString = "x-header-"  // WireContract.Header.headerPrefix
+        let prefixLength = prefix.utf8CodeUnitCount
+        var key = key
+        let scan = key.withUTF8 { bytes -> Scan in
+            guard bytes.count >= prefixLength else { return .otherKey }
+            for i in 0..<prefixLength where bytes[i] != prefix.utf8Start[i] { return .otherKey }
+            guard bytes.count > prefixLength else { return .notToken }
+            var upper = false
+            for i in prefixLength..<bytes.count {
+                guard RoutesFile.isTokenByte(bytes[i]) else { return .notToken }
+                upper = upper || (bytes[i] >= UInt8(ascii: "A") && bytes[i] <= UInt8(ascii: "Z"))
+            }
+            return .token(hasUpperCase: upper)
+        }
+        switch scan {
+        case .otherKey: return nil
+        case .notToken: return ""
+        case .token(let hasUpperCase):
+            let name = key[key.utf8.index(key.startIndex, offsetBy: prefixLength)...]
+            return hasUpperCase ? name.lowercased() : String(name)
+        }
     }
 
 }

@@ -282,6 +282,21 @@ struct RequestReplyTests {
         }
     }
 
+    @Test("only keys that begin with x-header- exactly are response headers")
+    func responseHeaderKeys() throws {
+        let d = Delivery(
+            consumerTag: "", deliveryTag: 1, redelivered: false, exchange: "", routingKey: "",
+            properties: AMQPProperties(headers: [
+                "x-status": 201, "X-Header-a": "v", "x-header": "v", "x-headers-a": "v", "x-header-B": "b", "x-heade": "v", "": "v",
+            ]),
+            body: ByteBuffer(), generation: 1
+        )
+        let reply = try RequestReplyClient.decodeReply(d, route: "r")
+        #expect(reply.status == 201)
+        #expect(reply.headers.map(\.name) == ["b"])
+        #expect(reply.headers.map(\.value) == ["b"])
+    }
+
     @Test("reply headers that are tokens with one-line values pass, whatever else their text holds")
     func wellFormedHeaders() throws {
         let d = Delivery(
