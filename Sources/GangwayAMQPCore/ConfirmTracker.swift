@@ -9,26 +9,40 @@
 ///
 /// Returns carry no delivery tag; they are matched by `message_id`, which every mandatory
 /// publish must carry.
+///
+/// Its code is inlinable so that the connection's thread runs it specialized for its token type,
+/// without generic metadata lookups on every confirm.
 public struct ConfirmTracker<Token: Sendable>: Sendable {
-    private struct Entry: Sendable {
-        var token: Token?
-        var messageID: String?
-        var returned: (code: UInt16, text: String)?
+    @usableFromInline
+    struct Entry: Sendable {
+        @usableFromInline var token: Token?
+        @usableFromInline var messageID: String?
+        @usableFromInline var returned: (code: UInt16, text: String)?
+
+        @inlinable
+        init(token: Token?, messageID: String?, returned: (code: UInt16, text: String)?) {
+            self.token = token
+            self.messageID = messageID
+            self.returned = returned
+        }
     }
 
     /// Entries for tags `headTag ..< nextTag`, oldest first; settled entries have no token.
-    private var entries: [Entry] = []
-    private var headIndex = 0
-    private var headTag: UInt64 = 1
-    private var nextTag: UInt64 = 1
-    private var tagByMessageID: [String: UInt64] = [:]
+    @usableFromInline var entries: [Entry] = []
+    @usableFromInline var headIndex = 0
+    @usableFromInline var headTag: UInt64 = 1
+    @usableFromInline var nextTag: UInt64 = 1
+    @usableFromInline var tagByMessageID: [String: UInt64] = [:]
 
+    @inlinable
     public init() {}
 
     /// Publishes awaiting their confirm.
+    @inlinable
     public var pendingCount: Int { entries[headIndex...].reduce(0) { $0 + ($1.token == nil ? 0 : 1) } }
 
     /// Records a publish and returns the delivery tag the broker will confirm it under.
+    @inlinable
     public mutating func published(_ token: Token, messageID: String?) -> UInt64 {
         let tag = nextTag
         nextTag += 1
@@ -39,7 +53,7 @@ public struct ConfirmTracker<Token: Sendable>: Sendable {
 
     /// Records a basic.return. Unknown message ids are ignored (the publish may have been
     /// settled already by a reset). Returns whether an entry was marked.
-    @discardableResult
+    @inlinable @discardableResult
     public mutating func returned(messageID: String?, replyCode: UInt16, replyText: String) -> Bool {
         guard let messageID, let tag = tagByMessageID[messageID], let index = index(of: tag) else { return false }
         entries[index].returned = (replyCode, replyText)
@@ -47,6 +61,7 @@ public struct ConfirmTracker<Token: Sendable>: Sendable {
     }
 
     /// Settles the publishes a basic.ack covers.
+    @inlinable
     public mutating func acked(deliveryTag: UInt64, multiple: Bool) -> [(Token, PublishOutcome)] {
         settle(deliveryTag: deliveryTag, multiple: multiple) { entry in
             if let r = entry.returned { return .returned(replyCode: r.code, replyText: r.text) }
@@ -55,12 +70,14 @@ public struct ConfirmTracker<Token: Sendable>: Sendable {
     }
 
     /// Settles the publishes a basic.nack covers.
+    @inlinable
     public mutating func nacked(deliveryTag: UInt64, multiple: Bool) -> [(Token, PublishOutcome)] {
         settle(deliveryTag: deliveryTag, multiple: multiple) { _ in .nacked }
     }
 
     /// Forgets every pending publish (the channel or connection is gone) and restarts tags at 1,
     /// as a fresh `confirm.select` does. Returns the tokens that must now fail.
+    @inlinable
     public mutating func reset() -> [Token] {
         let tokens = entries[headIndex...].compactMap(\.token)
         entries.removeAll(keepingCapacity: true)
@@ -71,12 +88,14 @@ public struct ConfirmTracker<Token: Sendable>: Sendable {
         return tokens
     }
 
-    private func index(of tag: UInt64) -> Int? {
+    @usableFromInline
+    func index(of tag: UInt64) -> Int? {
         guard tag >= headTag, tag < nextTag else { return nil }
         return headIndex + Int(tag - headTag)
     }
 
-    private mutating func settle(
+    @inlinable
+    mutating func settle(
         deliveryTag: UInt64,
         multiple: Bool,
         outcome: (Entry) -> PublishOutcome
