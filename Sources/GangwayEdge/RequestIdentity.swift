@@ -18,18 +18,65 @@ enum RequestIdentity {
     }
 
     /// Continues the client's trace with a new span id, or starts one.
+    ///
+    /// A trace is continued when the header is a version-00 `traceparent` as W3C Trace Context
+    /// writes it, `00-<trace id>-<parent id>-<flags>`: 55 bytes, lowercase hex fields, a trace
+    /// id and parent id that are not all zeros. Anything else starts a new trace. Built byte by
+    /// byte into one string: the edge makes one per request.
     static func traceparent(from header: String?, random: RandomPool = .shared) -> String {
-        if let header {
-            let parts = header.split(separator: "-")
-            if parts.count == 4, parts[0] == "00", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
-                parts[1].utf8.allSatisfy(isHex), parts[3].utf8.allSatisfy(isHex), parts[1] != String(repeating: "0", count: 32)
-            {
-                return "00-\(parts[1])-\(hex(random.nonZero()))-\(parts[3])"
+        if var header, header.utf8.count == 55 {
+            let continued: String? = header.withUTF8 { bytes in
+                guard isTraceparent(bytes) else { return nil }
+                return traceparent { out in
+                    for i in 3..<35 { out[i] = bytes[i] }
+                    writeHex(random.nonZero(), into: out, at: 36)
+                    out[53] = bytes[53]
+                    out[54] = bytes[54]
+                }
             }
+            if let continued { return continued }
         }
         var (high, low) = random.next2()
         if high == 0 && low == 0 { low = 1 }  // an all-zero trace id is invalid
-        return "00-\(hex(high, low))-\(hex(random.nonZero()))-01"
+        return traceparent { out in
+            writeHex(high, into: out, at: 3)
+            writeHex(low, into: out, at: 19)
+            writeHex(random.nonZero(), into: out, at: 36)
+            out[53] = UInt8(ascii: "0")
+            out[54] = UInt8(ascii: "1")
+        }
+    }
+
+    /// A version-00 `traceparent`, 55 bytes: `00-` and the dashes are written here; `fill`
+    /// writes the trace id (3..<35), span id (36..<52) and flags (53, 54).
+    private static func traceparent(_ fill: (UnsafeMutableBufferPointer<UInt8>) -> Void) -> String {
+        String(unsafeUninitializedCapacity: 55) { out in
+            out[0] = UInt8(ascii: "0")
+            out[1] = UInt8(ascii: "0")
+            out[2] = UInt8(ascii: "-")
+            out[35] = UInt8(ascii: "-")
+            out[52] = UInt8(ascii: "-")
+            fill(out)
+            return 55
+        }
+    }
+
+    /// Whether 55 bytes are a `traceparent` this edge continues (see ``traceparent(from:random:)``).
+    private static func isTraceparent(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard bytes.count == 55, bytes[0] == UInt8(ascii: "0"), bytes[1] == UInt8(ascii: "0"),
+            bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-")
+        else { return false }
+        var traceBits: UInt8 = 0
+        var parentBits: UInt8 = 0
+        for i in 3..<35 {
+            guard isHex(bytes[i]) else { return false }
+            traceBits |= bytes[i] ^ UInt8(ascii: "0")
+        }
+        for i in 36..<52 {
+            guard isHex(bytes[i]) else { return false }
+            parentBits |= bytes[i] ^ UInt8(ascii: "0")
+        }
+        return traceBits != 0 && parentBits != 0 && isHex(bytes[53]) && isHex(bytes[54])
     }
 
     /// 16 lowercase hex digits.

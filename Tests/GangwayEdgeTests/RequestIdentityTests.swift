@@ -42,7 +42,21 @@ struct RequestIdentityTests {
         #expect(parts[3] == "01")
     }
 
-    @Test(arguments: [nil, "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"])
+    @Test func theClientsTraceFlagsAreKept() {
+        let parts = RequestIdentity.traceparent(from: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").split(separator: "-")
+        #expect(parts[1] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        #expect(parts[3] == "00")
+    }
+
+    @Test(arguments: [
+        nil, "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        // Upper-case hex, an all-zero parent id, a parent id or flags that are not hex, a field
+        // of the wrong length, one byte too many: not W3C's version 00.
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902zz-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+        "-00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ])
     func anInvalidOrMissingTraceStartsANewOne(header: String?) {
         let parts = RequestIdentity.traceparent(from: header).split(separator: "-").map(String.init)
         #expect(parts.count == 4)
