@@ -10,7 +10,8 @@ public final class RequestReplyClient: Sendable {
     let bus: any MessageBus
     let correlator: Correlator
     private let presence: ConsumerPresence
-    private let instanceID: String
+    /// `<instance id>.`: correlation ids are it and a count.
+    private let correlationPrefix: String
     private let counter = Atomic<UInt64>(0)
 
     /// Headers that describe one hop and must not be copied from a reply to the response.
@@ -23,7 +24,7 @@ public final class RequestReplyClient: Sendable {
         self.bus = bus
         self.correlator = correlator
         self.presence = presence
-        self.instanceID = instanceID
+        self.correlationPrefix = instanceID + "."
     }
 
     /// - Throws: ``GatewayError``: 503 when nobody serves the route or the broker is down,
@@ -337,7 +338,7 @@ public final class RequestReplyClient: Sendable {
     }
 
     func nextCorrelationID() -> String {
-        "\(instanceID).\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
+        correlationPrefix + String(counter.wrappingAdd(1, ordering: .relaxed).newValue)
     }
 
     /// Checks a reply against the contract: `x-status` a final HTTP status 200...599 when

@@ -409,9 +409,14 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     /// `content` keeping `length` would make one.
     static func fields(of reply: GatewayReply, serverName: String?) -> HTTPFields {
         reply.httpFields(extraCapacity: 5) { name in
-            switch name {
-            case .xRequestID, .date, .contentLength, .connection, .transferEncoding: return true
-            case .server: return serverName != nil
+            // By length first: most names are none of these, and then no string is compared.
+            switch name.canonicalName.utf8.count {
+            case 4: return name == .date
+            case 6: return serverName != nil && name == .server
+            case 10: return name == .connection
+            case 12: return name == .xRequestID
+            case 14: return name == .contentLength
+            case 17: return name == .transferEncoding
             default: return false
             }
         }

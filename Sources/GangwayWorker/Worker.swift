@@ -279,7 +279,10 @@ public struct Worker: Service {
             connection.ack(delivery)
             return
         }
-        var headers: AMQPTable = [WireContract.Header.status: .int(Int64(reply.status))]
+        var headers: AMQPTable = [:]
+        // Sized once: growing a dictionary entry by entry rehashes it at each step.
+        headers.reserveCapacity(reply.headers.count + 2)
+        headers[WireContract.Header.status] = .int(Int64(reply.status))
         if let replier = configuration.replierID { headers[WireContract.Header.replier] = .string(replier) }
         for (name, value) in reply.headers {
             headers[WireContract.Header.headerPrefix + name.lowercased()] = .string(value)

@@ -22,8 +22,11 @@ enum DemoWorkers {
             if delayMilliseconds > 0 {
                 try await Task.sleep(for: .milliseconds(delayMilliseconds))
             }
-            var headers = ["x-echo-method": request.method]
-            if !request.requestID.isEmpty { headers["x-request-id-seen"] = request.requestID }
+            var headers: [String: String] = [:]
+            headers.reserveCapacity(3)
+            headers["x-echo-method"] = request.method
+            let requestID = request.requestID
+            if !requestID.isEmpty { headers["x-request-id-seen"] = requestID }
             if let traceparent = request.traceparent { headers["x-traceparent-seen"] = traceparent }
             return WorkerReply(status: 200, headers: headers, contentType: request.contentType, body: request.body)
         }
