@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared by the benchmark scripts: a work directory, a private broker, release binaries, and
 # cleanup of everything they start. Source it; it sets work, bin, port, http_port and
-# GANGWAY_AMQP_URL, and appends background pids to pids.
+# GANGWAY_AMQP_URL, and appends background pids to pids. KEEP_WORK=1 keeps the work directory
+# (logs, profiles) and prints where it is.
 export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
 
 work=$(mktemp -d /tmp/gangway-bench-XXXXXX)
@@ -10,7 +11,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   scripts/broker.sh stop "$work/broker" || true
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 
