@@ -139,14 +139,10 @@ enum CDecode {
     }
 
     static func table(_ t: amqp_table_t) -> AMQPTable {
-        var result: AMQPTable = [:]
-        guard t.num_entries > 0, let entries = t.entries else { return result }
-        result.reserveCapacity(Int(t.num_entries))
-        for i in 0..<Int(t.num_entries) {
-            let e = entries[i]
-            result[string(e.key)] = field(e.value)
-        }
-        return result
+        guard t.num_entries > 0, let entries = t.entries else { return AMQPTable() }
+        // Built whole, then checked for repeated keys once (a peer may repeat one; the last
+        // value counts), rather than searched entry by entry.
+        return AMQPTable(count: Int(t.num_entries)) { (key: string(entries[$0].key), value: field(entries[$0].value)) }
     }
 
     static func field(_ f: amqp_field_value_t) -> AMQPFieldValue {

@@ -56,8 +56,153 @@ public enum AMQPFieldValue: Sendable, Hashable {
     }
 }
 
-/// An AMQP field table: ordered keys are not significant on the wire.
-public typealias AMQPTable = [String: AMQPFieldValue]
+/// An AMQP field table (message headers, declaration arguments): each key has one value, and
+/// the order of the keys is not significant, on the wire or to `==`.
+///
+/// Its entries are kept in an array, not a hash table: a message's headers are a handful of
+/// short keys, built once and read a few times per message, and comparing a few keys costs
+/// less than hashing them (the edge builds a table for every request and decodes one from
+/// every reply; a worker does the reverse). Setting a key replaces its value where it is;
+/// a new key goes to the end, and iteration follows that order.
+public struct AMQPTable: Sendable, Hashable, ExpressibleByDictionaryLiteral, Sequence, CustomStringConvertible {
+    public typealias Element = (key: String, value: AMQPFieldValue)
+
+    /// A struct, not a tuple: an array of tuples is copied and destroyed through the runtime's
+    /// generic tuple witnesses.
+    @usableFromInline
+    struct Entry: Sendable {
+        @usableFromInline var key: String
+        @usableFromInline var value: AMQPFieldValue
+
+        @inlinable
+        init(key: String, value: AMQPFieldValue) {
+            self.key = key
+            self.value = value
+        }
+    }
+
+    @usableFromInline
+    var entries: [Entry]
+
+    @inlinable
+    public init() {
+        entries = []
+    }
+
+    /// A table of `count` entries, the `i`th given by `entry(i)`; where a key comes more than
+    /// once, its last value counts (as when a table read from the wire repeats a key).
+    @inlinable
+    public init(count: Int, entry: (Int) -> Element) {
+        entries = []
+        entries.reserveCapacity(count)
+        for i in 0..<count {
+            let (key, value) = entry(i)
+            entries.append(Entry(key: key, value: value))
+        }
+        removeRepeatedKeys()
+    }
+
+    public init(dictionaryLiteral elements: (String, AMQPFieldValue)...) {
+        self.init(count: elements.count) { (key: elements[$0].0, value: elements[$0].1) }
+    }
+
+    /// Keeps the last entry of each key.
+    @usableFromInline
+    mutating func removeRepeatedKeys() {
+        guard entries.count > 1 else { return }
+        if entries.count <= 16 {
+            // Few entries: compare each key with the ones after it.
+            var i = entries.count - 1
+            while i > 0 {
+                i -= 1
+                let key = entries[i].key
+                if entries[(i + 1)...].contains(where: { $0.key == key }) { entries.remove(at: i) }
+            }
+        } else {
+            // Many: one pass with a set, from the end, so that the last value of a key stays.
+            var seen = Set<String>(minimumCapacity: entries.count)
+            var kept: [Entry] = []
+            kept.reserveCapacity(entries.count)
+            for entry in entries.reversed() where seen.insert(entry.key).inserted { kept.append(entry) }
+            entries = kept.reversed()
+        }
+    }
+
+    @inlinable
+    public subscript(key: String) -> AMQPFieldValue? {
+        get {
+            for entry in entries where entry.key == key { return entry.value }
+            return nil
+        }
+        set {
+            if let i = entries.firstIndex(where: { $0.key == key }) {
+                if let newValue { entries[i].value = newValue } else { entries.remove(at: i) }
+            } else if let newValue {
+                entries.append(Entry(key: key, value: newValue))
+            }
+        }
+    }
+
+    @inlinable
+    public var count: Int { entries.count }
+
+    @inlinable
+    public var isEmpty: Bool { entries.isEmpty }
+
+    public var keys: [String] { entries.map(\.key) }
+
+    @inlinable
+    public mutating func reserveCapacity(_ minimumCapacity: Int) {
+        entries.reserveCapacity(minimumCapacity)
+    }
+
+    public struct Iterator: IteratorProtocol {
+        @usableFromInline
+        var base: IndexingIterator<[Entry]>
+
+        @inlinable
+        init(base: IndexingIterator<[Entry]>) {
+            self.base = base
+        }
+
+        @inlinable
+        public mutating func next() -> Element? {
+            guard let entry = base.next() else { return nil }
+            return (entry.key, entry.value)
+        }
+    }
+
+    @inlinable
+    public func makeIterator() -> Iterator {
+        Iterator(base: entries.makeIterator())
+    }
+
+    @inlinable
+    public var underestimatedCount: Int { entries.count }
+
+    /// The same keys with the same values, in any order.
+    public static func == (lhs: AMQPTable, rhs: AMQPTable) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        return lhs.entries.allSatisfy { rhs[$0.key] == $0.value }
+    }
+
+    /// Independent of the order of the entries, as `==` is.
+    public func hash(into hasher: inout Hasher) {
+        var sum = 0
+        for entry in entries {
+            var h = Hasher()
+            h.combine(entry.key)
+            h.combine(entry.value)
+            sum &+= h.finalize()
+        }
+        hasher.combine(entries.count)
+        hasher.combine(sum)
+    }
+
+    public var description: String {
+        entries.isEmpty ? "[:]" : "[" + entries.map { "\(String(reflecting: $0.key)): \($0.value)" }.joined(separator: ", ") + "]"
+    }
+}
 
 extension AMQPFieldValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
     public init(stringLiteral value: String) { self = .string(value) }
