@@ -104,6 +104,13 @@ public final class AMQPConnection: Sendable {
         var nextConsumerTag = 0
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
         var lastError: String?
+
+        /// Marks the owner thread awake; returns whether it slept and must be woken.
+        mutating func wakeOwner() -> Bool {
+            guard sleeping else { return false }
+            sleeping = false
+            return true
+        }
     }
 
     /// - Parameters:
@@ -352,33 +359,45 @@ public final class AMQPConnection: Sendable {
     /// Queues a command for the owner thread, waking it if it sleeps. Returns an error instead
     /// of queueing when the command cannot succeed now, so callers fail fast.
     private func enqueue(_ command: Command, needsConnection: Bool) -> AMQPError? {
-        enqueue(CollectionOfOne(command), needsConnection: needsConnection)
+        // Not through the batch's generic path: one command per call is the common case (every
+        // publish, ack and reject), and appending a one-element collection goes element by
+        // element through the generic sequence copy.
+        let (error, wake): (AMQPError?, Bool) = shared.withLock { state in
+            if let refusal = refusal(of: command, needsConnection: needsConnection, state: state) { return refusal }
+            state.commands.append(command)
+            return (nil, state.wakeOwner())
+        }
+        if wake { self.wake() }
+        return error
     }
 
     /// Queues commands together (all or none), waking the owner thread at most once.
     private func enqueue(_ batch: some Collection<Command>, needsConnection: Bool) -> AMQPError? {
         guard let command = batch.first else { return nil }
         let (error, wake): (AMQPError?, Bool) = shared.withLock { state in
-            if state.shutdownRequested { return (.shutdown, false) }
-            if needsConnection && !state.connected {
-                // Consumers and acks need no answer: consumers start on the next connect and
-                // unacked deliveries are requeued by the broker.
-                switch command {
-                case .startConsumer, .cancelConsumer, .ack, .reject: return (nil, false)
-                default: return (.notConnected(configuration.name), false)
-                }
-            }
-            // A batch is of one kind (publishes awaiting their confirms).
-            if command.waitsOnBroker && state.blocked && configuration.failFastWhenBlocked { return (.blocked, false) }
+            // A batch is of one kind (publishes awaiting their confirms): its first decides.
+            if let refusal = refusal(of: command, needsConnection: needsConnection, state: state) { return refusal }
             state.commands.append(contentsOf: batch)
-            if state.sleeping {
-                state.sleeping = false
-                return (nil, true)
-            }
-            return (nil, false)
+            return (nil, state.wakeOwner())
         }
         if wake { self.wake() }
         return error
+    }
+
+    /// Why `command` is not queued now, as ``enqueue(_:needsConnection:)`` returns it (an error,
+    /// or nil for a command dropped without one), or nil when it is queued.
+    private func refusal(of command: Command, needsConnection: Bool, state: SharedState) -> (AMQPError?, Bool)? {
+        if state.shutdownRequested { return (.shutdown, false) }
+        if needsConnection && !state.connected {
+            // Consumers and acks need no answer: consumers start on the next connect and
+            // unacked deliveries are requeued by the broker.
+            switch command {
+            case .startConsumer, .cancelConsumer, .ack, .reject: return (nil, false)
+            default: return (.notConnected(configuration.name), false)
+            }
+        }
+        if command.waitsOnBroker && state.blocked && configuration.failFastWhenBlocked { return (.blocked, false) }
+        return nil
     }
 
     func wake() {

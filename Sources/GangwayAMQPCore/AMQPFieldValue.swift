@@ -102,8 +102,15 @@ public struct AMQPTable: Sendable, Hashable, ExpressibleByDictionaryLiteral, Seq
         removeRepeatedKeys()
     }
 
+    /// - Precondition: the keys differ (checked in debug builds, as a dictionary literal's are
+    ///   always): a literal is written with the keys it means.
     public init(dictionaryLiteral elements: (String, AMQPFieldValue)...) {
-        self.init(count: elements.count) { (key: elements[$0].0, value: elements[$0].1) }
+        entries = []
+        entries.reserveCapacity(elements.count)
+        for (key, value) in elements {
+            assert(!entries.contains(where: { $0.key == key }), "AMQPTable literal repeats the key '\(key)'")
+            entries.append(Entry(key: key, value: value))
+        }
     }
 
     /// Keeps the last entry of each key.
