@@ -73,13 +73,13 @@ callgrind=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$w
 
 echo "edge under callgrind, worker native (${seconds}s at $connections connections)..." >&2
 "$bin" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & worker=$!; pids+=("$worker")
-"${callgrind[@]}" "$counted" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & edge=$!; pids+=("$edge")
+"${callgrind[@]}" "$counted" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & edge=$!; pids+=("$edge")
 wait_served
 count "edge" "$edge"
 kill "$edge" "$worker"; wait "$edge" "$worker" 2>/dev/null || true
 
 echo "worker under callgrind, edge native..." >&2
 "${callgrind[@]}" "$counted" worker echo --prefetch 128 --log-level warning > "$work/worker.log" 2>&1 & worker=$!; pids+=("$worker")
-"$bin" edge --port "$http_port" --log-level warning > "$work/edge.log" 2>&1 & edge=$!; pids+=("$edge")
+"$bin" edge --port "$http_port" ${EDGE_ARGS:-} --log-level warning > "$work/edge.log" 2>&1 & edge=$!; pids+=("$edge")
 wait_served
 count "echo worker" "$worker"
