@@ -27,12 +27,6 @@ source benchmarks/lib.sh
 counted="$work/gangway"
 strip --strip-debug -o "$counted" "$bin"
 
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = string.rep("a", 64)
-wrk.headers["Content-Type"] = "text/plain"
-LUA
-
 # count NAME PID: instructions PID executes per request while wrk drives the edge.
 count() {
   local name=$1 pid=$2

@@ -34,6 +34,13 @@ scripts/broker.sh start "$work/broker" "$port" >/dev/null
 export GANGWAY_AMQP_URL="amqp://guest:guest@localhost:$port/"
 http_port=$(free_port)
 
+# wrk's script for the issue's load: POST /v1/echo with a 64-byte body (wrk -s "$work/post.lua").
+cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("a", 64)
+wrk.headers["Content-Type"] = "text/plain"
+LUA
+
 # CPU time of a process so far, in clock ticks (getconf CLK_TCK per second).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -32,12 +32,6 @@ wait_ready
 curl -sf -X POST "localhost:$http_port/v1/echo" -d warmup >/dev/null
 broker=$(broker_pid)
 
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = string.rep("a", 64)
-wrk.headers["Content-Type"] = "text/plain"
-LUA
-
 # Each of a process's threads: "tid name cpu-ticks" (a thread that ends meanwhile is left out).
 thread_ticks() {
   for t in /proc/"$1"/task/*; do

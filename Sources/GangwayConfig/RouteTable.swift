@@ -1,7 +1,8 @@
 /// The immutable set of routes, matched by method and path.
 ///
 /// A trie of path segments: literal children are tried before a parameter child, so
-/// `/v1/users/me` wins over `/v1/users/{id}`. Matching allocates only the parameter map, and only for a route with parameters.
+/// `/v1/users/me` wins over `/v1/users/{id}`. Matching allocates only the parameter map, and
+/// only for a route with parameters.
 public struct RouteTable: Sendable {
     public enum Match: Sendable {
         case matched(Route, parameters: [String: String])

@@ -280,7 +280,7 @@ public struct Worker: Service {
             return
         }
         var headers: AMQPTable = [:]
-        // Sized once: growing a dictionary entry by entry rehashes it at each step.
+        // Sized once for the entries it will hold, rather than grown as they are added.
         headers.reserveCapacity(reply.headers.count + 2)
         headers[WireContract.Header.status] = .int(Int64(reply.status))
         if let replier = configuration.replierID { headers[WireContract.Header.replier] = .string(replier) }
