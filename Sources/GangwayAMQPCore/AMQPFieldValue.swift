@@ -156,8 +156,6 @@ public struct AMQPTable: Sendable, Hashable, ExpressibleByDictionaryLiteral, Seq
     @inlinable
     public var isEmpty: Bool { entries.isEmpty }
 
-    public var keys: [String] { entries.map(\.key) }
-
     @inlinable
     public mutating func reserveCapacity(_ minimumCapacity: Int) {
         entries.reserveCapacity(minimumCapacity)

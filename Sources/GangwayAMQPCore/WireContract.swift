@@ -54,7 +54,9 @@ public enum WireContract {
         public static let deadline = "x-deadline"
         public static let principal = "x-principal"
         /// Prefix of forwarded request headers and of reply headers that become response headers.
-        public static let headerPrefix = "x-header-"
+        public static let headerPrefix = headerPrefixBytes.description
+        /// ``headerPrefix`` as static bytes, for code that reads keys byte by byte.
+        public static let headerPrefixBytes: StaticString = "x-header-"
         public static let status = "x-status"
         public static let part = "x-part"
         public static let final = "x-final"

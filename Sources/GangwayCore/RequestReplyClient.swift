@@ -385,7 +385,7 @@ public final class RequestReplyClient: Sendable {
     /// keys, and the edge decodes one reply per request.
     static func responseHeaderName(_ key: String) -> String? {
         enum Scan { case otherKey, notToken, token(hasUpperCase: Bool) }
-        let prefix: StaticString = "x-header-"  // WireContract.Header.headerPrefix
+        let prefix = WireContract.Header.headerPrefixBytes
         let prefixLength = prefix.utf8CodeUnitCount
         var key = key
         let scan = key.withUTF8 { bytes -> Scan in
