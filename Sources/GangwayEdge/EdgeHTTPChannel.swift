@@ -79,7 +79,7 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     /// Hummingbird's HTTP/1 handlers (with ``HTTP1ProtocolHandler`` where NIO's protocol error
-    /// handler would be, and Hummingbird's connection-state handler closing connections idle
+    /// handler and HTTP/1-to-HTTP-types codec would be, and Hummingbird's connection-state handler closing connections idle
     /// for `idleTimeout`), the request/reply handler when there is one, then the gate; the
     /// future tells what the first request the gate sees is.
     static func configure(
@@ -97,7 +97,6 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
             withDecoderLimitConfiguration: decoderLimits
         )
         try pipeline.addHandler(HTTP1ProtocolHandler(maxHeaderBytes: decoderLimits.maxHeaderListSize))
-        try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
         try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
         if let requestReply {
             try pipeline.addHandler(RequestReplyChannelHandler(configuration: requestReply))

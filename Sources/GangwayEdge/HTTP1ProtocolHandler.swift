@@ -1,10 +1,16 @@
 import GangwayCore
+import HTTPTypes
 import NIOCore
 import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
 
 /// What the HTTP/1 server needs where the version-free HTTP types above it cannot see it: the
 /// answer to a request that does not parse, and HTTP/1.0's connection rules. It sits right
-/// above the decoder, where NIO's `HTTPServerProtocolErrorHandler` would.
+/// above the decoder, where NIO's `HTTPServerProtocolErrorHandler` would, and it also turns
+/// NIO's HTTP/1 parts into the version-free ones that the handlers above read and write, and
+/// back (what NIO's `HTTP1ToHTTPServerCodec` does): one handler fewer for every part of every
+/// request and response to pass through.
 ///
 /// **Requests that do not parse** get a problem JSON body, as every other error is answered:
 /// 431 when their header fields pass the decoder's limits, 400 otherwise; then the connection
@@ -33,8 +39,8 @@ import NIOHTTP1
 /// `Expect: 100-continue`, so the expectation is dropped, as RFC 9110 asks.
 final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let maxHeaderBytes: Int
@@ -84,22 +90,52 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
             let http10 = head.version == .http1_0
             let keepAlive = head.isKeepAlive
+            if http10 || !keepAlive {
+                if !keepAlive && head.headers["connection"] != ["close"] {
+                    head.headers.replaceOrAdd(name: "connection", value: "close")
+                }
+                if http10 {
+                    head.headers.remove(name: "expect")
+                }
+            }
+            guard let request = Self.request(head) else {
+                refuse(.badRequest("the request's method '\(head.method.rawValue)' is not an HTTP token"), context: context)
+                return
+            }
             owed.append(Owed(http10: http10, keepAlive: keepAlive, isHead: head.method == .HEAD))
-            guard http10 || !keepAlive else { break }
-            if !keepAlive && head.headers["connection"] != ["close"] {
-                head.headers.replaceOrAdd(name: "connection", value: "close")
-            }
-            if http10 {
-                head.headers.remove(name: "expect")
-            }
-            context.fireChannelRead(wrapInboundOut(.head(head)))
-            return
-        case .end:
+            context.fireChannelRead(wrapInboundOut(.head(request)))
+        case .body(let body):
+            context.fireChannelRead(wrapInboundOut(.body(body)))
+        case .end(let trailers):
             readingRequest = false
-        case .body:
-            break
+            context.fireChannelRead(wrapInboundOut(.end(trailers.map { HTTPFields($0, splitCookie: false) })))
         }
-        context.fireChannelRead(data)
+    }
+
+    /// `head` as a version-free request, as NIO's `HTTPRequest(_:secure:splitCookie:)` makes it
+    /// (the first `Host` field becomes the authority and leaves the fields; the scheme is
+    /// `http`, as the edge's codec always said), or nil when its method is not a token. A target
+    /// in origin form (`/path?query`, nearly every request) is the path as it is, which NIO's
+    /// conversion finds only after parsing it as a URL; any other form goes through NIO's.
+    static func request(_ head: HTTPRequestHead) -> HTTPRequest? {
+        guard head.uri.utf8.first == UInt8(ascii: "/") else {
+            return try? HTTPRequest(head, secure: false, splitCookie: false)
+        }
+        guard let method = try? HTTPRequest.Method(head.method) else { return nil }
+        var fields = HTTPFields()
+        fields.reserveCapacity(head.headers.count)
+        var authority: String?
+        for header in head.headers {
+            if authority == nil, header.name.utf8.count == 4, FieldScan.equalsIgnoringCase(header.name, "host") {
+                authority = header.value
+                continue
+            }
+            // The decoder reads only token names, which are all valid field names.
+            if let name = HTTPField.Name(header.name) {
+                fields.append(HTTPField(name: name, value: header.value))
+            }
+        }
+        return HTTPRequest(method: method, scheme: "http", authority: authority, path: head.uri, headerFields: fields)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -144,7 +180,7 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
         }
 
-        private static func equalsIgnoringCase(_ name: String, _ lowercase: StaticString) -> Bool {
+        static func equalsIgnoringCase(_ name: String, _ lowercase: StaticString) -> Bool {
             lowercase.withUTF8Buffer { name.utf8.elementsEqual($0, by: { $0 | 0x20 == $1 }) }
         }
 
@@ -175,25 +211,25 @@ final class HTTP1ProtocolHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
-        case .head(var response):
+        case .head(let newResponse):
+            var response = HTTPResponseHead(newResponse)
             // An informational response (100 Continue) is not the request's answer.
-            guard let request = owed.first, request.http10 || !request.keepAlive, response.status.code >= 200 else { break }
-            if request.http10 { response.version = .http1_0 }
-            let framed = !request.http10 || request.isHead || !response.status.mayHaveResponseBody || response.headers.contains(name: "content-length")
-            // The handlers above close the connection after a request that said close; one that
-            // asked for keep-alive and gets a body that only the close can end is closed here.
-            closeAfterResponse = request.keepAlive && !framed
-            let keptAlive = request.keepAlive && framed
-            response.headers.replaceOrAdd(name: "connection", value: keptAlive ? "keep-alive" : "close")
+            if let request = owed.first, request.http10 || !request.keepAlive, response.status.code >= 200 {
+                if request.http10 { response.version = .http1_0 }
+                let framed = !request.http10 || request.isHead || !response.status.mayHaveResponseBody || response.headers.contains(name: "content-length")
+                // The handlers above close the connection after a request that said close; one
+                // that asked for keep-alive and gets a body that only the close can end is
+                // closed here.
+                closeAfterResponse = request.keepAlive && !framed
+                let keptAlive = request.keepAlive && framed
+                response.headers.replaceOrAdd(name: "connection", value: keptAlive ? "keep-alive" : "close")
+            }
             context.write(wrapOutboundOut(.head(response)), promise: promise)
-            return
-        case .body:
-            break
-        case .end:
-            ended(data, promise: promise, context: context)
-            return
+        case .body(let body):
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: promise)
+        case .end(let trailers):
+            ended(wrapOutboundOut(.end(trailers.map(HTTPHeaders.init))), promise: promise, context: context)
         }
-        context.write(data, promise: promise)
     }
 
     /// Writes a response's end, then answers a request that could not be parsed if it was waiting
