@@ -186,22 +186,23 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)):
-            guard let accepted = accept(head) else {
+            let fields = ReadFields(head.headerFields)
+            guard let accepted = accept(head, fields) else {
                 state = .passing(owed: 1, reading: true)
                 // Nothing is owed before it, so an interim answer cannot overtake a response.
-                continueIfExpected(head, context: context)
+                continueIfExpected(fields, context: context)
                 context.fireChannelRead(wrapInboundOut(part))
                 return
             }
-            if let length = head.headerFields[.contentLength].flatMap({ Int($0) }), length > accepted.route.maxBodyBytes {
+            if let length = fields.contentLength.flatMap({ Int($0) }), length > accepted.route.maxBodyBytes {
                 state = .discarding
                 // A client that expected a 100 may never send the body the decoder waits for
                 // (curl does not): the connection cannot carry another request.
-                let close = accepted.close || Self.expectsContinue(head)
+                let close = accepted.close || fields.expectsContinue
                 respond(to: accepted, with: .failure(GatewayError.payloadTooLarge(limit: accepted.route.maxBodyBytes)), close: close, context: context)
             } else {
                 state = .reading(accepted)
-                continueIfExpected(head, context: context)
+                continueIfExpected(fields, context: context)
             }
         case (.reading(let accepted), .body(let bytes)):
             let limit = accepted.route.maxBodyBytes
@@ -245,17 +246,44 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
     /// timeout (a second, for curl). A body too large for the route is refused with 413
     /// before this. Requests that arrive while a response is owed do not get one: it would
     /// overtake that response.
-    private func continueIfExpected(_ head: HTTPRequest, context: ChannelHandlerContext) {
-        guard Self.expectsContinue(head) else { return }
+    private func continueIfExpected(_ fields: ReadFields, context: ChannelHandlerContext) {
+        guard fields.expectsContinue else { return }
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
     }
 
-    static func expectsContinue(_ head: HTTPRequest) -> Bool {
-        head.headerFields[.expect]?.lowercased() == "100-continue"
+    /// The request header fields this handler reads, found in one walk over them (looking each
+    /// up in `HTTPFields` builds an index of every name at the first lookup, and hashes the name
+    /// at each). A repeated field's values are joined with ", ", as `HTTPFields` joins them.
+    struct ReadFields {
+        var contentLength: String?
+        var expect: String?
+        var requestID: String?
+        var traceparent: String?
+        var connection: String?
+
+        init(_ fields: HTTPFields) {
+            for field in fields {
+                // By length first: most names are none of these, and then no string is compared.
+                switch field.name.canonicalName.utf8.count {
+                case 6 where field.name == .expect: Self.join(&expect, field.value)
+                case 10 where field.name == .connection: Self.join(&connection, field.value)
+                case 11 where field.name == .traceparent: Self.join(&traceparent, field.value)
+                case 12 where field.name == .xRequestID: Self.join(&requestID, field.value)
+                case 14 where field.name == .contentLength: Self.join(&contentLength, field.value)
+                default: break
+                }
+            }
+        }
+
+        private static func join(_ values: inout String?, _ value: String) {
+            values = values.map { $0 + ", " + value } ?? value
+        }
+
+        var expectsContinue: Bool { expect?.lowercased() == "100-continue" }
     }
 
     /// The request served here, or nil when its route is not a request/reply one.
-    private func accept(_ head: HTTPRequest) -> Accepted? {
+    private func accept(_ head: HTTPRequest, _ fields: ReadFields) -> Accepted? {
         let uri = URI(head.path ?? "")
         guard let (route, parameters) = configuration.route(method: head.method, path: uri.path) else { return nil }
         return Accepted(
@@ -263,11 +291,11 @@ final class RequestReplyChannelHandler: ChannelDuplexHandler, RemovableChannelHa
             uri: uri,
             route: route,
             parameters: parameters,
-            requestID: RequestIdentity.requestID(from: head.headerFields[.xRequestID]),
-            traceparent: RequestIdentity.traceparent(from: head.headerFields[.traceparent]),
+            requestID: RequestIdentity.requestID(from: fields.requestID),
+            traceparent: RequestIdentity.traceparent(from: fields.traceparent),
             // ``HTTP1ProtocolHandler`` below sends every request that does not keep the
             // connection alive (HTTP/1.0, `close` among other tokens) up with exactly this.
-            close: head.headerFields[.connection] == "close"
+            close: fields.connection == "close"
         )
     }
 

@@ -438,4 +438,20 @@ struct RequestReplyChannelHandlerTests {
         let response = try #require(try Self.response(channel))
         #expect(response.head.headerFields[.contentLength] == "12" && response.body.isEmpty)
     }
+
+    @Test("the fields the handler reads are found in one walk, a repeated one's values joined as HTTPFields joins them")
+    func readFields() {
+        var fields: HTTPFields = [
+            .contentType: "text/plain", .xRequestID: "a", .expect: "100-Continue", HTTPField.Name("traceparent")!: "t",
+            .connection: "close", .contentLength: "5", HTTPField.Name("x-request-idx")!: "not it",
+        ]
+        fields.append(HTTPField(name: HTTPField.Name("X-Request-ID")!, value: "b"))
+        let read = RequestReplyChannelHandler.ReadFields(fields)
+        #expect(read.requestID == "a, b" && read.requestID == fields[.xRequestID])
+        #expect(read.expect == "100-Continue" && read.expectsContinue)
+        #expect(read.traceparent == "t" && read.connection == "close" && read.contentLength == "5")
+        let none = RequestReplyChannelHandler.ReadFields([.contentType: "text/plain", .expect: "200-ok"])
+        #expect(none.requestID == nil && none.traceparent == nil && none.connection == nil && none.contentLength == nil)
+        #expect(none.expect == "200-ok" && !none.expectsContinue)
+    }
 }
