@@ -79,9 +79,9 @@ struct EdgeHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     /// Hummingbird's HTTP/1 handlers (with ``HTTP1ProtocolHandler`` where NIO's protocol error
-    /// handler and HTTP/1-to-HTTP-types codec would be, and Hummingbird's connection-state handler closing connections idle
-    /// for `idleTimeout`), the request/reply handler when there is one, then the gate; the
-    /// future tells what the first request the gate sees is.
+    /// handler and its HTTP/1-to-HTTP-types codec would be, and Hummingbird's connection-state
+    /// handler closing connections idle for `idleTimeout`), the request/reply handler when there
+    /// is one, then the gate; the future tells what the first request the gate sees is.
     static func configure(
         _ pipeline: ChannelPipeline.SynchronousOperations,
         decoderLimits: NIOHTTPDecoderLimitConfiguration,
