@@ -49,7 +49,12 @@ count() {
   fi
   local requests instructions
   requests=$(echo "$out" | awk '/requests in/{print $1}')
-  instructions=$(cat "$work/cg.$pid".* | awk '/^totals:/{s += $2} END{print s + 0}')
+  instructions=$({ cat "$work/cg.$pid".* 2>/dev/null || true; } | awk '/^totals:/{s += $2} END{print s + 0}')
+  # No dump, or no request served, is no count: say so rather than print 0 or divide by it.
+  if [ "${requests:-0}" -eq 0 ] || [ "$instructions" -eq 0 ]; then
+    echo "$name: no count ($requests requests served, $instructions instructions in callgrind's dump; KEEP_WORK=1 keeps the logs)" >&2
+    return 1
+  fi
   printf '%-28s %12d requests  %8d instructions per request\n' "$name" "$requests" $((instructions / requests))
 }
 
